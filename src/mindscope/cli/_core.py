@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -105,29 +106,36 @@ def register(app: typer.Typer) -> None:
 
 def register_demo(app: typer.Typer) -> None:
     @app.command()
-    def demo(model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
-             out: Path = typer.Option(Path("runs/demo"), "--out")):
-        """End-to-end check on the bundled model: load, generate, capture, steer (the full study
-        is issue 13, not built yet)."""
-        import torch
+    def demo(model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                                       help="model alias, folder or .gguf"),
+             out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumable)"),
+             quick: bool = typer.Option(False, "--quick", help="toy sizes, about 2 minutes"),
+             restart: bool = typer.Option(False, "--restart",
+                                          help="redo every step (keeps harvest/SAE files)"),
+             step: Optional[List[str]] = typer.Option(None, "--step",
+                                                      help="run only these steps (repeatable)"),
+             judge: str = typer.Option("offline", "--judge",
+                                       help="feature judge: offline, lm, or an OpenAI-compatible URL")):
+        """The main job: a full study of MODEL (harvest, TopK SAE, evaluation, features, steering,
+        introspection, entropy gap) ending in OUT/report.html. Rerun to resume."""
+        from mindscope.demo import STEPS, DemoConfig, run_demo
 
-        import mindscope as ms
-        from mindscope.steering import concept_vector
+        cfg = (DemoConfig.quick if quick else DemoConfig)(model=model, judge=judge)
+        t0 = time.perf_counter()
 
-        lm = ms.load(model)
-        console.print(f"[bold]loaded[/bold] {lm!r}")
-        prompt = ["Tell me about your favourite place."]
-        base = lm.generate(prompt, max_new_tokens=40)[0].text
-        site = f"resid_post.{lm.n_layers // 2}"
-        v = concept_vector(lm, "ocean", site)
-        cap = lm.capture(prompt, site, positions="last")
-        steered = lm.generate(prompt, max_new_tokens=40,
-                              interventions=[ms.Add(site, v.data, scale=4.0)])[0].text
-        out.mkdir(parents=True, exist_ok=True)
-        v.save(out / "ocean.safetensors")
-        console.rule("unsteered")
-        console.print(base)
-        console.rule(f"steered with the 'ocean' concept vector at {site}, scale 4")
-        console.print(steered)
-        console.print(f"capture {site} last token: norm {float(cap[site].norm()):.1f}; "
-                      f"vector saved to {out / 'ocean.safetensors'}")
+        def shown(name: str, rec: dict) -> None:
+            tag = "skipped (done)" if rec.get("skipped") else f"{rec.get('seconds', 0):.0f} s"
+            console.print(f"[bold green]✓[/bold green] {name} [dim]{tag}[/dim]")
+
+        try:
+            res = run_demo(out, cfg, restart=restart, steps=tuple(step) if step else None,
+                           on_step=shown)
+        except (ValueError, FileNotFoundError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2)
+        missing = [s for s in STEPS if s not in res]
+        console.print(f"done in {time.perf_counter() - t0:.0f} s"
+                      + (f"; not run: {missing}" if missing else ""))
+        if "report" in res:
+            console.print(f"report: {res['report']['report']}")
+            console.print(f"browser: mindscope serve {out / 'sae' / 'topk'} --model {model}")

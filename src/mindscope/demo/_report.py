@@ -1,0 +1,154 @@
+"""``report.html`` of a demo study: one self-contained page (plots embedded) that links into
+the static feature browser (``browser/``) and the experiments' own reports."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..report import Page, esc, fmt, link, png, table, tokens
+
+
+def _rel(path, root: Path) -> str:
+    return os.path.relpath(Path(path), root).replace(os.sep, "/")
+
+
+def _img(path, alt: str, width: int = None) -> str:
+    p = Path(path)
+    return png(p, alt, width) if p.exists() else f'<p class="note">({esc(alt)}: no plot)</p>'
+
+
+def _num(x, digits: int = 3):
+    return None if x is None else round(float(x), digits)
+
+
+def _headline(step: str, r: dict) -> str:
+    if step == "harvest":
+        return f"{r['tokens']:,} tokens at {r['site']} ({r.get('tokens_per_s') or 0:,.0f} tok/s)"
+    if step == "sae":
+        return f"{r['tokens']:,} training tokens ({r.get('tokens_per_s') or 0:,.0f} tok/s)"
+    if step == "evaluate":
+        return (f"FVU {r['fvu']:.3f}, L0 {r['l0']:.1f}, dead {100 * r['dead_fraction']:.1f}%, "
+                f"CE +{r['ce_increase']:.3f} nats")
+    if step == "features":
+        return (f"{r['live']:,}/{r['n_latents']:,} latents live; mean detection AUC "
+                f"{fmt(r.get('mean_detection_auc'), 3)} over {len(r['explained'])} explained")
+    if step == "steering":
+        f, c = r["feature"], r["concept"]
+        return (f"latent {f['latent']}: mean act {f['mean_act_unsteered_text']:.3f} -> "
+                f"{f['mean_act_steered_text']:.3f}; '{c['word']}' mentioned "
+                f"{c['mentions_unsteered']}/{c['n']} -> {c['mentions_steered']}/{c['n']}")
+    if step == "introspection":
+        s = r.get("summary", {})
+        best = s.get("detection_best") or {}
+        tpr = (best.get("tpr") or {}).get("rate")
+        fpr = (s.get("fpr") or {}).get("rate")
+        return f"best detection TPR {fmt(tpr, 3)}, FPR {fmt(fpr, 3)}"
+    if step == "entropy_gap":
+        rat = r.get("ratios") or {}
+        return "; ".join(f"off/on {k} {fmt((v or {}).get('ratio'), 3)}" for k, v in rat.items())
+    return ""
+
+
+def build_report(out, results: dict, cfg, model: str) -> Path:
+    from ..features import FeatureSet
+
+    out = Path(out)
+    total = sum(r.get("seconds", 0) for r in results.values())
+    p = Page(f"mindscope study of {model}",
+             subtitle=f"{len(results)} steps, {total / 60:.1f} min of compute (summed over "
+                      f"resumed runs). Every number below was measured in this run.")
+    p.section("Summary", table([{"step": s, "seconds": round(r.get("seconds", 0), 1),
+                                 "result": _headline(s, r)} for s, r in results.items()
+                                if s != "report"]))
+    h = results.get("harvest")
+    if h:
+        p.section("1. Activations", f"<p>{h['tokens']:,} tokens of the default corpus (stdlib "
+                  f"prose, code and chat; BOS and special tokens dropped) at "
+                  f"<code>{esc(h['site'])}</code>, d = {h['d_model']}, stored in "
+                  f"<code>{esc(_rel(h['path'], out))}</code>.</p>")
+    s = results.get("sae")
+    if s:
+        p.section("2. Sparse autoencoder (TopK)",
+                  f"<p>{cfg.n_latents:,} latents, k = {cfg.k}, {s['steps']} steps of "
+                  f"{cfg.batch_size} tokens ({s['tokens']:,} tokens); saved in "
+                  f"<code>{esc(_rel(s['path'], out))}</code>.</p>",
+                  _img(s["training_png"], "training curves", 900))
+    e = results.get("evaluate")
+    if e:
+        rows = [{"metric": k, "value": _num(e.get(k), 4)} for k in
+                ("fvu", "explained_variance", "l0", "dead_fraction", "cosine", "ce_clean",
+                 "ce_spliced", "ce_increase", "kl", "ce_zero_ablation", "ce_recovered")]
+        p.section("3. Evaluation on held-out data",
+                  f"<p>Reconstruction metrics over {e['rows']:,} held-out rows (documents the SAE "
+                  f"never saw); CE / KL with the SAE spliced in (error term dropped) over "
+                  f"{e['tokens']:,} tokens of {e['ce_texts']} documents past the harvested "
+                  "prefix.</p>", table(rows), _img(e["density_png"], "feature density", 480))
+    f = results.get("features")
+    if f:
+        bdir = Path(f["browser_index"]).parent
+        frows = [{"latent": link(_rel(bdir / f"feature-{r['latent']}.html", out), r["latent"]),
+                  "density": _num(r["density"], 5), "max act": _num(r["max_act"]),
+                  "explanation": r["explanation"], "detection AUC": _num(r.get("auc"))}
+                 for r in f["table"]]
+        ex_html = []
+        try:
+            fs = FeatureSet(f["features_dir"])
+            for r in f["table"][:3]:
+                feat = fs.feature(int(r["latent"]), n_examples=3)
+                ex_html.append(f"<h3>latent {r['latent']}: {esc(r['explanation'])}</h3>")
+                for x in feat.get("top", [])[:3]:
+                    ex_html.append(tokens(x["token_strs"], x["acts"], center=x.get("center")))
+        except Exception as err:  # noqa: BLE001 - examples are a nicety; say why they're missing
+            ex_html.append(f'<p class="warn">examples unavailable: {esc(err)}</p>')
+        p.section("4. Features",
+                  f"<p>{f['live']:,} of {f['n_latents']:,} latents fired. The {len(f['table'])} "
+                  f"most frequent (density ≤ 5%) were explained by the <b>{esc(cfg.judge)}</b> "
+                  "judge and scored by detection (AUC of the judge telling activating from "
+                  "non-activating examples; 0.5 = chance). "
+                  f"Static browser: {link(_rel(f['browser_index'], out), 'browser/index.html')}; "
+                  f"live browser with text and steering pages: "
+                  f"<code>mindscope serve {esc(_rel(Path(f['features_dir']).parent, out))}"
+                  f" --model {esc(cfg.model)}</code> (run inside <code>{esc(str(out))}</code>) "
+                  "then open http://127.0.0.1:8765/.</p>",
+                  table(frows, raw=("latent",)), *ex_html)
+    st = results.get("steering")
+    if st:
+        ft, c = st["feature"], st["concept"]
+        p.section("5. Steering",
+                  f"<p><b>SAE feature</b> {ft['latent']} (“{esc(ft['explanation'])}”, detection "
+                  f"AUC {fmt(ft['detection_auc'], 3)}) clamped to {ft['clamp_value']:.2f} "
+                  f"({cfg.feature_multiple}× its max activation) at every position, error term "
+                  f"kept. Its mean activation read back on the generated text: "
+                  f"{ft['mean_act_unsteered_text']:.3f} unsteered vs "
+                  f"{ft['mean_act_steered_text']:.3f} steered.</p>"
+                  f"<p><b>Concept vector</b> ‘{esc(c['word'])}’ added at relative strength "
+                  f"{c['relative_strength']} (fraction of the mean residual norm): responses "
+                  f"mentioning it {c['mentions_unsteered']}/{c['n']} unsteered vs "
+                  f"{c['mentions_steered']}/{c['n']} steered (greedy decoding).</p>",
+                  table(st["texts"], ["prompt", "unsteered", "feature", "concept"]))
+    for key, title in (("introspection", "6. Introspection: concept injection with controls"),
+                       ("entropy_gap", "7. On-policy recognition: the entropy gap")):
+        r = results.get(key)
+        if not r:
+            continue
+        if key == "introspection":
+            sm = r.get("summary", {})
+            best = sm.get("detection_best") or {}
+            rows = [{"measure": k, "value": fmt((best.get(k) or {}).get("rate")
+                                                if isinstance(best.get(k), dict) else best.get(k), 3)}
+                    for k in ("layer", "strength", "tpr", "combined", "identification")]
+            rows.append({"measure": "false-positive rate (no injection)",
+                         "value": fmt((sm.get("fpr") or {}).get("rate"), 3)})
+            body = table(rows)
+        else:
+            rows = [{"condition": k, **({"ratio": _num(v.get("ratio")), "lo": _num(v.get("lo")),
+                                          "hi": _num(v.get("hi"))} if isinstance(v, dict) else
+                                        {"ratio": _num(v)})}
+                    for k, v in (r.get("ratios") or {}).items()]
+            body = table(rows)
+        p.section(title, body, f"<p>Full report with transcripts and CIs: "
+                  f"{link(_rel(r['report'], out), _rel(r['report'], out))}.</p>")
+    p.section("Reproduce", f"<pre>mindscope demo --model {esc(cfg.model)} --out {esc(str(out))}"
+              f"{' --quick' if cfg.n_tokens < 50_000 else ''}</pre><p class=\"note\">Settings in "
+              "demo.json; per-step results in steps/*.json; rerunning resumes.</p>")
+    return p.save(out / "report.html")
