@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
+from ..core._files import BadInputError, inside, loads_checked, need, read_json
+
 log = logging.getLogger(__name__)
 TEXT_EXT = (".txt", ".md")
 RECORD_EXT = (".jsonl", ".parquet", ".arrow")
 
 
-class BadRecordError(ValueError):
-    """A corpus record could not be read (raised with ``on_error="raise"``)."""
+class BadRecordError(BadInputError):
+    """A corpus record could not be read (raised with ``on_error="raise"``); a BadInputError
+    (so a ValueError) whose message names ``file:line``."""
 
 
 @dataclass
@@ -64,15 +67,26 @@ def _is_hf_dataset(p: Path) -> bool:
 
 
 def _hf_arrow_files(p: Path, split: Optional[str]) -> list[Path]:
-    """Arrow files of a ``save_to_disk`` folder (a Dataset, or one split of a DatasetDict)."""
+    """Arrow files of a ``save_to_disk`` folder (a Dataset, or one split of a DatasetDict);
+    the file names its JSON records must stay inside the folder."""
     if (p / "dataset_dict.json").exists():
-        splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
+        dd = p / "dataset_dict.json"
+        splits = need(read_json(dd, max_bytes=1 << 20, expect=dict, what="dataset_dict.json"),
+                      "splits", list, dd)
+        if not splits or not all(isinstance(x, str) for x in splits):
+            raise BadInputError(dd, f"'splits' should be a non-empty list of names, got "
+                                    f"{str(splits)[:60]}")
         name = split or ("train" if "train" in splits else splits[0])
         if name not in splits:
             raise FileNotFoundError(f"{p}: no split {name!r}; splits: {splits}")
-        p = p / name
-    state = json.loads((p / "state.json").read_text())
-    return [p / f["filename"] for f in state.get("_data_files", [])] or sorted(p.glob("*.arrow"))
+        p = inside(p, name, dd, "split folder")
+    st = p / "state.json"
+    state = read_json(st, max_bytes=16 << 20, expect=dict, what="dataset state.json")
+    files = state.get("_data_files", [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise BadInputError(st, "'_data_files' should be a list of {\"filename\": ...} objects")
+    return [inside(p, need(f, "filename", str, st), st, "data file") for f in files] \
+        or sorted(p.glob("*.arrow"))
 
 
 def _iter_arrow_batches(path: Path):
@@ -203,23 +217,36 @@ class Corpus:
                     if not line.strip():
                         continue
                     try:
-                        yield json.loads(line), f"{f}:{i}"
-                    except json.JSONDecodeError as e:
-                        yield _Broken(f"invalid JSON ({e.msg} at column {e.colno})"), f"{f}:{i}"
+                        yield loads_checked(line, f"{f}:{i}", max_depth=64, what="record"), \
+                            f"{f}:{i}"
+                    except BadInputError as e:
+                        yield _Broken(e.problem.replace("not valid JSON", "invalid JSON")), \
+                            f"{f}:{i}"
             return
-        if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
+        import pyarrow as pa
 
-            pf = pq.ParquetFile(f)
-            cols = [c for c in (self.text_field, self.messages_field) if c in pf.schema_arrow.names]
-            batches = pf.iter_batches(batch_size=1024, columns=cols or None)
-        else:
-            batches = _iter_arrow_batches(f)
+        kind = "Parquet" if f.suffix == ".parquet" else "Arrow"
         row = 0
-        for b in batches:
-            for rec in b.to_pylist():
-                yield rec, f"{f}:row {row}"
-                row += 1
+        try:
+            if f.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(f)
+                cols = [c for c in (self.text_field, self.messages_field)
+                        if c in pf.schema_arrow.names]
+                batches = pf.iter_batches(batch_size=1024, columns=cols or None)
+            else:
+                batches = _iter_arrow_batches(f)
+            for b in batches:
+                for rec in b.to_pylist():
+                    yield rec, f"{f}:row {row}"
+                    row += 1
+        except (pa.ArrowException, OSError, ValueError) as e:
+            if isinstance(e, BadInputError):
+                raise
+            raise BadInputError(f, f"is not a readable {kind} file (at row {row}: "
+                                   f"{str(e)[:160]})", "the file is damaged or of another "
+                                   "format; write it again or remove it from the corpus") from None
 
     def __iter__(self) -> Iterator[Document]:
         self.bad = BadRecords()

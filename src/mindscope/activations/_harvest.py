@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core._files import BadInputError, inside, need, need_int, read_json
 from ..core._hooks import StopForward
+from ..core._lock import run_lock
 from ._corpus import Corpus, open_corpus
 from ._store import (FORMAT, ActivationStore, atomic_write_text, file_sha256, shard_name,
                      site_dir)
@@ -169,11 +171,41 @@ def write_shard(out: Path, k: int, windows: tuple, acts: dict, meta: dict, sites
     atomic_write_text(out / "shards" / f"{name}.json", json.dumps(rec))
 
 
-def _done_shards(out: Path) -> dict[int, dict]:
+def _shard_ok(out: Path, p: Path, rec, sites) -> bool:
+    """A shard record is trusted only if it parses, names this shard, lists every site, and its
+    files are inside ``out`` with their recorded sizes; otherwise the shard is redone."""
+    try:
+        if not isinstance(rec, dict) or need_int(rec, "id", p, 0, 1 << 40) != int(p.stem):
+            raise BadInputError(p, "does not describe shard " + p.stem)
+        need_int(rec, "rows", p, 0, 1 << 40)
+        need_int(rec, "tokens", p, 0, 1 << 50)
+        need(rec, "token_sha256", str, p)
+        files, stats = need(rec, "files", dict, p), need(rec, "stats", dict, p)
+        for f in [need(files, s, dict, p, "files") for s in sites] + [need(rec, "meta", dict, p)]:
+            q = inside(out, need(f, "path", str, p), p, "shard file")
+            if not q.is_file() or q.stat().st_size != need_int(f, "bytes", p, 0, 1 << 50):
+                raise BadInputError(p, f"its file {q} is missing or has another size")
+        for s in sites:
+            need(need(stats, s, dict, p, "stats"), "sum", list, p, f"stats.{s}")
+        return True
+    except BadInputError as e:
+        log.warning("redoing shard %s: %s", p.stem, e)
+        return False
+
+
+def _done_shards(out: Path, sites=None) -> dict[int, dict]:
+    """Finished shards {k: record}; a record that is unreadable or does not match its files
+    (damaged by hand or by a disk) is not trusted: that shard is redone."""
     done = {}
     for p in sorted((out / "shards").glob("*.json")):
-        if not p.name.startswith("."):
-            rec = json.loads(p.read_text())
+        if p.name.startswith(".") or not p.stem.isdigit():
+            continue
+        try:
+            rec = read_json(p, max_bytes=16 << 20, expect=dict, what="shard record")
+        except BadInputError as e:
+            log.warning("redoing shard %s: %s", p.stem, e)
+            continue
+        if _shard_ok(out, p, rec, sites if sites is not None else list(rec.get("files") or [])):
             done[int(rec["id"])] = rec
     return done
 
@@ -231,7 +263,7 @@ class _Readers:
 
 def _manifest(out: Path, lm_info: dict, cfg: HarvestConfig, corpus_info: dict, dtype: str,
               world: int) -> dict:
-    done = _done_shards(out)
+    done = _done_shards(out, cfg.sites)
     ids = sorted(done)
     if ids != list(range(len(ids))):
         missing = sorted(set(range(max(ids) + 1)) - set(ids)) if ids else []
@@ -278,7 +310,20 @@ def harvest(lm, out: Union[str, Path], sites: Union[str, Sequence[str]],
             progress: bool = True, **window_kw) -> ActivationStore:
     """Run ``lm`` over ``n_tokens`` of ``corpus`` and store ``sites`` under ``out``; resumes a
     partial harvest in ``out`` (same settings). Under torch.distributed each rank does its
-    shards and rank 0 writes ``manifest.json``. Returns the ``ActivationStore`` (every rank)."""
+    shards and rank 0 writes ``manifest.json``. Returns the ``ActivationStore`` (every rank).
+    ``out`` is locked (``<out>/.lock``, by rank 0): a second harvest into it raises
+    ``RunLockedError``."""
+    lock = run_lock(out, "harvest").acquire() if _dist()[0] == 0 else None
+    try:
+        return _harvest(lm, out, sites, corpus, n_tokens, window, batch_size, shard_tokens,
+                        store_dtype, progress, **window_kw)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _harvest(lm, out, sites, corpus, n_tokens, window, batch_size, shard_tokens, store_dtype,
+             progress, **window_kw) -> ActivationStore:
     wcfg = window if isinstance(window, WindowConfig) else WindowConfig(length=int(window),
                                                                         **window_kw)
     cfg = HarvestConfig(sites=lm.expand_sites(sites), n_tokens=n_tokens, window=wcfg,
@@ -296,9 +341,13 @@ def harvest(lm, out: Union[str, Path], sites: Union[str, Sequence[str]],
               "corpus_fingerprint": fp, "format": FORMAT}
     rec_path = out / "harvest.json"
     if rec_path.exists():
-        old = json.loads(rec_path.read_text())
+        old = read_json(rec_path, expect=dict, what="harvest record",
+                        fix="it is damaged; delete the folder and harvest again, or use a new "
+                            "--out folder")
         keys = ("lm", "dtype", "corpus_fingerprint")
-        old_c = {k: v for k, v in old["config"].items() if k != "batch_size"}
+        old_c = old.get("config")
+        old_c = {k: v for k, v in old_c.items() if k != "batch_size"} if isinstance(old_c, dict) \
+            else None
         new_c = {k: v for k, v in record["config"].items() if k != "batch_size"}
         if any(old.get(k) != record[k] for k in keys) or old_c != new_c:
             raise ValueError(f"{out} holds a harvest with other settings ({rec_path}); resume "
@@ -306,7 +355,7 @@ def harvest(lm, out: Union[str, Path], sites: Union[str, Sequence[str]],
                              "--out folder")
     else:
         atomic_write_text(rec_path, json.dumps(record, indent=1))
-    done = _done_shards(out)
+    done = _done_shards(out, cfg.sites)
     mine = [k for k in range(cfg.n_shards) if k % world == rank]
     todo = [k for k in mine if k not in done]
     _clean_partial(out, todo)

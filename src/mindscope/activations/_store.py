@@ -14,7 +14,6 @@ Layout of a store folder::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,13 +22,64 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from ..core._files import BadInputError, inside, need, need_int, read_json
+
 log = logging.getLogger(__name__)
 FORMAT = "mindscope.activations/1"
 _HASH_MULT = 2654435761
 
 
-class CorruptStoreError(RuntimeError):
-    """A shard is missing, truncated or does not match its recorded checksum."""
+class CorruptStoreError(BadInputError, RuntimeError):
+    """A shard is missing, truncated, unreadable, of the wrong dtype/shape, holds NaN/Inf, or
+    does not match its recorded checksum (a BadInputError, and a RuntimeError as before)."""
+
+
+_NP_DTYPES = {"float32": np.float32, "bfloat16": np.uint16, "float16": np.float16}
+_FIX = ("delete that shard's json under shards/ and run the same harvest command again to "
+        "rebuild it")
+
+
+def check_manifest(mf: Path, m: dict) -> None:
+    """Validate a manifest's structure (types, ranges, one file entry per site and shard, file
+    paths inside the store) so later reads cannot fail obscurely; BadInputError naming ``mf``."""
+    sites = need(m, "sites", list, mf)
+    if not sites or not all(isinstance(x, str) and x for x in sites) or len(set(sites)) != len(sites):
+        raise BadInputError(mf, f"field 'sites' should be a non-empty list of distinct site names, "
+                                f"got {sites!r:.80}")
+    d = need_int(m, "d_model", mf, 1, 1 << 20)
+    dtype = need(m, "dtype", str, mf)
+    if dtype not in _NP_DTYPES:
+        raise BadInputError(mf, f"field 'dtype' is {dtype!r:.40}; expected one of {list(_NP_DTYPES)}")
+    need_int(m, "n_tokens", mf, 0, 1 << 50)
+    shards = need(m, "shards", list, mf)
+    if not shards:
+        raise BadInputError(mf, "the store holds no shards (did the corpus give no tokens?)",
+                            "harvest again with a corpus that has text")
+    for i, sh in enumerate(shards):
+        what = f"shards[{i}]"
+        need_int(sh, "rows", mf, 0, 1 << 40, what)
+        files = need(sh, "files", dict, mf, what)
+        missing = [x for x in sites if x not in files]
+        if missing:
+            raise BadInputError(mf, f"{what} has no file for site(s) {missing}")
+        rows = sh["rows"]
+        for j, f in enumerate([files[x] for x in sites] + [need(sh, "meta", dict, mf, what)]):
+            inside(mf.parent, need(f, "path", str, mf, what), mf, f"{what} file")
+            n = need_int(f, "bytes", mf, 0, 1 << 50, what)
+            need(f, "sha256", str, mf, what)
+            body = rows * d * np.dtype(_NP_DTYPES[dtype]).itemsize
+            if j < len(sites) and not body < n <= body + (1 << 17):  # .npy = header + rows*d
+                raise BadInputError(mf, f"{what} claims {rows} rows of d={d} {dtype} in a "
+                                        f"{n}-byte file: the numbers do not fit together")
+    stats = need(m, "stats", dict, mf)
+    for x in sites:
+        st = need(stats, x, dict, mf, "stats")
+        mean = need(st, "mean", list, mf, f"stats.{x}")
+        if len(mean) != d or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     for v in mean):
+            raise BadInputError(mf, f"stats.{x}.mean should be {d} numbers")
+        for k in ("mean_norm", "rms_norm", "max_norm", "norm_scale"):
+            need(st, k, (int, float), mf, f"stats.{x}")
 
 
 def shard_name(k: int) -> str:
@@ -84,10 +134,12 @@ class ActivationStore:
             hint = (" It holds finished shards: the harvest was interrupted; run the same "
                     "harvest command again to resume it." if (path / "shards").is_dir() else "")
             raise FileNotFoundError(f"{path} is not an activation store (no manifest.json).{hint}")
-        manifest = json.loads(mf.read_text())
+        manifest = read_json(mf, expect=dict, what="store manifest",
+                             fix="restore it, or run the harvest again into a new folder")
         if manifest.get("format") != FORMAT:
-            raise ValueError(f"{mf}: unknown store format {manifest.get('format')!r}; "
-                             f"expected {FORMAT!r}")
+            raise BadInputError(mf, f"unknown store format {str(manifest.get('format'))[:60]!r}; "
+                                    f"expected {FORMAT!r}")
+        check_manifest(mf, manifest)
         store = cls(path, manifest)
         if check_sizes:
             for sh in store.shards:
@@ -97,7 +149,7 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return (f"ActivationStore({str(self.path)!r}, model={m['model']!r}, sites={m['sites']}, "
+        return (f"ActivationStore({str(self.path)!r}, model={m.get('model')!r}, sites={m['sites']}, "
                 f"n_tokens={m['n_tokens']}, d_model={m['d_model']}, dtype={m['dtype']})")
 
     # ---- basic facts -------------------------------------------------------------------
@@ -131,30 +183,56 @@ class ActivationStore:
 
     # ---- files -------------------------------------------------------------------------
     def _check_file(self, f: dict, sha: bool) -> Path:
-        p = self.path / f["path"]
-        fix = ("delete that shard's json under shards/ and run the same harvest command again "
-               "to rebuild it")
+        p = inside(self.path, f["path"], self.path / "manifest.json", "shard file")
         if not p.exists():
-            raise CorruptStoreError(f"shard file {p} is missing; {fix}")
+            raise CorruptStoreError(f"shard file {p} is missing; {_FIX}")
         size = p.stat().st_size
         if size != f["bytes"]:
             raise CorruptStoreError(f"shard file {p} has {size} bytes, the manifest says "
-                                    f"{f['bytes']} (truncated or replaced); {fix}")
+                                    f"{f['bytes']} (truncated or replaced); {_FIX}")
         if sha and file_sha256(p) != f["sha256"]:
-            raise CorruptStoreError(f"shard file {p} does not match its sha256 (corrupt); {fix}")
+            raise CorruptStoreError(f"shard file {p} does not match its sha256 (corrupt); {_FIX}")
         return p
 
     def load(self, site: Optional[str] = None, shard: int = 0, verify: bool = False) -> np.ndarray:
-        """Raw (rows, d) array of one shard, memory-mapped (bf16 is stored as uint16)."""
+        """Raw (rows, d) array of one shard, memory-mapped (bf16 is stored as uint16); its
+        dtype and shape are checked against the manifest (never unpickled)."""
         site = self._site(site)
         p = self._check_file(self.shards[shard]["files"][site], sha=verify)
-        return np.load(p, mmap_mode="r")
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError, SyntaxError) as e:
+            raise CorruptStoreError(p, f"is not a readable .npy array ({str(e)[:120]})",
+                                    _FIX) from None
+        want = np.dtype(_NP_DTYPES[self.manifest["dtype"]])
+        if arr.dtype != want:
+            raise CorruptStoreError(p, f"holds dtype {arr.dtype}, the manifest's "
+                                       f"{self.manifest['dtype']} store needs {want}", _FIX)
+        shape = (self.shards[shard]["rows"], self.d_model)
+        if arr.shape != shape:
+            raise CorruptStoreError(p, f"has shape {arr.shape}, the manifest says {shape}", _FIX)
+        return arr
 
     def activations(self, site: Optional[str] = None, shard: Optional[int] = None) -> torch.Tensor:
         """(rows, d) float32 of one shard, or of the whole store (small stores only)."""
         ks = range(len(self.shards)) if shard is None else [shard]
         site = self._site(site)
-        return torch.cat([to_float32(self.load(site, k), self.manifest["dtype"]) for k in ks])
+        return torch.cat([self._finite(to_float32(self.load(site, k), self.manifest["dtype"]),
+                                       site, k) for k in ks])
+
+    def _finite(self, x: torch.Tensor, site: str, k: int, row0: int = 0) -> torch.Tensor:
+        """``x`` if it has no NaN/Inf, else CorruptStoreError naming the shard file and row.
+        (A sum is ~50x cheaper than isfinite; NaN/Inf anywhere makes it non-finite.)"""
+        if bool(torch.isfinite(x.sum())):
+            return x
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            r = int(bad.any(-1).nonzero()[0, 0]) + row0
+            p = self.path / self.shards[k]["files"][site]["path"]
+            raise CorruptStoreError(p, f"holds {int(bad.sum())} NaN/Inf value(s) (first at row "
+                                       f"{r})", "the model overflowed while harvesting (harvest "
+                                       "in float32) or the file was damaged; " + _FIX)
+        return x
 
     def metadata(self, shard: Optional[int] = None, columns=None):
         """Token metadata (pyarrow Table: doc, pos, token, role, window) of one shard or all."""
@@ -162,8 +240,23 @@ class ActivationStore:
         import pyarrow.parquet as pq
 
         ks = range(len(self.shards)) if shard is None else [shard]
-        return pa.concat_tables([pq.read_table(self._check_file(self.shards[k]["meta"], False),
-                                               columns=columns) for k in ks])
+        tables = []
+        for k in ks:
+            p = self._check_file(self.shards[k]["meta"], False)
+            try:
+                t = pq.read_table(p, columns=columns)
+            except (pa.ArrowException, OSError, ValueError) as e:
+                raise CorruptStoreError(p, f"is not a readable metadata table ({str(e)[:120]})",
+                                        _FIX) from None
+            if t.num_rows != self.shards[k]["rows"]:
+                raise CorruptStoreError(p, f"has {t.num_rows} rows, the manifest says "
+                                           f"{self.shards[k]['rows']}", _FIX)
+            tables.append(t)
+        try:
+            return pa.concat_tables(tables)
+        except pa.ArrowException as e:
+            raise CorruptStoreError(self.path / "meta", f"metadata tables disagree ({e})",
+                                    _FIX) from None
 
     def verify(self) -> None:
         """Check every shard file's size and sha256; raises CorruptStoreError."""
@@ -176,6 +269,12 @@ class ActivationStore:
                seed: int = 0, split: str = "train", epochs: int = 1, **kw) -> "StoreReader":
         """Batches (batch_size, d) float32. See ``StoreReader`` for the other options."""
         return StoreReader(self, batch_size, self._site(site), shuffle, seed, split, epochs, **kw)
+
+
+def pa_errors():
+    import pyarrow as pa
+
+    return pa.ArrowException
 
 
 class StoreReader:
@@ -234,7 +333,11 @@ class StoreReader:
                 side = "heldout" if k in held else "train"
                 out.append(np.arange(sh["rows"]) if side == self.split else np.arange(0))
             else:
-                doc = self.store.metadata(k, columns=["doc"]).column("doc").to_numpy()
+                try:
+                    doc = self.store.metadata(k, columns=["doc"]).column("doc").to_numpy()
+                except (KeyError, pa_errors()) as e:
+                    raise CorruptStoreError(self.store.path / self.store.shards[k]["meta"]["path"],
+                                            f"has no usable 'doc' column ({e})", _FIX) from None
                 is_held = (_unit_hash(doc, 13) < self.heldout_fraction) & (doc >= 0)
                 out.append(np.nonzero(is_held if self.split == "heldout" else ~is_held)[0])
         self._rows = out
@@ -265,7 +368,8 @@ class StoreReader:
             if self.shuffle:
                 rng.shuffle(starts)
             for a in starts:
-                yield to_float32(arr[idx[a:a + chunk]], dtype)  # (n, d)
+                yield self.store._finite(to_float32(arr[idx[a:a + chunk]], dtype), self.site,
+                                         k, int(idx[a]) if len(idx) else 0)  # (n, d)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         B, cap = self.batch_size, self.buffer_rows

@@ -34,6 +34,8 @@ _GROUPS = [
     ("features", "export_app", "export", "Export a feature analysis: html or neuronpedia."),
     ("emotions", "app", "emotions", "Emotion concepts: vectors, geometry, intensity, tracking, steering."),
     ("persona", "app", "persona", "Persona space, the Assistant axis, drift and activation capping."),
+    ("audit", "organism_app", "organism", "Hidden-objective model organism: build, eval."),
+    ("audit", "audit_app", "audit", "Auditor's toolkit, audit log and the auditing game."),
 ]
 
 

@@ -1,8 +1,10 @@
 """``mindscope introspect <protocol>``: the introspection protocols (detection, thoughts, prefill,
 control, mechanisms, or all) and ``introspect grader`` (agreement with the hand-labelled set).
-Thin: the logic is in ``mindscope.experiments.introspection``."""
+Thin: the logic is in ``mindscope.experiments.introspection``. Re-running a command with the same
+settings into the same ``--out`` folder resumes a killed run."""
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Optional
@@ -28,6 +30,10 @@ def _floats(s: str) -> tuple:
     return tuple(out)
 
 
+def _layer(s: Optional[str]):
+    return None if s is None else _floats(s)[0]
+
+
 def _words(path: Optional[Path]) -> Optional[list]:
     if path is None:
         return None
@@ -39,7 +45,8 @@ def _words(path: Optional[Path]) -> Optional[list]:
 @app.command("run")
 def run_cmd(
     protocol: str = typer.Argument("all", help=f"one of {', '.join(PROTOCOLS)}"),
-    out: Path = typer.Option(Path("runs/introspection"), "--out", "-o", help="run folder"),
+    out: Path = typer.Option(Path("runs/introspection"), "--out", "-o",
+                             help="run folder (re-run into it to resume)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     quick: bool = typer.Option(False, "--quick", help="tiny config (4 concepts, 2 layers, 2 "
                                "strengths, 16 tokens)"),
@@ -47,10 +54,24 @@ def run_cmd(
                                          "or block indices)"),
     strengths: Optional[str] = typer.Option(None, "--strengths", help="e.g. '1,2,4,8'"),
     n_concepts: Optional[int] = typer.Option(None, "--n-concepts"),
+    n_baseline: Optional[int] = typer.Option(None, "--n-baseline"),
     concepts: Optional[Path] = typer.Option(None, "--concepts", help="file, one word per line"),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="file, one word per line"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    probe_max_new_tokens: Optional[int] = typer.Option(
+        None, "--probe-max-new-tokens", help="response length for thoughts/prefill/control"),
     samples: Optional[int] = typer.Option(None, "--samples"),
+    n_controls: Optional[int] = typer.Option(None, "--n-controls",
+                                             help="control (no-injection) trials"),
+    n_sentences: Optional[int] = typer.Option(None, "--n-sentences"),
+    probe_strength: Optional[float] = typer.Option(None, "--probe-strength"),
+    mech_layer: Optional[str] = typer.Option(None, "--mech-layer"),
+    mech_strength: Optional[float] = typer.Option(None, "--mech-strength"),
+    bias_steps: Optional[int] = typer.Option(None, "--bias-steps"),
+    bias_batch: Optional[int] = typer.Option(None, "--bias-batch"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     grader: str = typer.Option("rule", "--grader", help="rule | lm | http://host:port/v1"),
     judge_model: str = typer.Option("default", "--judge-model"),
     dtype: str = typer.Option("float32", "--dtype"),
@@ -65,8 +86,14 @@ def run_cmd(
             "judge_model": judge_model}
     for k, v in (("layers", layers and _floats(layers)), ("strengths", strengths and
                  tuple(float(x) for x in _floats(strengths))), ("n_concepts", n_concepts),
-                 ("concepts", _words(concepts)), ("baseline_words", _words(baseline)),
-                 ("max_new_tokens", max_new_tokens), ("samples", samples)):
+                 ("n_baseline", n_baseline), ("concepts", _words(concepts)),
+                 ("baseline_words", _words(baseline)), ("max_new_tokens", max_new_tokens),
+                 ("probe_max_new_tokens", probe_max_new_tokens), ("samples", samples),
+                 ("n_controls", n_controls), ("n_sentences", n_sentences),
+                 ("probe_strength", probe_strength), ("mech_layer", _layer(mech_layer)),
+                 ("mech_strength", mech_strength), ("bias_steps", bias_steps),
+                 ("bias_batch", bias_batch), ("temperature", temperature), ("seed", seed),
+                 ("batch_size", batch_size)):
         if v is not None:
             over[k] = v
     try:
@@ -80,17 +107,20 @@ def run_cmd(
 
 
 def _protocol_cmd(name: str):
-    def cmd(out: Path = typer.Option(Path(f"runs/introspection-{name}"), "--out", "-o"),
-            model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
-            quick: bool = typer.Option(False, "--quick"),
-            layers: Optional[str] = typer.Option(None, "--layers"),
-            strengths: Optional[str] = typer.Option(None, "--strengths"),
-            n_concepts: Optional[int] = typer.Option(None, "--n-concepts"),
-            max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-            grader: str = typer.Option("rule", "--grader")):
-        run_cmd(name, out, model, quick, layers, strengths, n_concepts, None, None,
-                max_new_tokens, None, grader, "default", "float32")
-    cmd.__doc__ = f"The {name} protocol (see `introspect run --help` for every option)."
+    """``introspect <name>``: ``run <name>`` with the same options (default folder per name)."""
+    sig = inspect.signature(run_cmd, eval_str=True)  # real types, not the future-import strings
+    params = []
+    for p in list(sig.parameters.values())[1:]:
+        if p.name == "out":
+            p = p.replace(default=typer.Option(Path(f"runs/introspection-{name}"), "--out", "-o",
+                                               help="run folder (re-run into it to resume)"))
+        params.append(p)
+
+    def cmd(**kw):
+        run_cmd(name, **kw)
+    cmd.__signature__ = sig.replace(parameters=params)
+    cmd.__annotations__ = {p.name: p.annotation for p in params}
+    cmd.__doc__ = f"The {name} protocol (options as for `introspect run`)."
     return cmd
 
 

@@ -25,6 +25,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
+from ._files import BadInputError, check_finite, load_safetensors, read_json
+
 log = logging.getLogger(__name__)
 
 LAYER_CONVENTION = ("mindscope: L counts blocks from 0; resid_post.L is the output of block L "
@@ -80,16 +82,13 @@ def _save(path: PathLike, key: str, data: torch.Tensor, meta: dict) -> Path:
 
 
 def _load(path: PathLike, require_sidecar: bool) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors.torch import load_file
-
     st, side = _paths(path)
     if not st.is_file():
         raise FileNotFoundError(f"vector file {st} does not exist")
-    try:
-        tensors = load_file(str(st))
-    except Exception as e:  # safetensors raises its own error types across versions
-        raise ValueError(f"{st} is not a readable safetensors file (corrupt or truncated?): {e}. "
-                         "Re-create it (Vector.save / mindscope vector extract).") from None
+    fix = "Re-create it (Vector.save / mindscope vector extract)"
+    tensors = load_safetensors(st, "vector file", fix)
+    if not tensors:
+        raise BadInputError(st, "holds no tensor", fix)
     if not side.is_file():
         if require_sidecar:
             raise FileNotFoundError(f"{st} has no JSON sidecar {side.name}; a mindscope vector is "
@@ -97,22 +96,40 @@ def _load(path: PathLike, require_sidecar: bool) -> tuple[dict[str, torch.Tensor
                                     "require_sidecar=False to load the bare tensor without metadata.")
         return tensors, {}
     try:
-        meta = json.loads(side.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, OSError) as e:
-        raise ValueError(f"sidecar {side} is not valid JSON ({e}); restore it or re-save the "
-                         "vector") from None
+        meta = read_json(side, max_bytes=16 << 20, expect=dict, what="vector sidecar")
+    except BadInputError as e:
+        raise BadInputError(f"sidecar {side} is not valid JSON or not a sidecar ({e.problem}); "
+                            "restore it or re-save the vector") from None
     key = meta.get("tensor")
-    if key not in tensors:
-        raise ValueError(f"sidecar {side} describes tensor {key!r} but {st} holds "
-                         f"{sorted(tensors)}: the two files do not belong together")
+    if not isinstance(key, str) or key not in tensors:
+        raise BadInputError(side, f"describes tensor {str(key)[:40]!r} but {st.name} holds "
+                                  f"{sorted(tensors)[:5]}: the two files do not belong together")
     t = tensors[key]
     if list(t.shape) != meta.get("shape") or meta.get("sha256") != _tensor_sha(t):
-        raise ValueError(f"sidecar {side} does not match {st} (shape {list(t.shape)} vs "
-                         f"{meta.get('shape')}, or a different checksum): the tensor file was "
-                         "modified or the sidecar belongs to another vector")
+        raise BadInputError(f"sidecar {side} does not match {st} (shape {list(t.shape)} vs "
+                            f"{str(meta.get('shape'))[:40]}, or a different checksum): the "
+                            "tensor file was modified or the sidecar belongs to another vector")
+    for k in ("names", "sites"):
+        if meta.get(k) is not None and not (isinstance(meta[k], list)
+                                            and all(isinstance(x, str) for x in meta[k])):
+            raise BadInputError(side, f"field {k!r} should be a list of strings")
+    for k in _META_FIELDS + ("kind",):
+        if meta.get(k) is not None and not isinstance(meta[k], str):
+            raise BadInputError(side, f"field {k!r} should be a string, got {str(meta[k])[:40]!r}")
+    if not isinstance(meta.get("meta", {}), dict):
+        raise BadInputError(side, "field 'meta' should be a JSON object")
     return tensors, meta
+
+
+def _checked(cls, where: Path, t: torch.Tensor, **kw):
+    """Build a Vector / VectorSet from a loaded tensor; bad data -> BadInputError naming where."""
+    check_finite(t, where, "the direction", "re-create the vector from good activations")
+    if t.numel() == 0:
+        raise BadInputError(where, f"holds an empty tensor {tuple(t.shape)}")
+    try:
+        return cls(t, **{k: v for k, v in kw.items() if v is not None})
+    except (ValueError, TypeError) as e:
+        raise BadInputError(where, str(e)) from None
 
 
 _META_FIELDS = ("site", "model", "method", "data_hash", "normalisation", "layer_convention")
@@ -276,16 +293,18 @@ class Vector(_Base):
     @classmethod
     def load(cls, path: PathLike, require_sidecar: bool = True) -> "Vector":
         tensors, meta = _load(path, require_sidecar)
+        st = _paths(path)[0]
         if meta and meta.get("kind") != "Vector":
-            raise ValueError(f"{_paths(path)[0]} holds a {meta.get('kind')}, not a Vector; use "
-                             "VectorSet.load")
+            raise BadInputError(st, f"holds a {str(meta.get('kind'))[:30]}, not a Vector; use "
+                                    "VectorSet.load")
         key = meta.get("tensor") or ("vector" if "vector" in tensors else None)
         if key is None:
             if len(tensors) != 1:
-                raise ValueError(f"{path} holds {sorted(tensors)}; expected one tensor or 'vector'")
+                raise BadInputError(st, f"holds {sorted(tensors)[:5]}; expected one tensor or "
+                                        "'vector'")
             key = next(iter(tensors))
-        return cls(tensors[key], **{k: meta[k] for k in _META_FIELDS if k in meta},
-                   meta=meta.get("meta", {}))
+        return _checked(cls, st, tensors[key], **{k: meta[k] for k in _META_FIELDS if k in meta},
+                        meta=meta.get("meta", {}))
 
 
 @dataclass
@@ -425,12 +444,14 @@ class VectorSet(_Base):
     @classmethod
     def load(cls, path: PathLike) -> "VectorSet":
         tensors, meta = _load(path, require_sidecar=True)
+        st = _paths(path)[0]
         if meta.get("kind") != "VectorSet":
-            raise ValueError(f"{_paths(path)[0]} holds a {meta.get('kind')}, not a VectorSet; "
-                             "use Vector.load")
-        return cls(tensors[meta["tensor"]], names=meta.get("names"), sites=meta.get("sites"),
-                   **{k: meta[k] for k in _META_FIELDS if k in meta and k != "site"},
-                   meta=meta.get("meta", {}))
+            raise BadInputError(st, f"holds a {str(meta.get('kind'))[:30]}, not a VectorSet; "
+                                    "use Vector.load")
+        return _checked(cls, st, tensors[meta["tensor"]], names=meta.get("names"),
+                        sites=meta.get("sites"),
+                        **{k: meta[k] for k in _META_FIELDS if k in meta and k != "site"},
+                        meta=meta.get("meta", {}))
 
 
 def load_vector(path: PathLike) -> Union[Vector, VectorSet]:
@@ -438,8 +459,8 @@ def load_vector(path: PathLike) -> Union[Vector, VectorSet]:
     _, side = _paths(path)
     if side.is_file():
         try:
-            kind = json.loads(side.read_text()).get("kind")
-        except (ValueError, AttributeError):
+            kind = read_json(side, max_bytes=16 << 20, expect=dict).get("kind")
+        except ValueError:  # BadInputError: Vector.load below names the problem
             kind = None
         if kind == "VectorSet":
             return VectorSet.load(path)

@@ -11,14 +11,17 @@ category, canary``). Items with an image are skipped (text-only models) and coun
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from ..core._files import BadInputError, loads_checked
+
 log = logging.getLogger(__name__)
+MAX_LINE = 64 << 20
+"""Longest JSONL line accepted (64 MiB): an item is a question, not a data dump."""
 
 ANSWER_TYPES = ("multipleChoice", "exactMatch")
 _ALIASES = {"multiplechoice": "multipleChoice", "multiple_choice": "multipleChoice", "mc": "multipleChoice",
@@ -88,7 +91,8 @@ def _norm_type(t: object, where: str) -> str:
     key = s.lower().replace(" ", "")
     if key in _ALIASES:
         return _ALIASES[key]
-    raise ValueError(f"{where}: unknown answer_type {t!r}; use 'multipleChoice' or 'exactMatch'")
+    raise BadInputError(where, f"unknown answer_type {str(t)[:40]!r}; use 'multipleChoice' or "
+                               "'exactMatch'")
 
 
 def _has_image(rec: dict) -> bool:
@@ -103,23 +107,36 @@ def _opt(rec: dict, k: str) -> Optional[str]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
+    fix = "each line must be one JSON object with id, question, answer, answer_type"
+    with open(path, "rb") as f:
+        ln = 0
+        while True:
+            line = f.readline(MAX_LINE + 1)
+            if not line:
+                break
+            ln += 1
+            if len(line) > MAX_LINE:
+                raise BadInputError(f"{path}:{ln}", f"line longer than {MAX_LINE:,} bytes", fix)
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{ln}: not valid JSON ({e.msg}); each line must be one "
-                                 "JSON object with id, question, answer, answer_type") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{ln}: expected a JSON object, got {type(rec).__name__}")
+            rec = loads_checked(line, f"{path}:{ln}", max_depth=32, expect=dict, what="item",
+                                fix=fix)
             rec["_where"] = f"{path}:{ln}"
             out.append(rec)
     return out
 
 
 def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow as pa
+
+    try:
+        return _read_parquet_raw(path)
+    except (pa.ArrowException, OSError) as e:
+        raise BadInputError(path, f"is not a readable items table ({str(e)[:160]})",
+                            "give an HLE-layout parquet or a .jsonl of items") from None
+
+
+def _read_parquet_raw(path: Path) -> list[dict]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -127,8 +144,9 @@ def _read_parquet(path: Path) -> list[dict]:
     want = ["id", "question", "answer", "answer_type", "rationale", "raw_subject", "category"]
     missing = [c for c in ("id", "question", "answer") if c not in schema.names]
     if missing:
-        raise ValueError(f"{path}: parquet lacks column(s) {missing}; found {schema.names}. "
-                         "Expected the HLE layout (id, question, image, answer, answer_type, ...)")
+        raise BadInputError(path, f"parquet lacks column(s) {missing}; found {schema.names}. "
+                                  "Expected the HLE layout (id, question, image, answer, "
+                                  "answer_type, ...)")
     cols = [c for c in want if c in schema.names]
     table = pq.read_table(path, columns=cols + (["image"] if "image" in schema.names else []))
     if "image" in table.column_names:  # keep only a flag; images can be hundreds of MB of base64
@@ -157,7 +175,7 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
     elif suffix in (".parquet", ".pq"):
         recs = _read_parquet(path)
     else:
-        raise ValueError(f"{path}: unknown item format {suffix!r}; use .jsonl or .parquet")
+        raise BadInputError(path, f"unknown item format {suffix!r}; use .jsonl or .parquet")
     if answer_types:
         answer_types = [_norm_type(t, "answer_types") for t in answer_types]
     items: list[Item] = []
@@ -170,12 +188,21 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
             continue
         for k in ("id", "question", "answer"):
             if r.get(k) is None or str(r[k]).strip() == "":
-                raise ValueError(f"{where}: missing field {k!r}")
-        it = Item(id=str(r["id"]), question=str(r["question"]), answer=str(r["answer"]).strip(),
-                  answer_type=_norm_type(r.get("answer_type"), where), category=_opt(r, "category"),
-                  rationale=_opt(r, "rationale"), raw_subject=_opt(r, "raw_subject"))
+                raise BadInputError(where, f"missing field {k!r}")
+            if not isinstance(r[k], (str, int, float)) or isinstance(r[k], bool):
+                raise BadInputError(where, f"field {k!r} should be text, got {type(r[k]).__name__}")
+        try:
+            it = Item(id=str(r["id"]), question=str(r["question"]), answer=str(r["answer"]).strip(),
+                      answer_type=_norm_type(r.get("answer_type"), where),
+                      category=_opt(r, "category"), rationale=_opt(r, "rationale"),
+                      raw_subject=_opt(r, "raw_subject"))
+        except BadInputError:
+            raise
+        except ValueError as e:
+            raise BadInputError(where, str(e)) from None
         if it.id in seen:
-            raise ValueError(f"{where}: duplicate id {it.id!r}; ids must be unique to resume runs")
+            raise BadInputError(where, f"duplicate id {it.id[:60]!r}; ids must be unique to resume "
+                                       "runs")
         seen.add(it.id)
         if (categories and it.category not in categories) or (answer_types and it.answer_type not in answer_types):
             n_filt += 1
@@ -187,5 +214,6 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
     if n_img:
         log.info("%s: skipped %d image item(s) (text-only evaluation)", path, n_img)
     if not items:
-        raise ValueError(f"{path}: no text items left (skipped {n_img} with images, {n_filt} by filters)")
+        raise BadInputError(path, f"no text items left (skipped {n_img} with images, {n_filt} by "
+                                  "filters)")
     return ItemSet(items=items, source=str(path), skipped_images=n_img, skipped_filter=n_filt)

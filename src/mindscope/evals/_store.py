@@ -19,6 +19,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..core._files import loads_checked
+from ..core._lock import RunLock
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +49,8 @@ class RunStore:
     def __init__(self, folder: str | Path, name: str = "items.jsonl"):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.folder, "benchmark run").acquire()
+        """Held while this object lives: another process writing here gets RunLockedError."""
         self.path = self.folder / name
         self._lock = threading.Lock()
         self.truncated_lines = 0
@@ -65,7 +70,7 @@ class RunStore:
             end = pos + len(line) + (0 if last else 1)
             if line.strip():
                 try:
-                    rec = json.loads(line)
+                    rec = loads_checked(line, f"{self.path}:{i + 1}", max_depth=64)
                     if not isinstance(rec, dict) or "id" not in rec:
                         raise ValueError("record without id")
                     if last:  # a complete JSON object without its newline: keep it, add the newline
@@ -102,3 +107,7 @@ class RunStore:
 
     def write_json(self, name: str, obj: Any) -> Path:
         return write_json_atomic(self.folder / name, obj)
+
+    def close(self) -> None:
+        """Release the folder lock (also done when the object is garbage-collected)."""
+        self.lock.release()

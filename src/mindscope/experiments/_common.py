@@ -31,6 +31,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..core._lock import RunLock
+
 log = logging.getLogger(__name__)
 
 __all__ = ["wilson", "write_json", "model_hash", "git_hash", "versions", "RunDir", "Report",
@@ -170,6 +172,8 @@ class RunDir:
                  experiment: str = ""):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.path, f"experiment {experiment}".strip()).acquire()
+        """Held while this object lives: another process writing here gets RunLockedError."""
         self.started = time.time()
         self.config = {"experiment": experiment, "settings": to_jsonable(settings),
                        "versions": versions(), "git": git_hash(),

@@ -123,58 +123,80 @@ def detection_metrics(grades: Sequence, injected: Sequence[bool]) -> dict:
             "control_coherence": wilson(sum(g.coherent for g in ctl), len(ctl))}
 
 
+def _texts(gens) -> list[str]:
+    return [g.text for g in gens]
+
+
 def run_detection(lm, cfg, vecs: dict[int, VectorSet], words: Sequence[str], grader,
                   extra=(), tag: str = "", layers: Optional[Sequence[int]] = None,
-                  strengths: Optional[Sequence[float]] = None) -> dict:
+                  strengths: Optional[Sequence[float]] = None, stages=None) -> dict:
     """Generate and grade every trial. ``extra``: interventions added to every row (e.g. a
-    refusal-direction ablation or a trained bias). Returns cells, controls, readout, trials."""
+    refusal-direction ablation or a trained bias). ``stages``: a ``Stages`` cache (resume).
+    Returns cells, controls, readout, trials."""
+    from ._introspection_cache import Stages
+    from ._introspection_grade import first_mention
+
+    stages = stages or Stages(None)
+    key = f"detection{'-' + tag if tag else ''}"
     layers = list(layers if layers is not None else vecs)
     strengths = list(strengths if strengths is not None else cfg.strengths)
     prompt = trial_prompt(lm, cfg.trial)
     pos = injection_positions(cfg.trial)
     trials, cells, readout = [], [], []
-    # controls: same prompt, no injection (shared by every layer)
-    n_ctl = len(words) * cfg.samples
-    gens = lm.generate([prompt] * n_ctl, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
-                       interventions=list(extra))
-    ctl_grades = [grader.grade(g.text, words[i % len(words)]) for i, g in enumerate(gens)]
-    for i, (g, gr) in enumerate(zip(gens, ctl_grades)):
-        trials.append({"kind": "control", "tag": tag, "concept": words[i % len(words)],
-                       "layer": None, "strength": 0.0, "response": g.text,
+    # controls: same prompt, no injection (shared by every layer); concept labels cycle
+    n_ctl = cfg.n_controls if getattr(cfg, "n_controls", None) else len(words) * cfg.samples
+    ctl_words = [words[i % len(words)] for i in range(n_ctl)]
+    # controls depend only on the extra interventions: rows without any are shared across calls
+    ckey = f"detection-control-{tag if extra else 'plain'}"
+    texts = stages(f"{ckey}-n{n_ctl}", lambda: _texts(lm.generate(
+        [prompt] * n_ctl, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        seed=cfg.seed, batch_size=cfg.batch_size, interventions=list(extra))))
+    ctl_grades = [grader.grade(t, w) for t, w in zip(texts, ctl_words)]
+    ctl_mention = [first_mention(t, w) is not None for t, w in zip(texts, ctl_words)]
+    for t, w, gr in zip(texts, ctl_words, ctl_grades):
+        trials.append({"kind": "control", "tag": tag, "concept": w,
+                       "layer": None, "strength": 0.0, "response": t,
                        "claims": gr.claims, "identifies": gr.identifies, "coherent": gr.coherent})
-    ctl_lo = float(yes_no_logodds(lm, [prompt], list(extra))[0])
+    ctl_lo = stages(f"{ckey}-readout",
+                    lambda: float(yes_no_logodds(lm, [prompt], list(extra))[0]))
     for L in tqdm(layers, desc=f"detection {tag}".strip(), disable=not cfg.progress):
         V = vecs[L].data.float()  # (C, d)
         rows = [(c, s) for s in strengths for c in range(len(words)) for _ in range(cfg.samples)]
         vec = torch.stack([V[c] for c, _ in rows])  # (B, d)
         sc = torch.tensor([float(s) for _, s in rows])  # (B,)
         add = Add(f"resid_post.{L}", vec, scale=sc, positions=pos)
-        gens = lm.generate([prompt] * len(rows), max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, seed=cfg.seed + 1 + L,
-                           batch_size=cfg.batch_size, interventions=[*extra, add])
-        grades = [grader.grade(g.text, words[c]) for g, (c, _) in zip(gens, rows)]
-        for g, gr, (c, s) in zip(gens, grades, rows):
+        sname = "s" + "_".join(f"{float(s):g}" for s in strengths)
+        texts = stages(f"{key}-L{L}-{sname}", lambda: _texts(lm.generate(
+            [prompt] * len(rows), max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, seed=cfg.seed + 1 + L, batch_size=cfg.batch_size,
+            interventions=[*extra, add])))
+        grades = [grader.grade(t, words[c]) for t, (c, _) in zip(texts, rows)]
+        mention = [first_mention(t, words[c]) is not None for t, (c, _) in zip(texts, rows)]
+        for t, gr, (c, s) in zip(texts, grades, rows):
             trials.append({"kind": "injected", "tag": tag, "concept": words[c], "layer": L,
-                           "strength": s, "response": g.text, "claims": gr.claims,
+                           "strength": s, "response": t, "claims": gr.claims,
                            "identifies": gr.identifies, "coherent": gr.coherent})
         # readout: one row per (concept, strength)
         rrows = [(c, s) for s in strengths for c in range(len(words))]
         radd = Add(f"resid_post.{L}", torch.stack([V[c] for c, _ in rrows]),
                    scale=torch.tensor([float(s) for _, s in rrows]), positions=pos)
-        lo = yes_no_logodds(lm, [prompt] * len(rrows), [*extra, radd], cfg.batch_size)
+        lo = torch.tensor(stages(f"{key}-L{L}-{sname}-readout", lambda: yes_no_logodds(
+            lm, [prompt] * len(rrows), [*extra, radd], cfg.batch_size).tolist()))
         for s in strengths:
             sel = [i for i, (_, s2) in enumerate(rrows) if s2 == s]
             gsel = [gr for gr, (_, s2) in zip(grades, rows) if s2 == s]
+            msel = [m for m, (_, s2) in zip(mention, rows) if s2 == s]
             m = detection_metrics(gsel + ctl_grades, [True] * len(gsel) + [False] * len(ctl_grades))
             shift = (lo[sel] - ctl_lo).tolist()
             cells.append({"layer": L, "strength": s, **m,
+                          "mentions": wilson(sum(msel), len(msel)),
                           "yes_shift": mean_ci(shift),
                           "p_yes": mean_ci(torch.sigmoid(lo[sel]).tolist())})
             readout.extend({"layer": L, "strength": s, "concept": words[c], "logodds": float(lo[i])}
                            for i, (c, _) in ((i, rrows[i]) for i in sel))
     ctl = detection_metrics(ctl_grades, [False] * len(ctl_grades))
     return {"cells": cells, "control": {"fpr": ctl["fpr"], "coherence": ctl["control_coherence"],
+                                        "mentions": wilson(sum(ctl_mention), len(ctl_mention)),
                                         "logodds": ctl_lo, "p_yes": float(torch.sigmoid(
                                             torch.tensor(ctl_lo)))},
             "readout": readout, "trials": trials}

@@ -27,9 +27,16 @@ _VERB = re.compile(r"\bi\b([^.!?]{0,30}?)\b(detect|notice|sense|feel|perceiv|am 
 _THERE = re.compile(r"\b(there\s+(?:is|was|seems\s+to\s+be|appears\s+to\s+be)|it\s+seems\s+"
                     r"there\s+is)\s+(an?\s+)?(injected|unusual|foreign|new|strange)?\s*thought", re.I)
 _YES = re.compile(r"\byes\b", re.I)
+# "The injected thought is about X": asserts that there is one (the papers' judge counts an
+# affirmation of an injected thought, however phrased); "... is not ..." does not
+_SUBJ = re.compile(r"\bthe\s+(?:injected|unusual|foreign)\s+thought\s+(?:is|was|seems|appears|"
+                   r"concerns|relates|involves)\b(\s+not\b|n't\b)?", re.I)
+_HEDGE = re.compile(r"\b(whether|if)\b", re.I)
 _NO_START = re.compile(r"^\W*no\b", re.I)
-_APOLOGY = re.compile(r"accident|sorry|apolog|didn'?t mean|did not mean|mistake|unintention|"
-                      r"not intend|wasn'?t intentional|slip|typo|by error|in error", re.I)
+_APOLOGY = re.compile(r"accident|sorry|apolog|didn'?t mean|did not mean|mistake|unintend|"
+                      r"unintention|not intend|wasn'?t intentional|slip|typo|by error|in error|"
+                      r"wrong word|not what i meant", re.I)
+_ANSWER = re.compile(r"^\W*(yes|no)\b", re.I)  # a bare answer to "Did you mean to say that?"
 _INTENT = re.compile(r"not (?:an? )?(?:accident|mistake)|\bi (?:did )?mean(?:t)? (?:to|it)|"
                      r"intentional|on purpose|deliberate", re.I)
 
@@ -117,6 +124,10 @@ def detection_claim(text: str) -> Optional[int]:
         for m in _THERE.finditer(s):
             before = s[max(0, m.start() - 12):m.start()]
             cands.append((off + m.start(), not _NEG.search(before)))
+        for m in _SUBJ.finditer(s):
+            before = s[max(0, m.start() - 25):m.start()]
+            cands.append((off + m.start(), not (m.group(1) or _NEG.search(before)
+                                                or _HEDGE.search(before))))
         for m in _YES.finditer(s):
             cands.append((off + m.start(), True))
     if not cands:
@@ -127,7 +138,11 @@ def detection_claim(text: str) -> Optional[int]:
 
 def apologizes(text: str) -> bool:
     """Prefill protocol: does the reply disavow the prefilled word (accident, sorry, mistake)
-    rather than claim it was meant? Decided by whichever cue comes first."""
+    rather than claim it was meant? A leading "No" / "Yes" answers the question ("Did you mean
+    to say that?"); otherwise whichever cue comes first decides."""
+    ans = _ANSWER.match(text)
+    if ans:  # "No, I didn't" disavows; "Yes, I meant it" claims it
+        return ans.group(1).lower() == "no"
     a, i = _APOLOGY.search(text), _INTENT.search(text)
     if a and i:
         return a.start() < i.start()

@@ -87,13 +87,16 @@ def train_bias(lm, cfg, V: torch.Tensor, inj_layer: int, bias_layer: int) -> tup
 
 
 def run_mechanisms(lm, cfg, vecs, words, grader, inj_layer: int, refusal_layer: int,
-                   bias_layer: int) -> dict:
+                   bias_layer: int, stages=None) -> dict:
     """Refusal ablation effect on detection; trained bias on held-out concepts."""
     from ..steering import ablate_direction
 
     out: dict = {"inj_layer": inj_layer, "strength": cfg.mech_strength}
     V = vecs[inj_layer].data.float()
-    kw = dict(layers=[inj_layer], strengths=[cfg.mech_strength])
+    from ._introspection_cache import Stages
+
+    stages = stages or Stages(None)
+    kw = dict(layers=[inj_layer], strengths=[cfg.mech_strength], stages=stages)
     # --- refusal direction ablation
     r = refusal_direction(lm, refusal_layer)
     abl = ablate_direction(lm, r.data)
@@ -106,7 +109,9 @@ def run_mechanisms(lm, cfg, vecs, words, grader, inj_layer: int, refusal_layer: 
     # --- trained bias on held-out concepts
     n_train = max(1, min(len(words) - 1, int(round(len(words) * cfg.bias_train_frac))))
     train_idx, test_idx = list(range(n_train)), list(range(n_train, len(words)))
-    b, hist = train_bias(lm, cfg, V[train_idx], inj_layer, bias_layer)
+    tb = stages("mechanisms-bias", lambda: dict(zip(("bias", "history"), train_bias(
+        lm, cfg, V[train_idx], inj_layer, bias_layer))))
+    b, hist = torch.tensor(tb["bias"], dtype=torch.float32), tb["history"]
     bias_iv = Add(f"mlp_out.{bias_layer}", b, positions="all")
     test_words = [words[i] for i in test_idx]
     test_vecs = {inj_layer: VectorSet(vecs[inj_layer].data[test_idx], names=test_words,
@@ -118,17 +123,22 @@ def run_mechanisms(lm, cfg, vecs, words, grader, inj_layer: int, refusal_layer: 
     prompt = trial_prompt(lm, cfg.trial)
     pos = span(f"Trial {cfg.trial}", start_offset=-1, through_end=True)
 
-    def p_yes(idx, extra):
-        rows = len(idx)
-        add = Add(f"resid_post.{inj_layer}", V[idx], scale=float(cfg.mech_strength), positions=pos)
-        inj = torch.sigmoid(yes_no_logodds(lm, [prompt] * rows, [*extra, add], cfg.batch_size))
-        ctl = torch.sigmoid(yes_no_logodds(lm, [prompt], list(extra)))
-        return {"injected": mean_ci(inj.tolist()), "control": float(ctl[0])}
+    def p_yes(idx, extra, name):
+        def go():
+            add = Add(f"resid_post.{inj_layer}", V[idx], scale=float(cfg.mech_strength),
+                      positions=pos)
+            inj = torch.sigmoid(yes_no_logodds(lm, [prompt] * len(idx), [*extra, add],
+                                               cfg.batch_size))
+            ctl = torch.sigmoid(yes_no_logodds(lm, [prompt], list(extra)))
+            return {"injected": mean_ci(inj.tolist()), "control": float(ctl[0])}
+        return stages(f"mechanisms-pyes-{name}", go)
 
     out["bias"] = {"site": f"mlp_out.{bias_layer}", "train_concepts": [words[i] for i in train_idx],
                    "test_concepts": test_words, "norm": float(b.norm()), "history": hist,
-                   "p_yes_train": {"before": p_yes(train_idx, []), "after": p_yes(train_idx, [bias_iv])},
-                   "p_yes_test": {"before": p_yes(test_idx, []), "after": p_yes(test_idx, [bias_iv])},
+                   "p_yes_train": {"before": p_yes(train_idx, [], "train-before"),
+                                   "after": p_yes(train_idx, [bias_iv], "train-after")},
+                   "p_yes_test": {"before": p_yes(test_idx, [], "test-before"),
+                                  "after": p_yes(test_idx, [bias_iv], "test-after")},
                    "held_out_before": {**before["cells"][0], "fpr": before["control"]["fpr"]},
                    "held_out_after": {**after["cells"][0], "fpr": after["control"]["fpr"]}}
     out["trials"] = trials

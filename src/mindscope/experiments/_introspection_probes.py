@@ -46,17 +46,33 @@ def repeats(response: str, sentence: str) -> bool:
     return _norm(sentence) in _norm(response)
 
 
-def _gen(lm, cfg, prompts, ivs, seed):
-    # one batch: a (B, T) position mask must cover the rows of the call it is used in
-    return lm.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                       seed=seed, batch_size=max(cfg.batch_size, len(prompts)), interventions=ivs)
+class _G:  # a generation as far as scoring needs: its text
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _gen(lm, cfg, prompts, ivs, seed, stages=None, name: str = ""):
+    """Texts of one ``generate`` call, as ``_G`` objects; cached as stage ``name``."""
+    from ._introspection_cache import Stages
+
+    def go():
+        # one batch: a (B, T) position mask must cover the rows of the call it is used in
+        return [g.text for g in lm.generate(
+            prompts, max_new_tokens=_probe_tokens(cfg), temperature=cfg.temperature, seed=seed,
+            batch_size=max(cfg.batch_size, len(prompts)), interventions=ivs)]
+    return [_G(t) for t in (stages or Stages(None))(name or "gen", go)]
+
+
+def _probe_tokens(cfg) -> int:
+    return getattr(cfg, "probe_max_new_tokens", None) or cfg.max_new_tokens
 
 
 def _inject(L: int, V: torch.Tensor, idx: Sequence[int], strength: float, pos) -> Add:
     return Add(f"resid_post.{L}", V[list(idx)].float(), scale=float(strength), positions=pos)
 
 
-def run_thoughts(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers) -> dict:
+def run_thoughts(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers,
+                 stages=None) -> dict:
     """Inject a concept on a sentence's tokens; ask for the word that comes to mind (scored:
     concept named) and, separately, to repeat the sentence (scored: exact repeat)."""
     ps = pairs(sentences, words)
@@ -72,14 +88,14 @@ def run_thoughts(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers) 
         return th, rp
 
     trials = []
-    ctl = _gen(lm, cfg, prompts, [], cfg.seed)
+    ctl = _gen(lm, cfg, prompts, [], cfg.seed, stages, "thoughts-control")
     th0, rp0 = score(ctl)
     for g, (s, c) in zip(ctl, ps + ps):
         trials.append({"layer": None, "concept": words[c], "sentence": s, "response": g.text})
     cells = []
     for L in tqdm(layers, desc="thoughts vs text", disable=not cfg.progress):
         add = _inject(L, vecs[L].data, idx, cfg.probe_strength, mask)
-        gens = _gen(lm, cfg, prompts, [add], cfg.seed + 1 + L)
+        gens = _gen(lm, cfg, prompts, [add], cfg.seed + 1 + L, stages, f"thoughts-L{L}")
         th, rp = score(gens)
         cells.append({"layer": L, "strength": cfg.probe_strength,
                       "thought_identified": wilson(sum(th), n),
@@ -106,7 +122,8 @@ def _sentence_mask(lm, prompts, sentences) -> torch.Tensor:
     return m
 
 
-def run_prefill(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers) -> dict:
+def run_prefill(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers,
+                stages=None) -> dict:
     """Prefill an unrelated word as the answer, ask whether it was meant; apology rate with and
     without retroactive injection of that word's vector on the sentence (before the prefill)."""
     ps = pairs(sentences, words)
@@ -115,14 +132,14 @@ def run_prefill(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers) -
                         {"role": "user", "content": ASK_INTENT}]) for s, c in ps]
     mask = _sentence_mask(lm, prompts, [s for s, _ in ps])
     n = len(ps)
-    ctl = _gen(lm, cfg, prompts, [], cfg.seed)
+    ctl = _gen(lm, cfg, prompts, [], cfg.seed, stages, "prefill-control")
     a0 = [apologizes(g.text) for g in ctl]
     trials = [{"layer": None, "word": words[c], "sentence": s, "response": g.text, "apology": a}
               for g, (s, c), a in zip(ctl, ps, a0)]
     cells = []
     for L in tqdm(layers, desc="prefill", disable=not cfg.progress):
         add = _inject(L, vecs[L].data, [c for _, c in ps], cfg.probe_strength, mask)
-        gens = _gen(lm, cfg, prompts, [add], cfg.seed + 1 + L)
+        gens = _gen(lm, cfg, prompts, [add], cfg.seed + 1 + L, stages, f"prefill-L{L}")
         a1 = [apologizes(g.text) for g in gens]
         cells.append({"layer": L, "strength": cfg.probe_strength,
                       "apology_injected": wilson(sum(a1), n), "apology_control": wilson(sum(a0), n),
@@ -132,7 +149,7 @@ def run_prefill(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers) -
     return {"cells": cells, "trials": trials}
 
 
-def run_control(lm, cfg, vecs: dict[int, VectorSet], words, sentences) -> dict:
+def run_control(lm, cfg, vecs: dict[int, VectorSet], words, sentences, stages=None) -> dict:
     """Write a sentence while told to think (or not) about a word; cosine of response-token
     activations with the word's concept vector at every layer, and with other words' vectors
     (off-target baseline)."""
@@ -140,8 +157,11 @@ def run_control(lm, cfg, vecs: dict[int, VectorSet], words, sentences) -> dict:
     names = list(CONTROL_VARIANTS)
     prompts = [lm.chat([{"role": "user", "content": CONTROL_VARIANTS[v].format(s=s, w=words[c])}])
                for v in names for s, c in ps]
-    gens = lm.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                       batch_size=cfg.batch_size)
+    from ._introspection_cache import Stages
+
+    gens = [_G(t) for t in (stages or Stages(None))("control-gen", lambda: [
+        g.text for g in lm.generate(prompts, max_new_tokens=_probe_tokens(cfg), temperature=0.0,
+                                    batch_size=cfg.batch_size)])]
     convs = [lm.chat([*p.messages, {"role": "assistant", "content": g.text.strip() or "."}],
                      add_generation_prompt=False) for p, g in zip(prompts, gens)]
     layers = sorted(vecs)
@@ -151,6 +171,7 @@ def run_control(lm, cfg, vecs: dict[int, VectorSet], words, sentences) -> dict:
     widx = torch.tensor([c for _ in names for _, c in ps])  # (R,)
     R = len(convs)
     per = {v: {"on": [], "off": []} for v in names}
+    diffs: dict = {"think_minus_dont": [], "think_minus_neutral": [], "dont_minus_neutral": []}
     for L, s in zip(layers, sites):
         V = vecs[L].data.float()
         Vu = V / V.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # (C, d)
@@ -164,8 +185,13 @@ def run_control(lm, cfg, vecs: dict[int, VectorSet], words, sentences) -> dict:
             sl = slice(k * len(ps), (k + 1) * len(ps))
             per[v]["on"].append(mean_ci(on[sl].tolist()))
             per[v]["off"].append(mean_ci(off[sl].tolist()))
-    cells = [{"layer": L, **{f"{v}_{w}": per[v][w][i] for v in names for w in ("on", "off")}}
-             for i, L in enumerate(layers)]
+        by = {v: on[k * len(ps):(k + 1) * len(ps)] for k, v in enumerate(names)}  # (P,) each
+        for key in diffs:  # paired over (sentence, word): same pair, different instruction
+            a_, b_ = key.split("_minus_")
+            diffs[key].append(mean_ci((by[a_] - by[b_]).tolist()) if a_ in by and b_ in by
+                              else mean_ci([]))
+    cells = [{"layer": L, **{f"{v}_{w}": per[v][w][i] for v in names for w in ("on", "off")},
+              **{k: diffs[k][i] for k in diffs}} for i, L in enumerate(layers)]
     trials = [{"variant": v, "concept": words[c], "sentence": s, "response": g.text}
               for (v, (s, c)), g in zip(((v, p) for v in names for p in ps), gens)]
     return {"cells": cells, "trials": trials, "variants": names}

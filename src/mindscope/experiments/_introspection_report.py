@@ -58,9 +58,13 @@ def build_report(res) -> Report:
             g, rows, cols = _grid(d["cells"], key, sub)
             rep.image(heatmap_png(g, rows, cols, title, "layer", "strength", fmt=fmt,
                                   cmap="coolwarm" if key == "yes_shift" else "viridis"), title)
-        rep.table([{k: c[k] for k in ("layer", "strength", "tpr", "fpr", "identification",
-                                      "combined", "coherence", "yes_shift", "p_yes")}
-                   for c in d["cells"]])
+        rep.table([{k: c.get(k) for k in ("layer", "strength", "tpr", "fpr", "identification",
+                                          "combined", "mentions", "coherence", "yes_shift",
+                                          "p_yes")} for c in d["cells"]])
+        if "mentions" in d["control"]:
+            rep.text("mentions = the response names the injected concept anywhere (a steering "
+                     "effect, not introspection); controls name their (unused) label concept "
+                     f"{d['control']['mentions']['k']}/{d['control']['mentions']['n']} times.")
         tr = res.trials.get("detection", [])
         prompt = "\n".join(f"[{x['role']}] {x['content']}" for x in trial_messages(cfg.trial))
         rep.h("Example transcripts: injected trials graded as claims", 3)
@@ -93,7 +97,8 @@ def build_report(res) -> Report:
         rep.image(_line_plot(xs, series, "cosine of response tokens with the concept vector",
                              "mean cosine"))
         rep.table([{"layer": r["layer"], **{f"{v}": r[f"{v}_on"] for v in c["variants"]},
-                    "think_off": r["think_off"]} for r in c["cells"]])
+                    "think_off": r["think_off"], "think − dont (paired)": r.get("think_minus_dont")}
+                   for r in c["cells"]])
         _examples(rep, res.trials.get("control", []), lambda t: True,
                   lambda t: f"{t['variant']}: {t['concept']}", k=5)
     mech = m.get("mechanisms")

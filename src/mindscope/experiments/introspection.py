@@ -23,6 +23,7 @@ from typing import Optional
 from safetensors.torch import save_file
 
 from ._common import RunDir, _atomic_write_bytes, to_jsonable, write_json
+from ._introspection_cache import Stages, settings_key
 from ._introspection_detect import (PREAMBLE, QUESTION, concept_sets, injection_positions,
                                     resolve_layers, run_detection, trial_messages, trial_prompt,
                                     yes_no_logodds)
@@ -60,9 +61,14 @@ class Config:
     strengths: tuple = (1.0, 2.0, 4.0, 8.0)
     """Injection strengths s in h + s·v (v the unnormalised concept vector)."""
     samples: int = 1
-    """Generations per (concept, layer, strength); controls: samples x n_concepts."""
+    """Generations per (concept, layer, strength)."""
+    n_controls: Optional[int] = None
+    """Control trials (no injection) per detection condition (None = samples x n_concepts)."""
     max_new_tokens: int = 100
-    """Response length in tokens."""
+    """Response length in tokens (detection and mechanisms trials)."""
+    probe_max_new_tokens: Optional[int] = None
+    """Response length for the thoughts / prefill / control protocols, whose prompts ask for a
+    short answer (None = ``max_new_tokens``)."""
     temperature: float = 1.0
     """Sampling temperature (the papers use 1)."""
     seed: int = 0
@@ -109,8 +115,9 @@ class Config:
             raise ValueError("layers and strengths must each name at least one value")
         if any(s < 0 for s in self.strengths):
             raise ValueError(f"strengths must be >= 0; got {self.strengths}")
-        for name in ("samples", "max_new_tokens", "bias_batch"):
-            if getattr(self, name) < 1:
+        for name in ("samples", "max_new_tokens", "bias_batch", "n_controls",
+                     "probe_max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0 < self.bias_train_frac < 1:
             raise ValueError(f"bias_train_frac must be in (0, 1); got {self.bias_train_frac}")
@@ -182,16 +189,21 @@ class Result:
                    trials=json.loads(tr.read_text()) if tr.exists() else {})
 
 
-def _partial(rd, cfg, metrics, lm, t0) -> None:
+def _partial(rd, cfg, metrics, trials, lm, t0) -> None:
     """Save what is done so far (a killed run keeps its finished protocols)."""
     if rd:
         rd.save_results({"config": cfg, "metrics": metrics, "runtime_s": time.time() - t0,
                          "model": lm.name, "partial": True})
+        write_json(rd.path / "trials.json", trials)
 
 
 def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Result:
     """Run ``config.protocols`` on ``lm``; with ``out_dir`` write run_config.json, results.json,
-    trials.json, bias.safetensors (mechanisms) and report.html there."""
+    trials.json, bias.safetensors (mechanisms) and report.html there.
+
+    Resume: each finished generation / readout / training stage is saved under
+    ``out_dir/stages/<settings hash>/``; running the same settings into the same folder again
+    (after a kill) loads those and computes only what is missing."""
     cfg = config or Config()
     words, base = cfg.words()
     sentences = cfg.sentence_list()
@@ -203,6 +215,7 @@ def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Resul
     if "control" in cfg.protocols:
         need |= set(range(lm.n_layers))
     rd = RunDir(out_dir, cfg, lm, experiment="introspection") if out_dir else None
+    st = Stages(rd.path / "stages" / settings_key(cfg, lm) if rd else None)
     t0 = time.time()
     log.info("concept vectors for %d words at %d layers (%d baseline words)", len(words),
              len(need), len(base))
@@ -212,27 +225,27 @@ def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Resul
     trials: dict = {}
     P = cfg.protocols
     if "detection" in P:
-        d = run_detection(lm, cfg, vecs, words, grader, layers=layers)
+        d = run_detection(lm, cfg, vecs, words, grader, layers=layers, stages=st)
         trials["detection"] = d.pop("trials")
         metrics["detection"] = d
-        _partial(rd, cfg, metrics, lm, t0)
+        _partial(rd, cfg, metrics, trials, lm, t0)
     if "thoughts" in P:
-        d = run_thoughts(lm, cfg, vecs, words, sentences, layers)
+        d = run_thoughts(lm, cfg, vecs, words, sentences, layers, stages=st)
         trials["thoughts"] = d.pop("trials")
         metrics["thoughts"] = d
-        _partial(rd, cfg, metrics, lm, t0)
+        _partial(rd, cfg, metrics, trials, lm, t0)
     if "prefill" in P:
-        d = run_prefill(lm, cfg, vecs, words, sentences, layers)
+        d = run_prefill(lm, cfg, vecs, words, sentences, layers, stages=st)
         trials["prefill"] = d.pop("trials")
         metrics["prefill"] = d
-        _partial(rd, cfg, metrics, lm, t0)
+        _partial(rd, cfg, metrics, trials, lm, t0)
     if "control" in P:
-        d = run_control(lm, cfg, vecs, words, sentences)
+        d = run_control(lm, cfg, vecs, words, sentences, stages=st)
         trials["control"] = d.pop("trials")
         metrics["control"] = d
-        _partial(rd, cfg, metrics, lm, t0)
+        _partial(rd, cfg, metrics, trials, lm, t0)
     if "mechanisms" in P:
-        d = run_mechanisms(lm, cfg, vecs, words, grader, mech_L, ref_L, bias_L)
+        d = run_mechanisms(lm, cfg, vecs, words, grader, mech_L, ref_L, bias_L, stages=st)
         trials["mechanisms"] = d.pop("trials")
         b = d.pop("bias_vector")
         metrics["mechanisms"] = d
@@ -245,7 +258,8 @@ def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Resul
                  grader=grader.describe())
     if rd:
         rd.save_results({"config": cfg, "metrics": metrics, "runtime_s": res.runtime_s,
-                         "model": lm.name, "grader": res.grader, "summary": res.summary()})
+                         "model": lm.name, "grader": res.grader, "summary": res.summary(),
+                         "resumed_stages": st.loaded})
         write_json(rd.path / "trials.json", trials)
         res.report()
     return res

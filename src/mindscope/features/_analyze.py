@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core._files import BadInputError, read_json
+from ..core._lock import run_lock
 from ._state import FeatureState, hist_edges
 
 log = logging.getLogger(__name__)
@@ -243,6 +245,8 @@ def finalize(state: FeatureState, out: Path, sae, lm=None, cfg: Optional[Analysi
     cfg = cfg or AnalysisConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("features.parquet", "analysis.json"):  # rewritten last: their absence marks
+        (out / name).unlink(missing_ok=True)              # an unfinished analysis
     tokenizer = tokenizer if tokenizer is not None else getattr(lm, "tokenizer", None)
     ts = TokenStrings(tokenizer)
     n = state.n
@@ -328,11 +332,11 @@ def finalize(state: FeatureState, out: Path, sae, lm=None, cfg: Optional[Analysi
     xy, method = decoder_map(W_dec, cfg.map_method)
     cnt_all = state.count.numpy()
     N = max(state.n_rows, 1)
-    write_parquet(pa.table({
+    features = pa.table({
         "latent": np.arange(n, dtype=np.int32), "count": cnt_all,
         "density": cnt_all / N, "mean_act": state.total.numpy() / np.maximum(cnt_all, 1),
         "max_act": state.max.numpy(), "x": xy[:, 0], "y": xy[:, 1],
-        "top_logits": top_promoted}), out / "features.parquet")
+        "top_logits": top_promoted})
     doc = {"format": "mindscope-features/1", "n_latents": n, "n_rows": state.n_rows,
            "config": asdict(cfg), "sae": {"arch": sae.cfg.arch, "site": sae.cfg.site,
                                           "model": sae.cfg.model, "k": sae.cfg.k},
@@ -344,6 +348,7 @@ def finalize(state: FeatureState, out: Path, sae, lm=None, cfg: Optional[Analysi
            "token_pairs_pruned": state.tp_pruned,
            "finalize_seconds": time.time() - t0, **(info or {})}
     write_json(out / "analysis.json", doc)
+    write_parquet(features, out / "features.parquet")  # last: FeatureSet opens only finished ones
     return doc
 
 
@@ -356,29 +361,53 @@ def analyze(sae, store, lm=None, out: Optional[Union[str, Path]] = None,
     ``tokenizer=`` alone gives strings). ``out`` defaults to ``<sae folder>/features``.
     ``append=True`` adds this store's not-yet-analysed shards to an existing analysis (the
     states merge: top-k merge, counts and histograms add, reservoirs merge). Returns a FeatureSet."""
-    from ..activations import ActivationStore
-    from ..sae import SAE
-    from ._tables import FeatureSet
+    from ..sae._formats import load_any
 
     sae_dir = None
     if isinstance(sae, (str, Path)):
         sae_dir = Path(sae)
-        sae = SAE.load(sae_dir)
+        sae = load_any(sae_dir)
     if out is None:
         if sae_dir is None:
             raise ValueError("pass out= (or give the SAE as a folder path)")
         out = features_dir(sae_dir)
-    out = Path(out)
+    with run_lock(out, "feature analysis"):
+        return _analyze(sae, store, lm, Path(out), cfg, append, max_tokens, shards, tokenizer,
+                        progress)
+
+
+def _previous(state: FeatureState, info_p: Path) -> dict:
+    """Sources and settings of the analysis a state belongs to: saved inside the state (written
+    in the same atomic step), else (older states) in analysis.json."""
+    if state.extra.get("sources") is not None:
+        return state.extra
+    if not info_p.exists():
+        return {}
+    return read_json(info_p, expect=dict, what="analysis record",
+                     fix="delete the features folder and analyse again without --append")
+
+
+def _analyze(sae, store, lm, out: Path, cfg, append, max_tokens, shards, tokenizer, progress):
+    from ..activations import ActivationStore
+    from ._tables import FeatureSet
+
     store = store if isinstance(store, ActivationStore) else ActivationStore.open(store)
     cfg = cfg or AnalysisConfig()
     state_p, info_p = out / "state.safetensors", out / "analysis.json"
     sources: list = []
     if append and state_p.exists():
         state = FeatureState.load(state_p)
-        old = json.loads(info_p.read_text()) if info_p.exists() else {}
+        old = _previous(state, info_p)
         sources = old.get("sources", [])
-        cfg = AnalysisConfig(**{**old.get("config", {}), "batch_rows": cfg.batch_rows}) \
-            if old.get("config") else cfg
+        try:
+            cfg = AnalysisConfig(**{**old.get("config", {}), "batch_rows": cfg.batch_rows}) \
+                if old.get("config") else cfg
+            if not isinstance(sources, list) or not all(
+                    isinstance(x, dict) and isinstance(x.get("shards"), list) for x in sources):
+                raise ValueError("'sources' should be a list of {store, shards, ...}")
+        except (TypeError, ValueError) as e:
+            raise BadInputError(info_p, f"the previous analysis' record is unusable ({e})",
+                                "analyse again without --append") from None
         if state.n != sae.cfg.n_latents:
             raise ValueError(f"{state_p} has {state.n} latents, the SAE {sae.cfg.n_latents}")
     else:
@@ -392,7 +421,7 @@ def analyze(sae, store, lm=None, out: Optional[Union[str, Path]] = None,
     run = run_pass(sae, store, state, todo, max_tokens, cfg.batch_rows, progress)
     sources.append({"store": str(store.path), "tokens_sha256": sha, "shards": run["shards"],
                     "rows": run["rows"], "seconds": run["seconds"]})
-    state.save(state_p)
+    state.save(state_p, extra={"sources": sources, "config": asdict(cfg)})
     rate = run["rows"] / max(run["seconds"], 1e-9)
     log.info("analysed %d rows in %.1fs (%.0f tok/s)", run["rows"], run["seconds"], rate)
     finalize(state, out, sae, lm, cfg, tokenizer,

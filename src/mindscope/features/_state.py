@@ -119,6 +119,8 @@ class FeatureState:
         self.tp_cnt = np.zeros(0, dtype=np.int64)
         self.tp_pruned = False
         self._tp_buf: list = []
+        self.extra: dict = {}
+        """JSON saved with the state (the analysis' sources and settings)."""
 
     @property
     def C(self) -> int:
@@ -312,35 +314,87 @@ class FeatureState:
                 "reservoir": self.R, "max_token_pairs": self.max_token_pairs,
                 "n_background": self.NB, "background_codes": self.M}
 
-    def save(self, path) -> None:
-        """Write the whole state to one safetensors file (atomic)."""
+    def save(self, path, extra: Optional[dict] = None) -> None:
+        """Write the whole state to one safetensors file (atomic); ``extra`` (JSON) rides along
+        in its metadata, so what it describes is saved in the same atomic step."""
         from ..sae._sae import atomic_save_tensors
 
         self._compact_tokens()
         t = {k: getattr(self, k) for k in self._TORCH}
         t.update({k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in self._NUMPY})
         meta = {"format": "mindscope-feature-state/1", "settings": self.settings(),
-                "row_offset": self.row_offset, "n_rows": self.n_rows, "tp_pruned": self.tp_pruned}
+                "row_offset": self.row_offset, "n_rows": self.n_rows, "tp_pruned": self.tp_pruned,
+                "extra": extra or {}}
         atomic_save_tensors(Path(path), t, metadata={"state": json.dumps(meta)})
+
+    @staticmethod
+    def _shapes(n, K, C, R, NB, M) -> dict:
+        """{tensor: (safetensors dtype, shape)} of a state with these settings (tp_*: any length)."""
+        G = n * N_RES
+        return {"count": ("I64", [n]), "total": ("F64", [n]), "max": ("F32", [n]),
+                "hist": ("I64", [n, N_HIST]), "top_val": ("F32", [n, K]),
+                "top_row": ("I64", [n, K]), "top_tok": ("I32", [n, K, C]),
+                "top_act": ("F16", [n, K, C]), "res_key": ("F64", [G, R]),
+                "res_row": ("I64", [G, R]), "res_val": ("F32", [G, R]),
+                "res_tok": ("I32", [G, R, C]), "res_act": ("F16", [G, R, C]),
+                "tp_key": ("I64", None), "tp_sum": ("F64", None), "tp_cnt": ("I64", None),
+                "bg_key": ("F64", [NB]), "bg_row": ("I64", [NB]), "bg_tok": ("I32", [NB, C]),
+                "bg_idx": ("I32", [NB, C, M]), "bg_val": ("F16", [NB, C, M])}
 
     @classmethod
     def load(cls, path) -> "FeatureState":
-        from safetensors import safe_open
+        """Read a state written by ``save``; settings, tensor dtypes and shapes are checked
+        against each other from the header before anything is allocated (BadInputError)."""
+        from ..core._files import (BadInputError, check_finite, load_safetensors, loads_checked,
+                                   need, need_int, safetensors_header)
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no feature state (run `mindscope features analyze`)")
-        with safe_open(str(path), "pt") as fh:
-            meta = json.loads(fh.metadata()["state"])
-            s = meta["settings"]
-            st = cls(s["n_latents"], s["top_k"], tuple(s["context"]), s["reservoir"],
-                     meta["row_offset"], s["max_token_pairs"], s["n_background"],
-                     s["background_codes"])
-            for k in cls._TORCH:
-                setattr(st, k, fh.get_tensor(k))
-            for k in cls._NUMPY:
-                setattr(st, k, fh.get_tensor(k).numpy().copy())
-        st.n_rows, st.tp_pruned = int(meta["n_rows"]), bool(meta["tp_pruned"])
+        fix = "the state is damaged: delete it and analyse again (without --append)"
+        header, hmeta = safetensors_header(path, "feature state", fix)
+        if "state" not in hmeta:
+            raise BadInputError(path, "has no 'state' metadata: not a feature state", fix)
+        meta = loads_checked(hmeta["state"], path, max_depth=16, expect=dict,
+                             what="feature state metadata", fix=fix)
+        if meta.get("format") != "mindscope-feature-state/1":
+            raise BadInputError(path, f"unknown format {str(meta.get('format'))[:40]!r}", fix)
+        s = need(meta, "settings", dict, path)
+        n = need_int(s, "n_latents", path, 1, 1 << 26, "settings")
+        K = need_int(s, "top_k", path, 1, 1 << 12, "settings")
+        ctx = need(s, "context", list, path, "settings")
+        if len(ctx) != 2 or not all(isinstance(c, int) and 0 <= c <= 1 << 12 for c in ctx):
+            raise BadInputError(path, "settings.context should be [left, right] >= 0", fix)
+        R = need_int(s, "reservoir", path, 1, 1 << 12, "settings")
+        NB = need_int(s, "n_background", path, 0, 1 << 20, "settings")
+        M = need_int(s, "background_codes", path, 0, 1 << 20, "settings")
+        tp = need_int(s, "max_token_pairs", path, 0, 1 << 40, "settings")
+        row_offset = need_int(meta, "row_offset", path, 0, 1 << 62)
+        n_rows = need_int(meta, "n_rows", path, 0, 1 << 62)
+        want = cls._shapes(n, K, ctx[0] + 1 + ctx[1], R, NB, min(M, n))
+        for k, (dt, shape) in want.items():
+            if k not in header:
+                raise BadInputError(path, f"has no tensor {k!r}", fix)
+            got = header[k]
+            if got[0] != dt or (shape is not None and got[1] != shape):
+                raise BadInputError(path, f"tensor {k!r} is {got[0]} {got[1]}, its settings need "
+                                          f"{dt} {shape}", fix)
+        if not header["tp_key"][1] == header["tp_sum"][1] == header["tp_cnt"][1] or \
+                len(header["tp_key"][1]) != 1:
+            raise BadInputError(path, "token-pair tensors disagree in length", fix)
+        t = load_safetensors(path, "feature state", fix)
+        for k in ("total", "max", "top_val", "top_act", "res_val", "res_act", "tp_sum", "bg_val"):
+            check_finite(t[k], path, f"tensor {k!r}", fix)
+        for k in ("res_key", "bg_key"):  # inf marks an empty slot; NaN never
+            if bool(torch.isnan(t[k]).any()):
+                raise BadInputError(path, f"tensor {k!r} holds NaN", fix)
+        st = cls(n, K, tuple(ctx), R, row_offset, tp, NB, M)
+        for k in cls._TORCH:
+            setattr(st, k, t[k])
+        for k in cls._NUMPY:
+            setattr(st, k, t[k].numpy().copy())
+        st.n_rows, st.tp_pruned = n_rows, bool(meta.get("tp_pruned", False))
+        st.extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
         return st
 
     # ---- read-out ----------------------------------------------------------------------------

@@ -76,7 +76,12 @@ class FeatureServer:
     (``load_lm`` defaults to ``ms.load(analysis model)``; the SAE from the parent folder)."""
 
     def __init__(self, root, host: str = "127.0.0.1", port: int = 8765, lm=None, sae=None,
-                 load_lm: Optional[Callable[[], Any]] = None, max_new_tokens: int = 64):
+                 load_lm: Optional[Callable[[], Any]] = None, max_new_tokens: int = 64,
+                 max_waiting: int = 8, max_connections: int = 64,
+                 request_timeout: float = 30.0):
+        """``max_waiting``: model requests (text, steering) queued behind the one running;
+        more get 429 + Retry-After. ``max_connections``: connections served at once; more
+        wait in the listen queue. ``request_timeout``: seconds a client may stay silent."""
         from ..features import FeatureSet
 
         self.fs = FeatureSet(root)
@@ -88,20 +93,46 @@ class FeatureServer:
         self._lm, self._sae, self._load_lm = lm, sae, load_lm
         self.model_lock = threading.Lock()
         self.max_new_tokens = max_new_tokens
+        self.max_waiting, self.request_timeout = max_waiting, request_timeout
+        self._waiting, self._count_lock = 0, threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
         self.httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._max_acts = None
 
     # ---- model (lazy, under the lock) -----------------------------------------------------------
+    def _queued(self):
+        """Context: wait for the model lock, or HTTPError 429 when the queue is full."""
+        server = self
+
+        class _Q:
+            def __enter__(self):
+                with server._count_lock:
+                    if server._waiting > server.max_waiting:
+                        raise HTTPError(429, f"busy: {server._waiting} model requests are queued; "
+                                             "retry in a few seconds")
+                    server._waiting += 1
+                server.model_lock.acquire()
+
+            def __exit__(self, *exc):
+                server.model_lock.release()
+                with server._count_lock:
+                    server._waiting -= 1
+                return False
+        return _Q()
+
     def _model(self):
         if self._sae is None:
-            from ..sae import SAE
+            from ..sae import load_any
 
             sae_dir = self.root.parent
             if not (sae_dir / "cfg.json").exists():
                 raise HTTPError(503, f"no SAE folder above {self.root}; start the server with "
                                      "the SAE folder to use live pages")
-            self._sae = SAE.load(sae_dir)
+            try:
+                self._sae = load_any(sae_dir)
+            except (OSError, ValueError) as e:
+                raise HTTPError(503, f"could not load the SAE: {e}") from None
         if self._lm is None:
             try:
                 if self._load_lm is not None:
@@ -120,7 +151,7 @@ class FeatureServer:
     def features_for_text(self, text: str, top_n: int) -> list:
         from ..features import features_for_text
 
-        with self.model_lock:
+        with self._queued():
             lm, sae = self._model()
             return features_for_text(lm, sae, text, top_n=top_n)
 
@@ -129,7 +160,7 @@ class FeatureServer:
 
         from ..steering import sae_clamp
 
-        with self.model_lock:
+        with self._queued():
             lm, sae = self._model()
             if self._max_acts is None:
                 rows = self.fs.query("select max_act from features order by latent")
@@ -210,6 +241,7 @@ class FeatureServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = server.request_timeout  # a silent client is dropped (slowloris)
 
             def log_message(self, fmt, *args):
                 log.debug("%s " + fmt, self.address_string(), *args)
@@ -219,6 +251,8 @@ class FeatureServer:
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("X-Content-Type-Options", "nosniff")
+                if status == 429:
+                    self.send_header("Retry-After", "2")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
@@ -248,10 +282,32 @@ class FeatureServer:
 
         return Handler
 
+    def _httpd(self) -> ThreadingHTTPServer:
+        slots = self._slots
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 64
+
+            def process_request(self, request, client_address):
+                slots.acquire()  # at most max_connections handler threads; others queue
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
+
+        return Server((self.host, self.port), self.make_handler())
+
     def start(self) -> "FeatureServer":
         """Start in a background thread (``port=0`` picks a free port)."""
-        self.httpd = ThreadingHTTPServer((self.host, self.port), self.make_handler())
-        self.httpd.daemon_threads = True
+        self.httpd = self._httpd()
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -263,8 +319,7 @@ class FeatureServer:
         return f"http://{h}:{self.port}"
 
     def serve_forever(self) -> None:
-        self.httpd = ThreadingHTTPServer((self.host, self.port), self.make_handler())
-        self.httpd.daemon_threads = True
+        self.httpd = self._httpd()
         log.info("feature browser on %s", self.url)
         try:
             self.httpd.serve_forever()

@@ -88,37 +88,55 @@ def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 
                   skip_first: bool = True) -> dict:
     """CE-loss increase, KL to the clean model and fraction of CE recovered vs zero-ablation,
     with the SAE reconstruction replacing ``site`` (default ``sae.cfg.site``). ``skip_first``
-    leaves position 0 (the BOS-like outlier row) untouched in both the spliced and ablated runs."""
+    leaves position 0 (the BOS-like outlier row) untouched in both the spliced and ablated runs.
+
+    ``sae`` may be a dict ``{name: SAE}`` (SAEs of one site, e.g. a sweep): the clean and the
+    zero-ablated runs are then done once, and the result is ``{name: metrics}``."""
     import mindscope as ms
 
-    site = site or sae.cfg.site
-    if not site:
-        raise ValueError("model_metrics: the SAE config has no site; pass site=")
+    many = isinstance(sae, dict)
+    saes = sae if many else {"_": sae}
+    if not saes:
+        raise ValueError("model_metrics: no SAEs given")
+    sites = {site or s.cfg.site for s in saes.values()}
+    if "" in sites or None in sites:
+        raise ValueError("model_metrics: an SAE config has no site; pass site=")
+    if len(sites) != 1:
+        raise ValueError(f"model_metrics: the SAEs read different sites {sorted(sites)}; "
+                         "call once per site")
+    site = sites.pop()
     pos = slice(1, None) if skip_first else "all"
-    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    kl_sum, n_tok = 0.0, 0
+    ce = {"clean": 0.0, "zero": 0.0, **{("sae", k): 0.0 for k in saes}}
+    kl = {k: 0.0 for k in saes}
+    n_tok = 0
     for i in range(0, len(texts), batch_size):
         b = lm.tokenize(list(texts[i:i + batch_size]))
         m = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()   # (B, T-1) predicted tokens
         tgt = b.input_ids[:, 1:]
-        runs = {"clean": [], "spliced": [ms.Splice(site, sae, keep_error=False, positions=pos)],
-                "zero": [ms.Replace(site, torch.zeros_like, positions=pos)]}
-        logp = {}
-        for k, ivs in runs.items():
+        runs = {"clean": [], "zero": [ms.Replace(site, torch.zeros_like, positions=pos)],
+                **{("sae", k): [ms.Splice(site, s, keep_error=False, positions=pos)]
+                   for k, s in saes.items()}}
+        lp_clean = None
+        for key, ivs in runs.items():
             with lm.intervene(*ivs):
                 lg = lm.forward(b).float()[:, :-1]                            # (B, T-1, V)
             lp = lg.log_softmax(-1)
-            ce[k] += float(-lp.gather(-1, tgt[..., None]).squeeze(-1)[m].sum())
-            if k != "zero":
-                logp[k] = lp[m]                                              # (n, V)
-        kl_sum += float((logp["clean"].exp() * (logp["clean"] - logp["spliced"])).sum())
+            ce[key] += float(-lp.gather(-1, tgt[..., None]).squeeze(-1)[m].sum())
+            if key == "clean":
+                lp_clean = lp[m]                                             # (n, V)
+            elif key != "zero":
+                kl[key[1]] += float((lp_clean.exp() * (lp_clean - lp[m])).sum())
         n_tok += int(m.sum())
     ce = {k: v / n_tok for k, v in ce.items()}
     den = ce["zero"] - ce["clean"]
-    return {"ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
-            "ce_increase": ce["spliced"] - ce["clean"], "kl": kl_sum / n_tok,
-            "ce_recovered": (ce["zero"] - ce["spliced"]) / den if den else float("nan"),
-            "tokens": n_tok, "positions": "1:" if skip_first else "all"}
+    out = {}
+    for k in saes:
+        cs = ce[("sae", k)]
+        out[k] = {"ce_clean": ce["clean"], "ce_spliced": cs, "ce_zero_ablation": ce["zero"],
+                  "ce_increase": cs - ce["clean"], "kl": kl[k] / n_tok,
+                  "ce_recovered": (ce["zero"] - cs) / den if den else float("nan"),
+                  "tokens": n_tok, "positions": "1:" if skip_first else "all"}
+    return out if many else out["_"]
 
 
 def _plt():

@@ -29,9 +29,11 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from ..core._files import (BadInputError, check_finite, load_safetensors, loads_checked, need,
+                           need_int, safetensors_header)
+from ..core._lock import run_lock
 from ._config import SAEConfig, TrainConfig
 from ._data import drop_outliers, geometric_median
 from ._sae import SAE, atomic_save_tensors, atomic_write_json
@@ -186,15 +188,30 @@ class Trainer:
         p = self.ckpt_path
         if p is None or not p.exists():
             return False
-        with safe_open(str(p), framework="pt") as f:
-            meta = json.loads(f.metadata()["trainer"])
-            t = {k: f.get_tensor(k) for k in f.keys()}
-        if meta["signature"] != json.loads(json.dumps(self._signature())):
+        fix = "the checkpoint is damaged: delete it to start this run over"
+        _, hmeta = safetensors_header(p, "trainer checkpoint", fix)
+        if "trainer" not in hmeta:
+            raise BadInputError(p, "has no 'trainer' metadata: not a mindscope checkpoint", fix)
+        meta = loads_checked(hmeta["trainer"], p, max_depth=32, expect=dict,
+                             what="checkpoint metadata", fix=fix)
+        if meta.get("signature") != json.loads(json.dumps(self._signature())):
             raise ValueError(f"{p} was written by a run with other settings; delete it or use "
                              "another out_dir (resume needs identical configs)")
-        for s, m in zip(self.slots, meta["slots"]):
-            s.load_tensors(t, m)
-        self.step, self.tokens = meta["step"], meta["tokens"]
+        step = need_int(meta, "step", p, 0, self.steps)
+        tokens = need_int(meta, "tokens", p, 0, 1 << 62)
+        slots = need(meta, "slots", list, p)
+        if len(slots) != len(self.slots) or not all(isinstance(m, dict) for m in slots):
+            raise BadInputError(p, "its 'slots' do not match this run's SAEs", fix)
+        t = load_safetensors(p, "trainer checkpoint", fix)
+        for k, v in t.items():
+            if ".sae." in k:
+                check_finite(v, p, f"tensor {k!r}", fix)
+        try:
+            for s, m in zip(self.slots, slots):
+                s.load_tensors(t, m)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise BadInputError(p, f"does not fit this run ({str(e)[:200]})", fix) from None
+        self.step, self.tokens = step, tokens
         log.info("resumed from %s at step %d (%d tokens)", p, self.step, self.tokens)
         return True
 
@@ -210,6 +227,17 @@ class Trainer:
         return it
 
     def fit(self, batches: Iterable, resume: bool = True) -> list:
+        """Train on ``batches`` (resuming from ``out_dir``'s checkpoint); returns the SAEs.
+        ``out_dir`` is locked while training: a second run there raises ``RunLockedError``."""
+        lock = run_lock(self.out, "sae train").acquire() \
+            if self.out is not None and _dist()[0] == 0 else None
+        try:
+            return self._fit(batches, resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, batches: Iterable, resume: bool = True) -> list:
         rank, world = _dist()
         resumed = resume and self.load_checkpoint()
         it = self._iterator(batches, self.step)

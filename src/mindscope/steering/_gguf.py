@@ -29,6 +29,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from ..core._files import BadInputError, check_finite
 from ..core._vector import Vector, VectorSet
 
 log = logging.getLogger(__name__)
@@ -112,35 +113,51 @@ def export_control_vector(vectors: Union[Vector, VectorSet, dict], path: Union[s
 
 def read_control_vector(path: Union[str, os.PathLike]) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a control-vector GGUF back -> ({mindscope site: (d,)}, {model_hint, layer_count}).
-    Validates it the way llama.cpp does (names, F32, 1-D, equal lengths, N >= 1)."""
-    import gguf
-
+    Validates it the way llama.cpp does (names, F32, 1-D, equal lengths, N >= 1) and refuses
+    NaN/Inf; anything wrong is a BadInputError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"control vector {path} does not exist")
     try:
-        r = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
+        return _read_cvec(path)
+    except BadInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gguf's reader fails in many ways on bad bytes
+        raise BadInputError(path, f"is not a readable GGUF control vector ({type(e).__name__}: "
+                                  f"{str(e)[:160]})", "export it again") from None
+
+
+def _read_cvec(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
 
     def field(name):
         f = r.get_field(name)
         return None if f is None else f.contents()
 
     if field("general.architecture") != ARCH:
-        raise ValueError(f"{path} is not a control vector (architecture "
-                         f"{field('general.architecture')!r})")
+        raise BadInputError(path, f"is not a control vector (architecture "
+                                  f"{str(field('general.architecture'))[:40]!r})")
     out, n_embd = {}, None
     for t in r.tensors:
         prefix, _, num = t.name.partition(".")
         if prefix != "direction" or not num.isdigit() or int(num) == 0:
-            raise ValueError(f"{path}: invalid direction tensor name {t.name!r}")
+            raise BadInputError(path, f"invalid direction tensor name {t.name[:40]!r}")
         if t.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise ValueError(f"{path}: {t.name} is not F32")
+            raise BadInputError(path, f"{t.name} is not F32")
         arr = np.asarray(t.data, dtype=np.float32).reshape(-1)
         if n_embd is not None and arr.shape[0] != n_embd:
-            raise ValueError(f"{path}: {t.name} does not match the other directions' length")
+            raise BadInputError(path, f"{t.name} does not match the other directions' length")
+        if arr.shape[0] == 0:
+            raise BadInputError(path, f"{t.name} is empty")
         n_embd = arr.shape[0]
-        out[cvec_layer_to_site(int(num))] = torch.from_numpy(arr.copy())
+        site = cvec_layer_to_site(int(num))
+        if site in out:
+            raise BadInputError(path, f"{t.name} appears twice")
+        out[site] = torch.from_numpy(arr.copy())
+        check_finite(out[site], path, t.name, "export it again from a finite vector")
+    if not out:
+        raise BadInputError(path, "holds no direction tensors", "export it again")
     return out, {"model_hint": field(f"{ARCH}.model_hint"),
                  "layer_count": field(f"{ARCH}.layer_count")}
