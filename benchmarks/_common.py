@@ -74,5 +74,45 @@ def run_peer(name: str, script: str, *args: str, timeout: int = 900) -> dict:
     return {"error": (r.stderr.strip().splitlines() or ["no output"])[-1][:200]}
 
 
+class PeerRounds:
+    """A peer script kept alive in its venv and driven round by round: ``round()`` writes one
+    line to its stdin and reads one JSON line back, so peer and mindscope timings interleave
+    (the machine's drift hits both alike) while only one process computes at a time."""
+
+    def __init__(self, name: str, script: str, *args: str):
+        self.info: dict = {}
+        self.proc = None
+        py = peer_python(name)
+        if py is None:
+            self.info = {"error": f"not installed (run with --setup-peers to create "
+                                  f"benchmarks/.venvs/{name})"}
+            return
+        self.proc = subprocess.Popen([str(py), str(HERE / "peers" / script), *args], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ""})
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        err = self.proc.stderr.read().strip().splitlines() or ["no output"]
+        self.close()
+        return {"error": err[-1][:200]}
+
+    def round(self) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+            self.proc = None
+
+
 def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"

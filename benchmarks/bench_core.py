@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _common as C  # noqa: E402
@@ -45,23 +47,19 @@ def timed(fn, reps: int = 1) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def bench_capture(lm, n, T, bs) -> dict:
+def bench_capture(lm, n, T, bs, rounds: int) -> dict:
+    """Median tokens/s over ``rounds`` interleaved rounds: in each, every method makes one pass
+    over the same n x T windows (peers in their own venv, driven round by round)."""
     b = windows(lm, n, T)
     toks = n * T
-    res = {}
-    res["mindscope"] = toks / timed(lambda: lm.capture(b, "resid_post.15", batch_size=bs))
 
     def hf():
         with torch.no_grad():
             for a in range(0, n, bs):
                 lm.model(input_ids=b.input_ids[a:a + bs], output_hidden_states=True)
-    res["hf_output_hidden_states"] = toks / timed(hf)
 
     def plain_hook():
-        out = []
-
         def hook(m, a, o):
-            out.append(o[0] if isinstance(o, tuple) else o)
             raise StopForward
         h = lm.block(15).register_forward_hook(hook)
         try:
@@ -73,11 +71,29 @@ def bench_capture(lm, n, T, bs) -> dict:
                         pass
         finally:
             h.remove()
-    res["plain_hook_early_stop"] = toks / timed(plain_hook)
-    peer = C.run_peer("hooks", "core_peers.py", str(ms.core._load.resolve(lm.name)[0]),
-                      str(n), str(T), str(bs))
+
+    ours = {"mindscope": lambda: lm.capture(b, "resid_post.15", batch_size=bs, progress=False),
+            "hf_output_hidden_states": hf, "plain_hook_early_stop": plain_hook}
+    for fn in ours.values():
+        fn()  # warm-up
+    peer = C.PeerRounds("hooks", "core_peers.py", str(ms.core._load.resolve(lm.name)[0]),
+                        str(n), str(T), str(bs))
+    samples: dict[str, list] = {k: [] for k in ours}
+    try:
+        for _ in tqdm(range(rounds), desc="capture rounds", unit="round"):
+            for k, fn in ours.items():
+                t = time.perf_counter()
+                fn()
+                samples[k].append(toks / (time.perf_counter() - t))
+            for k, v in peer.round().items():
+                samples.setdefault(k, []).append(v)
+    finally:
+        peer.close()
+    res = {k: statistics.median(v) for k, v in samples.items()}
     for k in ("nnsight", "transformer_lens"):
-        res[k] = peer.get(k, peer.get("error", "failed"))
+        if k not in res:
+            res[k] = peer.info.get(k, peer.info.get("error", "failed"))
+    res["_samples"] = samples
     return res
 
 
@@ -119,6 +135,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
     ap.add_argument("--setup-peers", action="store_true", help="create the peer venv first")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved capture rounds (median)")
     ap.add_argument("--json", type=Path, help="also write results here")
     a = ap.parse_args()
     if a.setup_peers:
@@ -127,12 +144,14 @@ def main():
     lm = ms.load()
     n, T, bs = (16, 128, 8) if a.quick else (64, 128, 16)
     gemm = C.gemm_gflops(torch.float32)
-    cap = bench_capture(lm, n, T, bs)
+    cap = bench_capture(lm, n, T, bs, a.rounds)
     fpt = C.flops_per_token(lm, 16, T)
     roof = gemm * 1e9 / fpt
-    print(f"\n== capture resid_post.15, {n}x{T} tokens, fp32 (GEMM {gemm:.0f} GFLOP/s -> "
-          f"roofline {roof:.0f} tok/s for 16 blocks)")
+    print(f"\n== capture resid_post.15, {n}x{T} tokens, median of {a.rounds} "
+          f"interleaved rounds, fp32 (GEMM {gemm:.0f} GFLOP/s -> roofline {roof:.0f} tok/s for 16 blocks)")
     for k, v in cap.items():
+        if k.startswith("_"):
+            continue
         if isinstance(v, (int, float)):
             print(f"  {k:26s} {v:8.0f} tok/s  {v / roof:6.1%} of roofline  "
                   f"mindscope/this = {C.fmt_ratio(cap['mindscope'], v)}")

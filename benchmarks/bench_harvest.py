@@ -11,8 +11,10 @@ resid_post.15, so blocks 0-15 run):
   nothing written (the floor any library pays);
 - mindscope harvest: ``harvest()`` end to end: tokenizing and packing the corpus, the forward,
   the copy out, shard writes with checksums, stats, the manifest;
-- peers (SAELens activation cache, TransformerLens run_with_cache, nnsight) when importable
-  here, else "not installed".
+- peers, each in its own venv under benchmarks/.venvs (``python benchmarks/bench_core.py
+  --setup-peers`` / ``bench_sae.py --setup-peers`` create them), on the same windows:
+  SAELens' CacheActivationsRunner end to end (to disk), TransformerLens run_with_cache and
+  nnsight with early stop (in memory; see peers/harvest_peers.py); "not installed" otherwise.
 
 With ``--rss`` it also runs two harvests of N and 3N tokens (shards of 4,096 tokens) in fresh
 processes and reports the peak RSS sampled during each (it must not grow with corpus size). Timings on a shared CPU are noisy: the plain hook
@@ -21,7 +23,6 @@ and the harvest run interleaved, and their ratio is the number to read.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import resource
 import subprocess
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import flops_per_token, gemm_gflops  # noqa: E402
+from _common import flops_per_token, gemm_gflops, run_peer  # noqa: E402
 
 SITE, LAYER, WINDOW = "resid_post.15", 15, 128
 
@@ -77,13 +78,24 @@ def ours(lm, corpus, n_tokens, batch) -> float:
         return n_tokens / (time.perf_counter() - t)
 
 
-def peers() -> dict:
+def peers(lm, windows, dtype: str, batch: int, repeats: int) -> dict:
+    """tok/s of the peers on the same windows, each in its own venv (benchmarks/.venvs):
+    nnsight and TransformerLens in-memory capture, SAELens' activation cache runner to disk."""
+    from safetensors.torch import save_file
+
+    import mindscope as ms
+
+    folder = str(ms.core._load.resolve(lm.name)[0])
     out = {}
-    for name, mod in (("SAELens activation cache", "sae_lens"),
-                      ("TransformerLens run_with_cache", "transformer_lens"),
-                      ("nnsight", "nnsight")):
-        out[name] = "not installed" if importlib.util.find_spec(mod) is None else \
-            "installed (peer run not wired here: see docs/activations.md)"
+    with tempfile.TemporaryDirectory() as d:
+        f = str(Path(d) / "ids.safetensors")
+        save_file({"ids": windows.to(torch.int32).contiguous()}, f)
+        for venv in ("hooks", "saelens"):
+            r = run_peer(venv, "harvest_peers.py", venv, folder, f, dtype, str(batch),
+                         "--repeats", str(repeats), timeout=3600)
+            if "error" in r:
+                r = {("nnsight" if venv == "hooks" else "sae_lens_cache_runner"): r["error"]}
+            out.update(r)
     return out
 
 
@@ -125,6 +137,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32, help="windows per forward")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rss", action="store_true")
+    ap.add_argument("--no-peers", action="store_true", help="skip the peer venvs")
     ap.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
@@ -163,8 +176,17 @@ def main():
         print(f"  plain hook, in memory     {max(p):8,.0f} tok/s  ({max(p) / roof:.0%} of roofline)")
         print(f"  mindscope harvest, e2e    {max(o):8,.0f} tok/s  ({max(o) / roof:.0%} of roofline, "
               f"{max(o) / max(p):.0%} of plain hook)")
-        for name, status in peers().items():
-            print(f"  {name:<30} {status}")
+        pr = peers(lm, windows, dtype, a.batch, a.repeats) if not a.no_peers else {}
+        r["peers"] = pr
+        names = {"nnsight": "nnsight (in memory)", "transformer_lens": "TransformerLens (in memory)",
+                 "sae_lens_cache_runner": "SAELens cache runner (disk)"}
+        for k, label in names.items():
+            v = pr.get(k, "not run (--no-peers)" if a.no_peers else "not installed")
+            if isinstance(v, (int, float)):
+                print(f"  {label:<30}{v:8,.0f} tok/s  ({v / roof:.0%} of roofline; mindscope harvest "
+                      f"= {max(o) / v:.2f}x)")
+            else:
+                print(f"  {label:<30}{v}")
         del lm
     if a.rss:
         rows = []

@@ -15,7 +15,8 @@ SAELens row started from the mean). The peers run in their own venvs (benchmarks
 own SAE class and optimizer step; the batches are handed over in a temporary safetensors file.
 
 The CPU is shared, so the trainers are interleaved: ``--reps`` rounds, each round runs every
-trainer once, right after a fresh GEMM measurement (``_common.gemm_gflops``, 2048^2 fp32). Per
+trainer once, right after a fresh GEMM measurement (``_common.gemm_gflops``, 2048^2, fp32; bf16
+for the bf16 row). Per
 trainer we print the best and the median over rounds of tokens/s (batch / median step time,
 step 0 excluded: it holds the initialisation), ours-vs-peer ratios of the best and of the
 median, and the fraction of the roofline: one step needs at least the encoder GEMM, 2*d*n
@@ -188,7 +189,8 @@ def main():
     runs: dict = {k: [] for k in runners}
     for r in range(args.reps):
         for name, fn in runners.items():
-            gf = gemm_gflops(reps=4)
+            # the bf16 row's bound is the bf16 GEMM rate (the encoder GEMM runs in bf16 there)
+            gf = gemm_gflops(torch.bfloat16 if "bf16" in name else torch.float32, reps=4)
             la = load_avg()
             res = fn()
             res.update(gemm_gflops=gf, roofline_tok_s=gf * 1e9 / flop_tok, load=la, round=r)

@@ -77,3 +77,28 @@ def test_slice_laws_pick_the_largest_slice_with_three_points():
     assert laws["loss_vs_tokens"]["b"] == pytest.approx(-0.1, abs=1e-9)
     assert laws["loss_vs_n_latents"]["at"] == {"tokens": 2e4}          # 4e4 has only 2 widths
     assert laws["loss_vs_n_latents"]["b"] == pytest.approx(-0.25, abs=1e-9)
+
+
+def test_sweep_lr_multiples_of_the_width_default():
+    x = torch.randn(1200, 8, generator=torch.Generator().manual_seed(0))
+    out = sweep(TensorBatches(x[:1024], 64), [x[1024:]], SAEConfig("topk", 8, 16, k=2),
+                TrainConfig(steps=1), n_latents=[16, 64], tokens=[128], lrs=["auto", "0.5x", "4x"],
+                batch_size=64, progress=False)
+    got = {(r["n_latents"], round(r["lr"] / (2e-4 / math.sqrt(r["n_latents"] / 2 ** 14)), 6))
+           for r in out["results"]}
+    assert got == {(16, 1.0), (16, 0.5), (16, 4.0), (64, 1.0), (64, 0.5), (64, 4.0)}
+
+
+@pytest.mark.parametrize("bad", ["fast", "0x", "-2x", "0", "x"])
+def test_sweep_rejects_bad_lr_entries(bad):
+    from mindscope.sae._planner import resolve_lr
+    with pytest.raises(ValueError, match="lr"):
+        resolve_lr(bad, TrainConfig(steps=1), SAEConfig("topk", 8, 16, k=2))
+
+
+def test_sweep_duplicate_grid_point_is_refused():
+    x = torch.randn(600, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="same SAE"):
+        sweep(TensorBatches(x[:512], 64), [x[512:]], SAEConfig("topk", 8, 16, k=2),
+              TrainConfig(steps=1), n_latents=[16], tokens=[128], lrs=["auto", "1x"],
+              batch_size=64, progress=False)

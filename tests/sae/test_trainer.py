@@ -87,6 +87,25 @@ def test_init_scale_bias_and_outlier_exclusion():
         TrainConfig(steps=0)
 
 
+@pytest.mark.parametrize("arch,kw,tkw,want", [
+    ("topk", dict(k=4), {}, 3 ** -0.5),                       # nn.Linear-like default
+    ("topk", dict(k=4), dict(encoder_init_norm=1.0), 1.0),
+    ("relu", {}, dict(decoder_init_norm=0.1), 0.1),           # tied to the decoder
+    ("jumprelu", {}, dict(encoder_init_norm=0.3), 0.3),
+])
+def test_encoder_init_norm(arch, kw, tkw, want):
+    x = data(n_rows=256)
+    tr = Trainer([(SAEConfig(arch, 16, 64, **kw), TrainConfig(steps=1, lr=1e-12, **tkw))],
+                 progress=False)
+    [sae] = tr.fit(iter([x]))
+    assert torch.allclose(sae.W_enc.norm(dim=1), torch.full((64,), want), rtol=1e-4)
+    # same directions as the decoder (tied init), only the scale differs
+    cos = torch.nn.functional.cosine_similarity(sae.W_enc, sae.W_dec, dim=1)
+    assert torch.allclose(cos, torch.ones(64), atol=1e-4)
+    with pytest.raises(ValueError, match="encoder_init_norm"):
+        TrainConfig(steps=1, encoder_init_norm=0.0)
+
+
 def test_transcoder_learns_a_map():
     g = torch.Generator().manual_seed(0)
     x = data(n_rows=4096)

@@ -135,7 +135,7 @@ def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 
         out[k] = {"ce_clean": ce["clean"], "ce_spliced": cs, "ce_zero_ablation": ce["zero"],
                   "ce_increase": cs - ce["clean"], "kl": kl[k] / n_tok,
                   "ce_recovered": (ce["zero"] - cs) / den if den else float("nan"),
-                  "tokens": n_tok, "positions": "1:" if skip_first else "all"}
+                  "predicted_tokens": n_tok, "positions": "1:" if skip_first else "all"}
     return out if many else out["_"]
 
 

@@ -201,16 +201,38 @@ def plot_laws(results: Sequence[dict], laws: dict, path) -> Path:
     return path
 
 
+def resolve_lr(spec, train: TrainConfig, cfg: SAEConfig) -> Optional[float]:
+    """An lr grid entry -> a float, or None for the architecture's default (see ``sweep``)."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        return None
+    if isinstance(spec, str) and spec.strip().lower().endswith("x"):
+        try:
+            m = float(spec.strip()[:-1])
+        except ValueError:
+            m = -1.0
+        if not m > 0:
+            raise ValueError(f"lr {spec!r}: a multiple of the default is written like '0.5x'")
+        return m * dataclasses.replace(train, lr=None).resolved_lr(cfg)
+    try:
+        v = float(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr {spec!r} is not a number, 'auto' or '<m>x' (e.g. '2x')") from None
+    if not v > 0:
+        raise ValueError(f"lr {spec!r} must be positive")
+    return v
+
+
 @locking("out_dir", "sae sweep")  # a second sweep into out_dir raises RunLockedError
 def sweep(batches: Iterable, heldout: Sequence, base: SAEConfig, train: TrainConfig, *,
-          n_latents: Sequence[int], tokens: Sequence[int], lrs: Sequence[Optional[float]],
+          n_latents: Sequence[int], tokens: Sequence[int], lrs: Sequence,
           batch_size: int,
           budget: Optional[float] = None, out_dir=None, progress: bool = True) -> dict:
     """Train every (n_latents, tokens, lr) with flops <= budget from ONE pass over ``batches``
     (each SAE stops after its own token count; schedules are per SAE), evaluate each on
-    ``heldout`` batches and fit the laws. loss = held-out FVU (scale-free). An lr of None means
-    the architecture's default (``TrainConfig.resolved_lr``: 2e-4/sqrt(n/2^14) for topk); the
-    resolved value is recorded. Returns {"results", "laws", "saes" (name -> SAE), ...};
+    ``heldout`` batches and fit the laws. loss = held-out FVU (scale-free). An lr is a float,
+    None or ``"auto"`` (the architecture's default, ``TrainConfig.resolved_lr``: 2e-4/sqrt(n/2^14)
+    for topk, so it follows the width), or ``"<m>x"`` (m times that default, e.g. ``"0.5x"``:
+    sweeps lr around the width-scaled default); the resolved value is recorded. Returns {"results", "laws", "saes" (name -> SAE), ...};
     ``sweep.json`` holds everything but the SAEs, which are saved per name under ``out_dir``."""
     from ._metrics import evaluate
     from ._trainer import Trainer
@@ -222,9 +244,12 @@ def sweep(batches: Iterable, heldout: Sequence, base: SAEConfig, train: TrainCon
             continue
         steps = max(1, int(t // batch_size))
         cfg = dataclasses.replace(base, n_latents=n, meta=dict(base.meta))
-        tc = dataclasses.replace(train, steps=steps, lr=lr)
+        tc = dataclasses.replace(train, steps=steps, lr=resolve_lr(lr, train, cfg))
         lr = tc.resolved_lr(cfg)
         tc.name = f"n{n}_t{t}_lr{lr:.1e}"
+        if any(m["name"] == tc.name for m in meta):
+            raise ValueError(f"sweep: two grid points resolve to the same SAE {tc.name!r}; "
+                             "remove the duplicate from --latents/--tokens/--lrs")
         specs.append((cfg, tc))
         meta.append({"n_latents": n, "tokens": steps * batch_size, "lr": lr, "name": tc.name,
                      "flops": flops(base.d_in, n, steps * batch_size)})

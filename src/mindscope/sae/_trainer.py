@@ -111,6 +111,9 @@ class _Slot:
             W_enc *= (W_dec.norm(dim=1, keepdim=True) / W_enc.norm(dim=1, keepdim=True))
         else:
             W_enc = W_dec.clone()                                  # encoder = decoder^T
+        enc_norm = tc.resolved_encoder_norm(c)
+        if enc_norm is not None:
+            W_enc *= enc_norm / W_enc.norm(dim=1, keepdim=True)
         ys = y.double() * c.scale_out
         b = {"mean": lambda: ys.mean(0), "zeros": lambda: ys.new_zeros(c.out_dim),
              "geometric_median": lambda: geometric_median(ys)}[tc.init_b_dec]()
