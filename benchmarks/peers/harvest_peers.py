@@ -10,7 +10,8 @@ bench_harvest.py wrote, at one dtype; prints one JSON line of tokens/s (best of 
 * ``saelens`` (benchmarks/.venvs/saelens): SAELens' ``CacheActivationsRunner`` end to end
   (its ActivationsStore forward through an HF model wrapped by HookedProxyLM, then HF-datasets
   Arrow shards on disk), on a pre-tokenized dataset of the same windows, no shuffle. Only
-  ``run()`` is timed (the model load is not, as for mindscope).
+  ``run()`` is timed (the model load is not, as for mindscope). Its store is always float32:
+  Arrow has no bfloat16 (with --dtype bfloat16 the model runs in bf16, the shards hold fp32).
 """
 import argparse
 import json
@@ -66,8 +67,8 @@ def saelens(a, ids, dtype):
                 model_class_name="AutoModelForCausalLM", hook_name=f"model.layers.{LAYER}",
                 d_in=d, training_tokens=N * T, context_size=T, model_batch_size=a.batch,
                 new_cached_activations_path=str(tmp / f"out{r}"), shuffle=False,
-                dtype=a.dtype, device="cpu", prepend_bos=False, streaming=False,
-                buffer_size_gb=shard_tokens * d * dtype.itemsize / 1e9,
+                dtype="float32", device="cpu", prepend_bos=False, streaming=False,
+                buffer_size_gb=shard_tokens * d * 4 / 1e9,
                 model_from_pretrained_kwargs={"dtype": dtype})
             runner = CacheActivationsRunner(cfg, override_dataset=ds)
             t = time.perf_counter()
