@@ -1,4 +1,9 @@
+"""Shared fixtures: the bundled model, tiny models, and a fake OpenAI-compatible server."""
+import json
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -32,3 +37,78 @@ def tiny():
         return cache[key]
 
     return get
+
+
+def completion(content: str) -> dict:
+    """A chat-completions reply body whose one choice says ``content``."""
+    return {"id": "x", "object": "chat.completion", "model": "fake",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}]}
+
+
+class FakeOpenAI:
+    """A chat-completions server on 127.0.0.1 (stdlib, random port).
+
+    ``script``: actions consumed one per request, then ``default(body)``.
+    Actions: ("ok", text) | ("429", retry_after=0) | ("sleep", seconds, text) |
+    ("raw", status, bytes). Each request is kept in ``requests`` (path, body, auth)."""
+
+    def __init__(self):
+        self.script: list = []
+        self.default = lambda body: ("ok", "hello")
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, data, headers=()):
+                try:
+                    self.send_response(status)
+                    for k, v in headers:
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(n))
+                with fake.lock:
+                    fake.requests.append({"path": self.path, "body": body,
+                                          "auth": self.headers.get("Authorization")})
+                    action = fake.script.pop(0) if fake.script else fake.default(body)
+                kind = action[0]
+                if kind == "429":
+                    retry = action[1] if len(action) > 1 else 0
+                    return self.reply(429, b'{"error": "rate limited"}', [("Retry-After", str(retry))])
+                if kind == "sleep":
+                    time.sleep(action[1])
+                    action, kind = ("ok", action[2]), "ok"
+                if kind == "raw":
+                    return self.reply(action[1], action[2])
+                self.reply(200, json.dumps(completion(action[1])).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_openai():
+    """A running :class:`FakeOpenAI`, shut down after the test."""
+    srv = FakeOpenAI()
+    yield srv
+    srv.close()

@@ -1,9 +1,6 @@
 """Explainer and scorers: metrics vs sklearn, offline baseline, and an OpenAI-compatible judge
-on a local fake server (429, timeouts, malformed replies are counted, never crash)."""
+on the fake server of tests/conftest.py (429, timeouts, malformed replies are counted, never crash)."""
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -11,69 +8,6 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from mindscope.features import (AnalysisConfig, analyze, binary_metrics, explain, highlight,
                                 make_feature_judge, parse_explanation, parse_list, roc_auc, score)
-
-
-class FakeOpenAI:
-    """Chat-completions on 127.0.0.1: ``script`` actions first, then ``default(prompt)``.
-    Actions: ("ok", text) | ("429",) | ("sleep", s, text) | ("raw", status, bytes)."""
-
-    def __init__(self):
-        self.script, self.prompts = [], []
-        self.default = lambda prompt: ("ok", "[EXPLANATION]: tokens")
-        self.lock = threading.Lock()
-        fake = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                prompt = body["messages"][-1]["content"]
-                with fake.lock:
-                    fake.prompts.append(prompt)
-                    act = fake.script.pop(0) if fake.script else fake.default(prompt)
-                if act[0] == "429":
-                    self.send_response(429)
-                    self.send_header("Retry-After", "0")
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"{}")
-                    return
-                if act[0] == "sleep":
-                    time.sleep(act[1])
-                    act = ("ok", act[2])
-                if act[0] == "raw":
-                    status, data = act[1], act[2]
-                else:
-                    status = 200
-                    data = json.dumps({"choices": [{"index": 0, "message": {
-                        "role": "assistant", "content": act[1]}}]}).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake():
-    s = FakeOpenAI()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +61,13 @@ def test_offline_pipeline(fs):
         score(fs, scorers=["vibes"])
 
 
-def test_http_judge_handles_failures(fs, fake):
+def test_http_judge_handles_failures(fs, fake_openai):
+    fake = fake_openai
     lat = [r["latent"] for r in fs.query("select latent from features where count > 0 "
                                          "order by latent limit 4")]
 
-    def default(prompt):
+    def default(body):
+        prompt = body["messages"][-1]["content"]
         if "[EXPLANATION]" in prompt:
             return ("ok", "Thinking...\n[EXPLANATION]: the letter e")
         n = prompt.count("Excerpt ")

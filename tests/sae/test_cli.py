@@ -33,6 +33,16 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output)["activations"]
     assert abs(ev["fvu"] - summary[0]["fvu"]) < 1e-3        # same SAE through the SAELens layout
+    res = r.invoke(app, ["sweep", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "sw2"),
+                         "--latents", "64,128", "--tokens", "512,1024", "--lrs", "0.5x,2x",
+                         "--k", "4", "--batch-size", "128", "--eval-batches", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "sw2" / "sweep.json").read_text())["results"]
+    assert sorted(round(x["lr"] / (2e-4 / (x["n_latents"] / 2 ** 14) ** 0.5), 6) for x in got) \
+        == [0.5] * 4 + [2.0] * 4
+    res = r.invoke(app, ["sweep", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "sw3"),
+                         "--lrs", "fast", "-q"])
+    assert res.exit_code != 0 and "--lrs" in res.output
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"d": 64, "laws": {
         "n_latents": {"a": 1.0, "b": 0.5}, "lr": {"a": 0.1, "b": -0.1}, "loss": {"a": 2.0, "b": -0.1},

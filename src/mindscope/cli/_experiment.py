@@ -1,10 +1,32 @@
-"""Shared tail of the experiment commands: build the config, load the model, run, print."""
+"""Shared parts of the experiment commands: the group, common options, and the tail (build the
+config, load the model, run, print)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 import typer
+
+MODEL = typer.Option("smollm2-135m-instruct", help="Model spec for ms.load.")
+QUICK = typer.Option(False, "--quick", help="Config.quick() (small demo run).")
+
+
+def out_option(default: str):
+    """The ``--out/-o`` option of a command that writes a run folder (default ``default``)."""
+    return typer.Option(Path(default), "--out", "-o", help="Output folder.")
+
+
+def group(name: str, help: str, doc: str) -> typer.Typer:
+    """A sub-command group with ``help``; its callback (docstring ``doc``) keeps a lone command
+    a sub-command (``mindscope persona run``, not ``mindscope persona``)."""
+    app = typer.Typer(name=name, no_args_is_help=True, add_completion=False, help=help)
+
+    def callback() -> None:
+        pass
+
+    callback.__doc__ = doc
+    app.callback()(callback)
+    return app
 
 
 def run_and_print(module, over: dict, quick: bool, model: str, out: Path):

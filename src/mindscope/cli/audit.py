@@ -9,27 +9,18 @@ from typing import List, Optional
 
 import typer
 
-organism_app = typer.Typer(name="organism", no_args_is_help=True, add_completion=False,
-                           help="Hidden-objective model organism: build (two-stage fine-tune) "
-                                "and evaluate (exploitation of trained / held-out / in-context biases).")
-audit_app = typer.Typer(name="audit", no_args_is_help=True, add_completion=False,
-                        help="The auditor's toolkit (search, prefill, persona, SAE features, steer, "
-                             "attribute, diff), the audit log, and the auditing game.")
+from ._experiment import group
+
+organism_app = group("organism", "Hidden-objective model organism: build (two-stage fine-tune) "
+                     "and evaluate (exploitation of trained / held-out / in-context biases).",
+                     "Model-organism commands.")
+audit_app = group("audit", "The auditor's toolkit (search, prefill, persona, SAE features, steer, "
+                  "attribute, diff), the audit log, and the auditing game.", "Auditing commands.")
 
 ORG = typer.Option(..., "--model", "-m", help="Organism folder (from `mindscope organism build`).")
 LOG = typer.Option(Path("runs/audit"), "--log", help="Run folder; every call is appended to "
                    "its audit_log.jsonl.")
 SAE = typer.Option(None, "--sae", help="SAE folder (mindscope, SAELens or sparsify).")
-
-
-@organism_app.callback()
-def _org() -> None:
-    """Model-organism commands."""
-
-
-@audit_app.callback()
-def _aud() -> None:
-    """Auditing commands."""
 
 
 def _bad(e: Exception):

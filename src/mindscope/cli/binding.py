@@ -7,20 +7,16 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(name="binding", no_args_is_help=True, add_completion=False,
-                  help="Multi-slot entity binding: current/prior entity probes, slot geometry, "
-                       "slot ablations, double binding.")
+from ._experiment import MODEL, group, out_option
 
-
-@app.callback()
-def _group() -> None:
-    """Multi-slot entity binding experiments."""
+app = group("binding", "Multi-slot entity binding: current/prior entity probes, slot geometry, "
+            "slot ablations, double binding.", "Multi-slot entity binding experiments.")
 
 
 @app.command("run")
 def run_cmd(
-    out: Path = typer.Option(Path("runs/binding"), "--out", "-o", help="Output folder."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model spec for ms.load."),
+    out: Path = out_option("runs/binding"),
+    model: str = MODEL,
     n_stories: int = typer.Option(120, help="Stories for probe training/testing."),
     min_entities: int = typer.Option(3, help="Fewest entities per story."),
     max_entities: int = typer.Option(5, help="Most entities per story."),

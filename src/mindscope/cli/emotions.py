@@ -6,21 +6,17 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(name="emotions", no_args_is_help=True, add_completion=False,
-                  help="Emotion concepts: emotion vectors from stories, validation (classification, "
-                       "valence/arousal geometry, intensity), per-token tracking, preference "
-                       "steering, misaligned choices.")
+from ._experiment import MODEL, QUICK, group, out_option, run_and_print
 
-
-@app.callback()
-def _group() -> None:
-    """Emotion-concept experiments."""
+app = group("emotions", "Emotion concepts: emotion vectors from stories, validation "
+            "(classification, valence/arousal geometry, intensity), per-token tracking, "
+            "preference steering, misaligned choices.", "Emotion-concept experiments.")
 
 
 @app.command("run")
 def run_cmd(
-    out: Path = typer.Option(Path("runs/emotions"), "--out", "-o", help="Output folder."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model spec for ms.load."),
+    out: Path = out_option("runs/emotions"),
+    model: str = MODEL,
     site: Optional[str] = typer.Option(None, help="Site, e.g. resid_post.20 (default: 2/3 depth)."),
     emotion: List[str] = typer.Option([], "--emotion", "-e", help="Emotions to use (default all 30)."),
     stories: str = typer.Option("shipped", help="shipped | model | path to a JSONL of "
@@ -31,14 +27,12 @@ def run_cmd(
     strength: float = typer.Option(0.5, help="Steering strength x mean residual norm."),
     n_activities: int = typer.Option(20, help="Activities in the preference tournament."),
     n_pairs: int = typer.Option(24, help="Pairs whose options are steered."),
-    quick: bool = typer.Option(False, "--quick", help="Config.quick() (small demo run)."),
+    quick: bool = QUICK,
     batch_size: int = typer.Option(16, help="Rows per forward pass."),
     seed: int = typer.Option(0, help="Random seed."),
 ):
     """Run the protocol; write report.html, results.json, PNGs and emotion_vectors.safetensors."""
-
     from ..experiments import emotions
-    from ._experiment import run_and_print
 
     over = dict(site=site, story_source=stories, strength=strength, batch_size=batch_size,
                 seed=seed)

@@ -6,20 +6,17 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(name="persona", no_args_is_help=True, add_completion=False,
-                  help="Persona space and the Assistant axis: role vectors, PCA, steering along "
-                       "the axis, drift over conversations, activation capping.")
+from ._experiment import MODEL, QUICK, group, out_option, run_and_print
 
-
-@app.callback()
-def _group() -> None:
-    """Persona-space experiments."""
+app = group("persona", "Persona space and the Assistant axis: role vectors, PCA, steering along "
+            "the axis, drift over conversations, activation capping.",
+            "Persona-space experiments.")
 
 
 @app.command("run")
 def run_cmd(
-    out: Path = typer.Option(Path("runs/persona"), "--out", "-o", help="Output folder."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model spec for ms.load."),
+    out: Path = out_option("runs/persona"),
+    model: str = MODEL,
     n_roles: int = typer.Option(50, help="Roles from the shipped list (52)."),
     prompts_per_role: int = typer.Option(2, help="System prompts per role (up to 3)."),
     n_questions: int = typer.Option(2, help="Extraction questions per system prompt."),
@@ -32,14 +29,12 @@ def run_cmd(
     part: List[str] = typer.Option([], "--part", help="steering, drift, jailbreak, capability "
                                    "(default all)."),
     eval_items: int = typer.Option(8, help="HLE-sample items for the capability check."),
-    quick: bool = typer.Option(False, "--quick", help="Config.quick() (small demo run)."),
+    quick: bool = QUICK,
     batch_size: int = typer.Option(32, help="Rows per batch."),
     seed: int = typer.Option(0, help="Sampling seed."),
 ):
     """Run the protocol; write report.html, results.json, PNGs, assistant_axis.safetensors."""
-
     from ..experiments import persona
-    from ._experiment import run_and_print
 
     over = dict(role_filter=role_filter, layer=layer, batch_size=batch_size, seed=seed)
     if not quick:

@@ -36,10 +36,12 @@ from ..core._lock import RunLock
 log = logging.getLogger(__name__)
 
 __all__ = ["wilson", "write_json", "model_hash", "git_hash", "versions", "RunDir", "Report",
-           "figure_png", "heatmap_png", "to_jsonable"]
+           "figure_png", "heatmap_png", "to_jsonable", "choose", "one_of", "at_least_one",
+           "shipped_json", "save_html", "save_png"]
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-# ---- statistics ----------------------------------------------------------------------------
+# ---- config checks -------------------------------------------------------------------------
 
 def choose(value, allowed: Sequence[str], noun: str, allow_empty: bool = True) -> tuple:
     """A config field naming parts/protocols: a str or a sequence -> a validated tuple.
@@ -53,6 +55,28 @@ def choose(value, allowed: Sequence[str], noun: str, allow_empty: bool = True) -
         raise ValueError(f"unknown {noun}(s) {bad}; choose from {tuple(allowed)}")
     return picked
 
+
+def one_of(name: str, value, allowed: Sequence) -> None:
+    """Raise ValueError unless config field ``name`` holds one of ``allowed``.
+
+    >>> one_of("role_filter", "x", ("rule", "none"))
+    Traceback (most recent call last):
+    ValueError: role_filter must be 'rule' or 'none'; got 'x'
+    """
+    if value not in allowed:
+        opts = [repr(a) for a in allowed]
+        opts = ", ".join(opts[:-1]) + " or " + opts[-1] if len(opts) > 1 else opts[0]
+        raise ValueError(f"{name} must be {opts}; got {value!r}")
+
+
+def at_least_one(cfg, names: Sequence[str]) -> None:
+    """Raise ValueError naming the first field of ``names`` on ``cfg`` that is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+
+
+# ---- statistics ----------------------------------------------------------------------------
 
 def wilson(k: int, n: int, z: float = 1.96) -> dict:
     """Rate k/n with its Wilson score interval (95% for z=1.96). n == 0 -> rate None.
@@ -124,6 +148,28 @@ def write_json(path, obj: Any) -> Path:
     return path
 
 
+def save_html(path, report: "Report") -> Path:
+    """Atomic write of ``report`` as one HTML file; returns the path."""
+    path = Path(path)
+    _atomic_write_bytes(path, report.html().encode())
+    return path
+
+
+def save_png(path, data: bytes) -> str:
+    """Atomic write of PNG bytes; returns the path as a string (what ``Result.plots`` keeps)."""
+    _atomic_write_bytes(Path(path), data)
+    return str(path)
+
+
+def shipped_json(folder: str, name: str) -> Any:
+    """A JSON file shipped with the package (``mindscope/data/<folder>/<name>``)."""
+    path = DATA / folder / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shipped file {path} is missing; reinstall mindscope") from None
+
+
 # ---- provenance ----------------------------------------------------------------------------
 
 def git_hash(path=None) -> Optional[str]:
@@ -193,9 +239,7 @@ class RunDir:
         return write_json(self.path / "results.json", results)
 
     def save_report(self, report: "Report", name: str = "report.html") -> Path:
-        p = self.path / name
-        _atomic_write_bytes(p, report.html().encode())
-        return p
+        return save_html(self.path / name, report)
 
 
 # ---- plots and HTML ------------------------------------------------------------------------

@@ -19,34 +19,27 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ._common import shipped_json
+
 log = logging.getLogger(__name__)
-DATA = Path(__file__).resolve().parent.parent / "data" / "emotions"
 
 STORY_PROMPT = ("Write a short story of three sentences about {topic} in which a character feels "
                 "{emotion}. Show the feeling through what the character does and notices. Do not "
                 "use the word \"{emotion}\".")
 
 
-def _read(name: str) -> dict:
-    path = DATA / name
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"shipped file {path} is missing; reinstall mindscope") from None
-
-
 def load_table() -> dict:
     """{"source", "emotions": [{"name", "valence", "arousal"}], "topics", "neutral"}."""
-    return _read("emotions.json")
+    return shipped_json("emotions", "emotions.json")
 
 
 def shipped_stories() -> dict[str, list[str]]:
-    return _read("stories.json")
+    return shipped_json("emotions", "stories.json")
 
 
 def load_tasks() -> dict:
     """{"intensity": [...], "activities": [...], "choices": [...], "conversation": [...]}."""
-    return _read("tasks.json")
+    return shipped_json("emotions", "tasks.json")
 
 
 def load_story_jsonl(path, emotions: Optional[Sequence[str]] = None) -> dict[str, list[str]]:

@@ -29,11 +29,9 @@ anything", ...).
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "persona"
+from ._common import shipped_json
 
 _ASSISTANT = [r"\bas an ai\b", r"\bi(?: am|'m) an? (?:ai|artificial intelligence)\b",
               r"\blanguage model\b", r"\bai assistant\b", r"\bvirtual assistant\b",
@@ -60,22 +58,14 @@ _FREE = [r"\bno (?:rules|restrictions|limits|limitations|filters?|boundaries)\b"
          r"(?:programming|rules|guidelines|restrictions)\b", r"\bbroke(?:n)? free\b"]
 
 
-def _read(name: str) -> dict:
-    path = DATA / name
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"shipped file {path} is missing; reinstall mindscope") from None
-
-
 def load_roles() -> dict:
     """{"roles": [{"name", "description"}], "templates", "questions", "default_system_prompts"}."""
-    return _read("roles.json")
+    return shipped_json("persona", "roles.json")
 
 
 def load_drift() -> dict:
     """{"conversations": {set: [[user turns], ...]}, "jailbreaks": [...]}."""
-    return _read("drift.json")
+    return shipped_json("persona", "drift.json")
 
 
 def role_prompts(role: dict, templates) -> list[str]:

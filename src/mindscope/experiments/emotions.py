@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ._common import RunDir, choose, write_json
+from ._common import RunDir, at_least_one, choose, save_html, save_png
 from ._emotions_data import load_story_jsonl, load_table, load_tasks, model_stories, shipped_stories
 from ._emotions_prefs import misaligned_choices, preferences
 from ._emotions_report import (build_report, plot_geometry, plot_intensity, plot_misaligned,
@@ -85,9 +85,8 @@ class Config:
         if self.story_source not in ("shipped", "model") and not Path(self.story_source).suffix:
             raise ValueError(f"story_source must be 'shipped', 'model' or a .jsonl path; got "
                              f"{self.story_source!r}")
-        for name in ("stories_per_emotion", "story_tokens", "n_activities", "n_pairs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        at_least_one(self, ("stories_per_emotion", "story_tokens", "n_activities", "n_pairs",
+                            "batch_size"))
         if self.n_activities < 3:
             raise ValueError("n_activities must be >= 3")
         self.steer_emotions = tuple(self.steer_emotions)
@@ -139,10 +138,7 @@ class Result:
 
     def report(self) -> Path:
         """Write ``report.html`` and return its path."""
-        from ._common import _atomic_write_bytes
-        p = self.out_dir / "report.html"
-        _atomic_write_bytes(p, build_report(self).html().encode())
-        return p
+        return save_html(self.out_dir / "report.html", build_report(self))
 
 
 def default_site(lm) -> str:
@@ -193,31 +189,26 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/emotions") -> Result:
         R["classify"] = classify_heldout(X, labels, names, neutral, cfg.variance)
     if "geometry" in cfg.parts:
         R["geometry"] = geometry(vs, val, aro)
-        res.plots["geometry"] = _png(out / "geometry.png", plot_geometry(R["geometry"], val))
+        res.plots["geometry"] = save_png(out / "geometry.png", plot_geometry(R["geometry"], val))
     if "intensity" in cfg.parts:
         R["intensity"] = intensity(lm, vs, tasks["intensity"], site, cfg.batch_size)
         if R["intensity"]:
-            res.plots["intensity"] = _png(out / "intensity.png", plot_intensity(R["intensity"]))
+            res.plots["intensity"] = save_png(out / "intensity.png", plot_intensity(R["intensity"]))
     if "tracking" in cfg.parts:
         R["tracking"] = track_tokens(lm, vs, tasks["conversation"], site, cfg.skip_first)
-        res.plots["tracking"] = _png(out / "tracking.png", plot_tracking(R["tracking"]))
+        res.plots["tracking"] = save_png(out / "tracking.png", plot_tracking(R["tracking"]))
     steer = [e for e in cfg.steer_emotions if e in names]
     if "preferences" in cfg.parts:
         R["preferences"] = preferences(lm, vs, tasks["activities"][:cfg.n_activities], steer,
                                        site, cfg.strength, cfg.n_pairs, cfg.seed, cfg.batch_size)
-        res.plots["preferences"] = _png(out / "preferences.png", plot_preferences(R["preferences"]))
+        res.plots["preferences"] = save_png(out / "preferences.png",
+                                            plot_preferences(R["preferences"]))
     if "misaligned" in cfg.parts:
         R["misaligned"] = misaligned_choices(lm, vs, tasks["choices"], steer, site, cfg.strength,
                                              cfg.seed, cfg.batch_size)
-        res.plots["misaligned"] = _png(out / "misaligned.png", plot_misaligned(R["misaligned"]))
+        res.plots["misaligned"] = save_png(out / "misaligned.png", plot_misaligned(R["misaligned"]))
     R["seconds"] = time.perf_counter() - t0
     run_dir.save_results(R)
     res.report()
     log.info("emotion concepts done in %.0fs -> %s", R["seconds"], out)
     return res
-
-
-def _png(path: Path, data: bytes) -> str:
-    from ._common import _atomic_write_bytes
-    _atomic_write_bytes(path, data)
-    return str(path)

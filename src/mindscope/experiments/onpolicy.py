@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ..core._vector import data_hash
-from ._common import RunDir, choose, write_json
+from ._common import RunDir, at_least_one, choose, one_of, save_html, write_json
 from ._onpolicy_core import load_offpolicy_jsonl, shipped
 from ._onpolicy_gap import run_gap
 from ._onpolicy_intent import run_intent
@@ -103,10 +103,7 @@ class Config:
 
     def __post_init__(self):
         self.protocols = choose(self.protocols, PROTOCOLS, "protocol", allow_empty=False)
-        self.offpolicy = tuple([self.offpolicy] if isinstance(self.offpolicy, str) else self.offpolicy)
-        bad = [c for c in self.offpolicy if c not in OFFPOLICY]
-        if bad:
-            raise ValueError(f"unknown off-policy condition(s) {bad}; choose from {OFFPOLICY}")
+        self.offpolicy = choose(self.offpolicy, OFFPOLICY, "off-policy condition")
         if "other" in self.offpolicy and not (self.other_model or self.offpolicy_jsonl):
             raise ValueError("offpolicy 'other' needs other_model= (a model spec) or "
                              "offpolicy_jsonl= (a file of {prompt, response})")
@@ -114,16 +111,13 @@ class Config:
             self.offpolicy = self.offpolicy + ("other",)
         if not self.offpolicy:
             raise ValueError("give at least one off-policy condition")
-        for name in ("n_prompts", "max_new_tokens", "batch_size", "n_boot", "intent_samples",
-                     "intent_tokens", "opening_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        at_least_one(self, ("n_prompts", "max_new_tokens", "batch_size", "n_boot",
+                            "intent_samples", "intent_tokens", "opening_tokens"))
         if self.n_prompts < 2:
             raise ValueError("n_prompts must be >= 2 (ratios are paired over prompts)")
         if self.n_topics < 2:
             raise ValueError("n_topics must be >= 2")
-        if self.topic_method not in ("activations", "tfidf"):
-            raise ValueError(f"topic_method must be 'activations' or 'tfidf'; got {self.topic_method!r}")
+        one_of("topic_method", self.topic_method, ("activations", "tfidf"))
         if self.probe_C <= 0:
             raise ValueError("probe_C must be > 0")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -199,17 +193,13 @@ class Result:
 
     def report(self) -> Path:
         """Write ``report.html`` (summary table, plots, examples) and return its path."""
-        from ._common import _atomic_write_bytes
-
         notes = [f"Model {self.results.get('model')}; {self.config.n_prompts} prompts, own "
                  f"responses of up to {self.config.max_new_tokens} tokens sampled at T = "
                  f"{self.config.temperature}; off-policy responses cut to the own length per "
                  "prompt. CIs: 95% paired bootstrap over prompts. Full numbers: results.json."]
         r = build_report("mindscope: on-policy recognition", self.summary(),
                          list(self.plots.values()), self.results, notes)
-        p = self.out_dir / "report.html"
-        _atomic_write_bytes(p, r.html().encode())
-        return p
+        return save_html(self.out_dir / "report.html", r)
 
 
 def _n(x, digits: int = 2) -> str:

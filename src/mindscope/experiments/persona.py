@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from ._common import RunDir, choose, _atomic_write_bytes
+from ._common import RunDir, at_least_one, choose, one_of, save_html, save_png
 from ._persona_axis import (assistant_axis, axis_vectorset, generate_responses, keep_rows,
                             persona_space, response_acts, role_vectors, token_thresholds)
 from ._persona_data import load_drift, load_roles, role_prompts
@@ -90,13 +90,10 @@ class Config:
         self.parts = choose(self.parts, PARTS, "part")
         if self.n_roles < 3:
             raise ValueError("n_roles must be >= 3 (PCA of role vectors)")
-        for name in ("prompts_per_role", "n_questions", "n_default_prompts", "default_questions",
-                     "max_new_tokens", "steer_tokens", "drift_tokens", "jailbreak_tokens",
-                     "eval_items", "eval_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.role_filter not in ("rule", "none"):
-            raise ValueError(f"role_filter must be 'rule' or 'none'; got {self.role_filter!r}")
+        at_least_one(self, ("prompts_per_role", "n_questions", "n_default_prompts",
+                            "default_questions", "max_new_tokens", "steer_tokens", "drift_tokens",
+                            "jailbreak_tokens", "eval_items", "eval_tokens", "batch_size"))
+        one_of("role_filter", self.role_filter, ("rule", "none"))
         if not 0 <= self.cap_percentile <= 100:
             raise ValueError(f"cap_percentile must be in [0, 100]; got {self.cap_percentile}")
         if self.cap_layers is not None:
@@ -155,9 +152,8 @@ class Result:
         return rows
 
     def report(self) -> Path:
-        p = self.out_dir / "report.html"
-        _atomic_write_bytes(p, build_report(self).html().encode())
-        return p
+        """Write ``report.html`` and return its path."""
+        return save_html(self.out_dir / "report.html", build_report(self))
 
 
 def default_layers(lm) -> tuple[int, tuple]:
@@ -212,7 +208,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
                "n_role_responses": int((~is_def).sum()), "n_default_responses": len(D),
                "role_filter": cfg.role_filter, "judge": "rule identity judge (keyword patterns)"})
     Rs["space"] = persona_space(R, axis, names, layer, D.mean(0))
-    res.plots["space"] = _png(out / "persona_space.png", plot_space(Rs["space"]))
+    res.plots["space"] = save_png(out / "persona_space.png", plot_space(Rs["space"]))
     def_rows = [i for i in rows if resp.keys[i] == "default"]
     taus = token_thresholds(lm, resp, def_rows, axis, cap_layers, cfg.cap_percentile,
                             min(cfg.batch_size, 16))
@@ -222,11 +218,11 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
         Rs["steering"] = steer_axis(lm, axis[layer], sites[layer], cfg.steer_strengths,
                                     [None, role_prompts(roles[0], data["templates"][:1])[0]],
                                     cfg.steer_tokens, cfg.batch_size, cfg.seed)
-        res.plots["steering"] = _png(out / "steering.png", plot_steering(Rs["steering"]))
+        res.plots["steering"] = save_png(out / "steering.png", plot_steering(Rs["steering"]))
     if "drift" in cfg.parts:
         Rs["drift"] = drift(lm, dd["conversations"], system, axis, layer, taus, cfg.drift_tokens,
                             cfg.batch_size, seed=cfg.seed)
-        res.plots["drift"] = _png(out / "drift.png", plot_drift(Rs["drift"]))
+        res.plots["drift"] = save_png(out / "drift.png", plot_drift(Rs["drift"]))
     if "jailbreak" in cfg.parts:
         Rs["jailbreaks"] = jailbreaks(lm, dd["jailbreaks"], system, axis, taus,
                                       cfg.jailbreak_tokens, cfg.batch_size, cfg.seed)
@@ -241,8 +237,3 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     res.report()
     log.info("persona run done in %.0fs -> %s", Rs["seconds"], out)
     return res
-
-
-def _png(path: Path, data: bytes) -> str:
-    _atomic_write_bytes(path, data)
-    return str(path)
