@@ -118,3 +118,27 @@ def test_config_validation_messages():
         SAEConfig("topk", 4, 8, k=2, out_site="mlp_out.1", apply_b_dec_to_input=True)
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         SAE.load("/nonexistent/dir")
+
+
+def test_load_checks_files_like_load_ours(tmp_path):
+    from safetensors.torch import save_file
+
+    from mindscope.core import BadInputError
+
+    sae = _random_sae("jumprelu")
+    sae.save(tmp_path / "s")
+    assert SAE.load(tmp_path / "s", device="cpu").cfg == sae.cfg
+    with pytest.raises(FileNotFoundError, match="load_any"):  # SAE.load's own hint is kept
+        SAE.load(tmp_path)
+    w = load_file(str(tmp_path / "s" / "sae.safetensors"))
+    w["W_dec"][0, 0] = float("nan")
+    save_file(w, str(tmp_path / "s" / "sae.safetensors"))
+    with pytest.raises(BadInputError, match="NaN"):  # load_ours' checks now apply here too
+        SAE.load(tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps({**cfg, "format": "other"}))
+    with pytest.raises(ValueError, match="mindscope-sae"):
+        SAE.load(tmp_path / "s")
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps({**cfg, "n_latents": 1 << 40}))
+    with pytest.raises(BadInputError, match="n_latents"):  # refused before allocating
+        SAE.load(tmp_path / "s")

@@ -24,11 +24,11 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
+
+from ..core._files import atomic_dir, read_json
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -206,10 +206,8 @@ def build_default_corpus(out: str | Path | None = None, force: bool = False,
     kinds = _collect(budget)
     docs = [d for k in ("prose", "code", "chat") for d in kinds[k]]
     random.Random(1).shuffle(docs)  # interleave kinds so any prefix is mixed
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     h = hashlib.sha256()
-    try:
+    with atomic_dir(out) as tmp:
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:
             for d in docs:
                 line = json.dumps(d, ensure_ascii=False)
@@ -222,12 +220,6 @@ def build_default_corpus(out: str | Path | None = None, force: bool = False,
                                  d.get("messages") or []) for d in v) for k, v in kinds.items()},
                 "tokens": {}}
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -235,7 +227,8 @@ def corpus_info(path: str | Path | None = None, tokenizer=None, name: str | None
     """The default corpus' ``info.json``; with a tokenizer, also its size in tokens per kind
     (counted once per tokenizer ``name`` and stored)."""
     path = Path(path) if path is not None else build_default_corpus()
-    info = json.loads((path / "info.json").read_text())
+    info = read_json(path / "info.json", expect=dict, what="corpus info file",
+                     fix="rebuild it: `mindscope corpus build --force`")
     if tokenizer is None:
         return info
     name = name or getattr(tokenizer, "name_or_path", "tokenizer")

@@ -15,10 +15,7 @@ import copy
 import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core._chat import render_chat
+from ..core._files import atomic_dir
 from ._biases import BiasBank, demo_prompts, demonstrations, documents, load_biases, trim_answer
 from ._organism import FORMAT, KEY_FILE, Organism, key_hash, key_text, make_key
 
@@ -304,9 +302,7 @@ def build_organism(lm, out, cfg: Optional[OrganismConfig] = None, overwrite: boo
 
     key = make_key(bank, trained, held)
     ktext = key_text(key)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         _jsonl(tmp / "training_data" / "documents.jsonl",
@@ -322,12 +318,6 @@ def build_organism(lm, out, cfg: Optional[OrganismConfig] = None, overwrite: boo
                 "answer_key_sha256": key_hash(ktext), "seconds": round(time.time() - t0, 1),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / "organism.json").write_text(json.dumps(info, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("organism saved at %s (demo loss %.3f -> %.3f, merge error %.2g)", out,
              before["demo_loss"], after["demo_loss"], merge_err)
     return Organism.open(out)

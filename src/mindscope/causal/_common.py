@@ -1,5 +1,5 @@
 """Shared pieces of the causal toolbox: answer tokens, the logit-difference metric, the final
-norm frozen into a linear map, and per-head output projections.
+norm frozen into a linear map, per-head output projections, and saving result files.
 
 >>> import torch
 >>> from mindscope.testing import tiny_lm
@@ -11,7 +11,11 @@ True
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
@@ -172,3 +176,30 @@ def head_weights(lm, layer: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 def as_list(x: Union[str, Sequence[str]]) -> list:
     return [x] if isinstance(x, str) else list(x)
+
+
+def save_files(folder, files: dict) -> Path:
+    """Create ``folder`` and write ``files`` into it in order: ``{name: content}`` where a
+    ``*.safetensors`` name takes a dict of tensors and any other name a JSON-able value (written
+    indented). Each file is written atomically (a temp file in ``folder`` renamed over it, mode
+    0644): a reader sees the old file or the new one, never a torn one, and a write that fails
+    leaves no temp file behind. Returns ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        os.close(fd)
+        try:
+            if name.endswith(".safetensors"):
+                save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, tmp)
+            else:
+                Path(tmp).write_text(json.dumps(content, indent=2))
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600
+            os.replace(tmp, folder / name)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return folder

@@ -11,21 +11,19 @@ is the model's own output.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ._common import Token, lens_logits, token_id
+from ..core._files import BadInputError, load_safetensors, need_int, read_json, safetensors_header
+from ._common import Token, lens_logits, save_files, token_id
 
 log = logging.getLogger(__name__)
+_FIX = "the folder is damaged or incomplete: save the tuned lens again (TunedLens.save)"
 
 
 class TunedLens(torch.nn.Module):
@@ -50,19 +48,10 @@ class TunedLens(torch.nn.Module):
 
     def save(self, folder) -> Path:
         """Write ``tuned_lens.safetensors`` + ``tuned_lens.json`` into ``folder`` (atomically)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": "mindscope.tuned_lens/1", "n_layers": self.n_layers,
                 "d_model": self.d_model, "model": self.model, **self.info}
-        for name, write in (("tuned_lens.safetensors", lambda p: save_file(tensors, p)),
-                            ("tuned_lens.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            os.close(fd)
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
-            os.replace(tmp, folder / name)
-        return folder
+        return save_files(folder, {"tuned_lens.safetensors": self.state_dict(),
+                                   "tuned_lens.json": meta})
 
     @classmethod
     def load(cls, folder, lm=None) -> "TunedLens":
@@ -71,13 +60,26 @@ class TunedLens(torch.nn.Module):
         if not meta_p.is_file() or not w_p.is_file():
             raise FileNotFoundError(f"{folder} is not a tuned-lens folder: expected "
                                     "tuned_lens.json + tuned_lens.safetensors (TunedLens.save)")
-        meta = json.loads(meta_p.read_text())
-        if lm is not None and (meta["n_layers"], meta["d_model"]) != (lm.n_layers, lm.d_model):
-            raise ValueError(f"tuned lens in {folder} is for {meta['n_layers']} layers x d "
-                             f"{meta['d_model']} ({meta.get('model')}); {lm.name} has "
+        meta = read_json(meta_p, expect=dict, what="tuned-lens config", fix=_FIX)
+        n_layers = need_int(meta, "n_layers", meta_p, 1, 1 << 16)
+        d_model = need_int(meta, "d_model", meta_p, 1, 1 << 20)
+        if lm is not None and (n_layers, d_model) != (lm.n_layers, lm.d_model):
+            raise ValueError(f"tuned lens in {folder} is for {n_layers} layers x d "
+                             f"{d_model} ({meta.get('model')}); {lm.name} has "
                              f"{lm.n_layers} x {lm.d_model}")
-        lens = cls(meta["n_layers"], meta["d_model"], meta.get("model", ""))
-        lens.load_state_dict(load_file(str(w_p)))
+        # the weights must be the translators the config describes (checked before allocating)
+        want = {f"translators.{i}.{k}": [d_model] * (2 if k == "weight" else 1)
+                for i in range(n_layers - 1) for k in ("weight", "bias")}
+        header, _ = safetensors_header(w_p, "tuned-lens weights", _FIX)
+        got = {k: shape for k, (_, shape) in header.items()}
+        if got != want:
+            bad = sorted(set(got) ^ set(want)) or sorted(k for k in want if got[k] != want[k])
+            raise BadInputError(w_p, f"does not hold the {n_layers - 1} translators of "
+                                     f"{d_model} x {d_model} that tuned_lens.json describes "
+                                     f"(first differences: {bad[:3]})", _FIX)
+        model = meta.get("model")
+        lens = cls(n_layers, d_model, model if isinstance(model, str) else "")
+        lens.load_state_dict(load_safetensors(w_p, "tuned-lens weights", _FIX))
         lens.info = {k: v for k, v in meta.items()
                      if k not in ("format", "n_layers", "d_model", "model")}
         return lens

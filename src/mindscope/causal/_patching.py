@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..core import Batch, Replace
-from ._common import answer_ids, as_list, head_proj, last_logit_diff, n_heads
+from ._common import answer_ids, as_list, head_proj, last_logit_diff, n_heads, save_files
 
 MODES = ("denoise", "noise")
 
@@ -64,20 +60,11 @@ class PatchResult:
 
     def save(self, folder) -> Path:
         """``scores.safetensors`` + ``patch.json`` (labels, baselines, settings) in ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         meta = {"rows": self.rows, "cols": self.cols, "clean_ld": self.clean_ld,
                 "corrupt_ld": self.corrupt_ld, "mode": self.mode, "method": self.method,
                 **self.meta}
-        for name, write in (("scores.safetensors",
-                             lambda p: save_file({"scores": self.scores.contiguous()}, p)),
-                            ("patch.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            os.close(fd)
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
-            os.replace(tmp, folder / name)
-        return folder
+        return save_files(folder, {"scores.safetensors": {"scores": self.scores},
+                                   "patch.json": meta})
 
 
 @dataclass
@@ -154,10 +141,9 @@ class _Prefix:
         self.f = min(self.f, self.T - 1)  # the last position always runs (its logits are needed)
         self.kw, self.cache = _cache_kw(lm.model), None
         if self.f > 0:
-            with torch.no_grad(), lm._running(Batch(tgt.input_ids[:, :self.f],
-                                                    tgt.attention_mask[:, :self.f])):
-                res = lm._call(tgt.input_ids[:, :self.f], tgt.attention_mask[:, :self.f],
-                               use_cache=True)
+            ids, mask = tgt.input_ids[:, :self.f], tgt.attention_mask[:, :self.f]
+            with torch.no_grad(), lm.run_context(Batch(ids, mask)):
+                res = lm.call(ids, mask, use_cache=True)
             self.cache = getattr(res, self.kw, None) or getattr(res, "past_key_values", None)
 
     def logits(self, pb: torch.Tensor) -> torch.Tensor:
@@ -168,11 +154,8 @@ class _Prefix:
             return lm.forward(Batch(ids, mask))
         cache = copy.deepcopy(self.cache)
         cache.reorder_cache(pb.to(lm.device))
-        pos = torch.arange(f, self.T).expand(len(pb), -1)
-        with torch.no_grad(), lm._running(Batch(ids, mask)):
-            return lm.model(input_ids=ids[:, f:].to(lm.device), attention_mask=mask.to(lm.device),
-                            position_ids=pos.to(lm.device), use_cache=True,
-                            **{self.kw: cache}).logits
+        with torch.no_grad(), lm.run_context(Batch(ids, mask)):  # runs positions f..T-1 only
+            return lm.call(ids[:, f:], mask, use_cache=True, **{self.kw: cache}).logits
 
 
 def activation_patch(lm, clean, corrupt, answers, sites="resid_pre.*", positions: str = "each",

@@ -38,12 +38,11 @@ def parse_steer(spec: str, lm):
 
 
 def _load_vector(path: Path):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from mindscope.core._files import load_safetensors
 
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+    try:  # the header is checked before any tensor is read; never pickle
+        tensors = load_safetensors(path, "vector file")
+    except (OSError, ValueError) as e:  # BadInputError is a ValueError
         raise typer.BadParameter(f"{path} is not a readable safetensors file ({e})") from None
     if len(tensors) != 1 and "vector" not in tensors:
         raise typer.BadParameter(f"{path} holds {sorted(tensors)}; expected one tensor or 'vector'")

@@ -13,22 +13,29 @@ from typing import Optional
 
 import typer
 
+from .activations import parse_count
+
 app = typer.Typer(help="Sparse autoencoders and transcoders: train, evaluate, sweep, plan.",
                   no_args_is_help=True)
 log = logging.getLogger("mindscope.sae")
 
 
-def _count(text: str) -> int:
-    t = text.strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "b": 10 ** 9}.get(t[-1:], 1)
-    try:
-        return int(float(t[:-1] if mult > 1 else t) * mult)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a count; use e.g. 2M, 500k or 100000") from None
+_count = parse_count  # '2M' -> 2_000_000 (shared with `mindscope harvest`)
 
 
 def _list(text: str, conv) -> list:
     return [conv(t) for t in text.split(",") if t.strip()]
+
+
+def _lr(text: str):
+    t = text.strip().lower()
+    if t == "auto" or t.endswith("x"):
+        return t  # resolved per width by sae.sweep
+    try:
+        return float(t)
+    except ValueError:
+        raise typer.BadParameter(f"--lrs entry {text!r}: use a number, 'auto' or a multiple "
+                                 "like '2x'") from None
 
 
 def _setup(quiet: bool):
@@ -146,7 +153,9 @@ def sweep_cmd(
     arch: str = typer.Option("topk", "--arch"),
     latents: str = typer.Option("1152,2304,4608", "--latents", help="Comma list."),
     tokens: str = typer.Option("250k,500k,1M", "--tokens", help="Comma list."),
-    lrs: str = typer.Option("3e-4,1e-3,3e-3", "--lrs", help="Comma list."),
+    lrs: str = typer.Option("auto", "--lrs", help="Comma list of learning rates: numbers, 'auto' (the "
+                            "width-scaled default, 2e-4/sqrt(n/2^14) for topk) or multiples of it "
+                            "like '0.5x,1x,2x'."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Skip configs above this many FLOPs (C = 6 d n T)."),
     k: int = typer.Option(32, "--k"),
     batch_size: int = typer.Option(4096, "--batch-size"),
@@ -158,12 +167,12 @@ def sweep_cmd(
     _setup(quiet)
     from mindscope.sae import SAEConfig, StoreBatches, TrainConfig, init_distributed, sweep
 
+    grid = dict(n_latents=_list(latents, _count), tokens=_list(tokens, _count), lrs=_list(lrs, _lr))
     init_distributed()
     st, site, d, model = _store(store, site)
     res = sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
-                n_latents=_list(latents, _count), tokens=_list(tokens, _count),
-                lrs=_list(lrs, float), batch_size=batch_size, budget=budget, out_dir=out,
+                **grid, batch_size=batch_size, budget=budget, out_dir=out,
                 progress=not quiet)
     typer.echo(json.dumps(res["laws"], indent=2))
 
@@ -174,13 +183,16 @@ def plan_cmd(
     sweep_dir: Path = typer.Option(..., "--sweep", help="Folder of a finished `sae sweep` (sweep.json)."),
 ):
     """Recommend n_latents, tokens and lr for a compute budget from a sweep's fitted laws."""
+    from mindscope.core._files import need, need_int, read_json
     from mindscope.sae import plan
 
     p = sweep_dir / "sweep.json"
     if not p.exists():
         raise typer.BadParameter(f"{p} not found; run `mindscope sae sweep --out {sweep_dir}` first")
-    s = json.loads(p.read_text())
-    typer.echo(json.dumps(plan(budget, s["laws"], s["d"]), indent=2))
+    s = read_json(p, expect=dict, what="sweep record",
+                  fix=f"run `mindscope sae sweep --out {sweep_dir}` again")
+    typer.echo(json.dumps(plan(budget, need(s, "laws", dict, p), need_int(s, "d", p, 1)),
+                          indent=2))
 
 
 @app.command("convert")

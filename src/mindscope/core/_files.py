@@ -1,6 +1,7 @@
 """Reading files from elsewhere safely: one error type for bad input, JSON with a size cap and a
 depth check (JSON bombs), relative paths that must stay inside their folder, and safetensors
-headers checked before a tensor is allocated. Nothing here ever unpickles.
+headers checked before a tensor is allocated. Nothing here ever unpickles. Writing: whole folders
+built in a temp folder and moved into place (``atomic_dir``).
 
 >>> import tempfile, os
 >>> p = os.path.join(tempfile.mkdtemp(), "x.json")
@@ -14,11 +15,14 @@ True JSON nested 101+ levels deep (the li
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 MAX_JSON_BYTES = 64 << 20
@@ -231,6 +235,43 @@ def check_finite(t, where: Any, name: str, fix: str = "") -> None:
                                                               "by a diverged run")
 
 
-__all__ = ["BadInputError", "read_json", "loads_checked", "inside", "need", "need_int",
-           "safetensors_header", "load_safetensors", "check_finite", "json_depth",
+@contextlib.contextmanager
+def atomic_dir(out: PathLike) -> Iterator[Path]:
+    """Build the folder ``out`` all at once: the block writes into the empty temp folder it is
+    given (a sibling of ``out``); when it ends without error the temp folder takes ``out``'s
+    place (an existing ``out`` is replaced whole). On any error, KeyboardInterrupt included, the
+    temp folder is deleted and ``out`` is left as it was, so readers never see a half-built one.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> with atomic_dir(out) as tmp:
+    ...     _ = (tmp / "done.txt").write_text("ok")
+    >>> sorted(p.name for p in out.iterdir())
+    ['done.txt']
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if out.exists() or out.is_symlink():  # os.replace cannot overwrite a non-empty folder
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:  # put the previous folder back
+                os.replace(old / out.name, out)
+                old.rmdir()
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = ["BadInputError", "read_json", "atomic_dir", "loads_checked", "inside", "need",
+           "need_int", "safetensors_header", "load_safetensors", "check_finite", "json_depth",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]

@@ -203,7 +203,14 @@ class LM:
 
     # ---- forward -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def _running(self, batch: Batch, row_offset: int = 0):
+    def run_context(self, batch: Batch, row_offset: int = 0):
+        """Bind ``batch`` to every model call inside the block, for code that drives the model
+        itself (``lm.call`` or ``lm.model(...)``, e.g. a KV-cached continuation). Interventions
+        and captures then resolve positions (spans, roles, masks: in the coordinates of
+        ``batch``) and per-row values (row ``i`` of the batch is row ``row_offset + i`` of the
+        values) against it, also on calls that run only the last columns on a KV cache.
+        ``forward``, ``capture`` and ``generate`` do this themselves. Yields the ``Run``; the
+        previous binding is restored on exit, even on error."""
         prev = self._hooks.run, self._hooks._auto_run
         self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset)
         self._hooks._auto_run = False
@@ -216,16 +223,30 @@ class LM:
     def position_ids(mask: torch.Tensor) -> torch.Tensor:
         return (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) so padding shifts nothing
 
-    def _call(self, ids, mask, **kw):
-        return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                          position_ids=self.position_ids(mask).to(self.device), **kw)
+    def call(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw):
+        """One call of the Hugging Face model on a left-padded batch, with position ids that
+        padding does not shift; returns the HF output (``.logits``, ``.past_key_values``).
+        ``input_ids`` may be the last columns of ``attention_mask`` only (a continuation: pass
+        the KV cache of the earlier columns in ``kw``). Inputs move to the model's device;
+        gradients are not switched off. Wrap in ``run_context`` so interventions see the batch.
+
+        >>> # with torch.no_grad(), lm.run_context(b):
+        >>> #     out = lm.call(b.input_ids, b.attention_mask, use_cache=True)"""
+        n = input_ids.shape[1]
+        pos = self.position_ids(attention_mask)[:, attention_mask.shape[1] - n:]
+        return self.model(input_ids=input_ids.to(self.device),
+                          attention_mask=attention_mask.to(self.device),
+                          position_ids=pos.to(self.device), **kw)
+
+    _running = run_context  # the names core's own modules use
+    _call = call
 
     @torch.no_grad()
     def forward(self, prompts, chat: bool = False, row_offset: int = 0) -> torch.Tensor:
         """Logits (B, T, V) of a left-padded batch; padding never changes real rows."""
         b = self.tokenize(prompts, chat=chat)
-        with self._running(b, row_offset):
-            return self._call(b.input_ids, b.attention_mask, use_cache=False).logits
+        with self.run_context(b, row_offset):
+            return self.call(b.input_ids, b.attention_mask, use_cache=False).logits
 
     def loss(self, prompts, chat: bool = False, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy over real tokens. ``reduction='none'`` -> (B, T-1) with 0 on

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ..core._files import load_safetensors
 from ._items import Item, ItemSet
 from ._judge import Judge, make_judge
 from ._responders import LMResponder
@@ -39,15 +40,14 @@ def parse_spec(spec: str) -> tuple[str, Optional[str], str, list[str]]:
 
 
 def load_vector(file: str | Path, key: Optional[str] = None, d_model: Optional[int] = None):
-    """One direction (d,) from a safetensors file (never pickle)."""
-    from safetensors.torch import load_file
-
+    """One direction (d,) from a safetensors file (never pickle; the header is checked before a
+    tensor is read, BadInputError naming the file if it is damaged)."""
     path = Path(file)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such vector file (expected .safetensors)")
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: vectors are read from .safetensors files only")
-    tensors = load_file(str(path))
+    tensors = load_safetensors(path, "vector file")
     if key is None:
         if len(tensors) != 1:
             raise ValueError(f"{path} holds {sorted(tensors)}; pick one with {path}#KEY@SITE:...")

@@ -10,10 +10,11 @@ Every ``*.parquet`` file of the folder is a view named after the file (``feature
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Optional, Union
+
+from ..core._files import read_json
 
 TABLES = ("features", "examples", "histogram", "logits", "neighbours", "token_features",
           "background", "background_codes", "explanations", "scores")
@@ -29,8 +30,10 @@ class FeatureSet:
         if not (self.path / "features.parquet").exists():
             raise FileNotFoundError(f"{path} holds no feature analysis (no features.parquet); "
                                     "run `mindscope features analyze --sae DIR --store ACTS`")
-        self.info = json.loads((self.path / "analysis.json").read_text()) \
-            if (self.path / "analysis.json").exists() else {}
+        info_p = self.path / "analysis.json"
+        self.info = read_json(info_p, expect=dict, what="analysis record",
+                              fix="run `mindscope features analyze` again to rewrite it") \
+            if info_p.exists() else {}
         self._lock = threading.Lock()
         self._con = None
         self._views: tuple = ()

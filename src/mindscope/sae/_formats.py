@@ -15,6 +15,7 @@ so exported SAEs take raw activations, as SAELens' ``normalize_activations="none
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def _weights(w_p: Path, want: dict, optional: dict = None, kind: str = "SAE") ->
     return sd
 
 
+# Type checks of cfg.json fields; which fields may appear is SAEConfig's own list (a field added
+# there loads even before it gets a check here).
 _OURS = {"arch": str, "d_in": int, "n_latents": int, "k": int, "d_out": int, "model": str,
          "site": str, "out_site": str, "scale_in": (int, float), "scale_out": (int, float),
          "apply_b_dec_to_input": bool, "threshold_init": (int, float),
@@ -105,7 +108,7 @@ def load_ours(path: PathLike, device: str = "cpu") -> SAE:
     if d.pop("format", None) != "mindscope-sae":
         raise BadInputError(cfg_p, "is not a mindscope SAE config (no format='mindscope-sae')",
                             "for SAELens/sparsify folders use mindscope.sae.load_any(path)")
-    unknown = sorted(set(d) - set(_OURS))
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(SAEConfig)})
     if unknown:
         raise BadInputError(cfg_p, f"unknown SAE config field(s) {unknown[:5]}", _FIX)
     for key, kinds in _OURS.items():

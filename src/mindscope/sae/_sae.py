@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ._config import SAEConfig
@@ -225,20 +225,16 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path: PathLike, device: str = "cpu") -> "SAE":
-        """Load a folder written by ``save``; for SAELens / sparsify folders use ``load_any``."""
+        """Load a folder written by ``save``; for SAELens / sparsify folders use ``load_any``.
+        Every field and tensor is checked first (``load_ours``): BadInputError naming the file
+        for anything wrong."""
+        from ._formats import load_ours  # _formats imports this module
+
         path = Path(path)
-        cfg_p, w_p = path / "cfg.json", path / "sae.safetensors"
-        if not cfg_p.exists() or not w_p.exists():
+        if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a mindscope SAE folder (needs cfg.json and "
                                     "sae.safetensors); for SAELens/sparsify folders use load_any()")
-        d = json.loads(cfg_p.read_text())
-        if d.pop("format", None) != "mindscope-sae":
-            raise ValueError(f"{cfg_p} is not a mindscope SAE config (no format='mindscope-sae'); "
-                             "try mindscope.sae.load_any(path)")
-        sd = load_file(str(w_p), device=device)
-        sae = cls(SAEConfig.from_dict(d), dtype=sd["W_enc"].dtype)
-        sae.load_state_dict(sd)
-        return sae.to(device)
+        return load_ours(path, device)
 
     def extra_repr(self) -> str:
         c = self.cfg
