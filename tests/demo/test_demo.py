@@ -52,6 +52,45 @@ def test_every_step_runs_and_writes(tiny_run):
         assert (out / href).exists(), href
 
 
+def _hrefs(path):
+    import re
+
+    return re.findall(r'href="([^"#:?]+)"', path.read_text())
+
+
+def test_static_browser_pages_and_links(tiny_run, tmp_path):
+    """The demo writes pages for the explained latents (the report's links, the clamped one),
+    their neighbours and the most frequent; the index lists exactly those; every link of the
+    index, the map and each page resolves. Cut to 5 top latents, the same holds."""
+    import re
+
+    from mindscope.demo._steps import browser_latents
+    from mindscope.features import FeatureSet
+    from mindscope.report import export_html
+
+    out, res, _ = tiny_run
+    f = res["features"]
+    bdir = Path(f["browser_index"]).parent
+    pages = {int(p.stem.split("-")[1]) for p in bdir.glob("feature-*.html")}
+    assert len(pages) == f["browser_pages"] and set(f["explained"]) <= pages
+    assert res["steering"]["feature"]["latent"] in pages
+    fs = FeatureSet(f["features_dir"])
+    assert sorted(pages) == browser_latents(fs, f["explained"])
+    html = (out / "report.html").read_text()
+    assert f'href="browser/feature-{res["steering"]["feature"]["latent"]}.html"' in html
+    for d in (bdir, tmp_path / "cut"):
+        if d != bdir:
+            keep = browser_latents(fs, f["explained"], top=5)
+            assert len(keep) < 64 and set(f["explained"]) <= set(keep)
+            export_html(f["features_dir"], d, latents=keep, progress=False)
+        idx = (d / "index.html").read_text()
+        listed = {int(x) for x in re.findall(r'href="feature-(\d+)\.html"', idx)}
+        assert listed == {int(p.stem.split("-")[1]) for p in d.glob("feature-*.html")}
+        for page in [d / "index.html", d / "map.svg", *d.glob("feature-*.html")]:
+            for h in _hrefs(page):
+                assert (d / h).exists(), (page, h)
+
+
 def test_steered_feature_is_read_back_higher(tiny_run):
     """Clamping the latent at 4x its max activation must raise its read-out on the steered
     text above the unsteered text (a tiny random model still obeys the arithmetic)."""

@@ -49,6 +49,14 @@ def _headline(step: str, r: dict) -> str:
     return ""
 
 
+def _pages_note(f: dict) -> str:
+    n = f.get("browser_pages")  # absent in studies run before the browser was cut down
+    if n is None or n >= f["n_latents"]:
+        return ""
+    return (f" (pages for {n:,} latents: the explained ones, their decoder neighbours and the "
+            "most frequent)")
+
+
 def build_report(out, results: dict, cfg, model: str) -> Path:
     from ..features import FeatureSet
 
@@ -105,8 +113,8 @@ def build_report(out, results: dict, cfg, model: str) -> Path:
                   f"most frequent (density ≤ 5%) were explained by the <b>{esc(cfg.judge)}</b> "
                   "judge and scored by detection (AUC of the judge telling activating from "
                   "non-activating examples; 0.5 = chance). "
-                  f"Static browser: {link(_rel(f['browser_index'], out), 'browser/index.html')}; "
-                  f"live browser with text and steering pages: "
+                  f"Static browser: {link(_rel(f['browser_index'], out), 'browser/index.html')}"
+                  f"{_pages_note(f)}; live browser with every latent, text and steering pages: "
                   f"<code>mindscope serve {esc(_rel(Path(f['features_dir']).parent, out))}"
                   f" --model {esc(cfg.model)}</code> (run inside <code>{esc(str(out))}</code>) "
                   "then open http://127.0.0.1:8765/.</p>",
@@ -114,8 +122,11 @@ def build_report(out, results: dict, cfg, model: str) -> Path:
     st = results.get("steering")
     if st:
         ft, c = st["feature"], st["concept"]
+        page = Path(f["browser_index"]).parent / f"feature-{ft['latent']}.html" if f else None
+        name = (link(_rel(page, out), ft["latent"]) if page is not None and page.exists()
+                else esc(ft["latent"]))
         p.section("5. Steering",
-                  f"<p><b>SAE feature</b> {ft['latent']} (“{esc(ft['explanation'])}”, detection "
+                  f"<p><b>SAE feature</b> {name} (“{esc(ft['explanation'])}”, detection "
                   f"AUC {fmt(ft['detection_auc'], 3)}) clamped to {ft['clamp_value']:.2f} "
                   f"({cfg.feature_multiple}× its max activation) at every position, error term "
                   f"kept. Its mean activation read back on the generated text: "

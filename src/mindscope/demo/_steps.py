@@ -131,6 +131,7 @@ def step_evaluate(ctx: Context) -> dict:
     res = {"fvu": m["fvu"], "explained_variance": m["explained_variance"], "l0": m["l0"],
            "dead_fraction": m["dead_fraction"], "cosine": m["cosine"], "rows": m["rows"],
            "excluded_rows": m["excluded_rows"], **mm, "ce_texts": len(texts),
+           "tokens": mm.get("predicted_tokens", mm.get("tokens")),  # model_metrics' name changed
            "density_png": str(d / "density.png")}
     from safetensors.torch import save_file
     save_file({"density": m["density"].contiguous()}, str(d / "density.safetensors"))
@@ -157,12 +158,33 @@ def step_features(ctx: Context) -> dict:
         "left join scores s on s.latent = f.latent and s.scorer = 'detection' "
         "order by f.density desc")
     rows = [r for r in rows if r["latent"] in set(latents)]
-    browser = export_html(ctx.sae_dir, ctx.state.out / "browser", latents=None, progress=True)
+    pages = browser_latents(fs, latents)
+    browser = export_html(ctx.sae_dir, ctx.state.out / "browser", latents=pages, progress=True)
     n_live = fs.query("select count(*) as n from features where count > 0")[0]["n"]
     aucs = [r["auc"] for r in rows if r.get("auc") is not None]
     return {"n_latents": fs.n_latents, "live": n_live, "explained": latents,
             "table": rows, "mean_detection_auc": sum(aucs) / len(aucs) if aucs else None,
-            "browser_index": str(browser), "features_dir": str(ctx.sae_dir / "features")}
+            "browser_index": str(browser), "browser_pages": len(pages),
+            "features_dir": str(ctx.sae_dir / "features")}
+
+
+BROWSER_TOP = 256  # static pages for the most frequent latents, besides the explained ones
+
+
+def browser_latents(fs, explained: list, top: int = BROWSER_TOP) -> list[int]:
+    """The latents the demo's static browser gets pages for: the explained (and scored) ones -
+    report.html links them, and the steering step clamps one of them - their decoder
+    neighbours, and the ``top`` most frequent live latents. Every latent stays in the live
+    browser (`mindscope serve`); a page for each of thousands of latents took minutes."""
+    ids = sorted({int(i) for i in explained})
+    keep = set(ids)
+    if ids:
+        keep |= {int(r["neighbour"]) for r in fs.query(
+            f"select neighbour from neighbours where latent in ({','.join(map(str, ids))})")}
+    keep |= {int(r["latent"]) for r in fs.query(
+        "select latent from features where count > 0 order by density desc, latent limit ?",
+        [int(top)])}
+    return sorted(keep)
 
 
 # ---- 5. steering ---------------------------------------------------------------------------

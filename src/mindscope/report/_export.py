@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,10 +34,106 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# ---- static HTML ----------------------------------------------------------------------------
+# The per-latent cost of the browser is ~9 DuckDB queries over the Parquet files (fs.feature and
+# the map bounds); exporting thousands of pages ran them thousands of times. ``_Static`` reads
+# each table once per chunk of latents instead and serves ``feature(i)`` from memory, so the page
+# functions of ``_browser`` render unchanged (same HTML as the live server).
+
+CHUNK = 512  # latents per bulk read: bounds memory (examples are the big table) and query count
+
+_FEATURE_LINK = re.compile(r'<a href="feature-(\d+)\.html">(.*?)</a>', re.S)
+
+
+def _group(rows: list) -> dict:
+    out = defaultdict(list)
+    for r in rows:
+        out[r.pop("_g")].append(r)
+    return out
+
+
+def bulk_features(fs, latents: Sequence[int]) -> dict:
+    """``{i: fs.feature(i)}`` for many latents with one query per table (same dicts, same row
+    order as ``FeatureSet.feature``)."""
+    ids = sorted({int(i) for i in latents})
+    if not ids:
+        return {}
+    w = f"latent in ({','.join(map(str, ids))})"
+    q = fs.query
+    feats = {r["latent"]: dict(r) for r in q(f"select * from features where {w}")}
+    top = _group(q(f"select latent _g, * from examples where {w} and kind = 'top' "
+                   "order by latent, rank"))
+    qua = _group(q(f"select latent _g, * from examples where {w} and kind = 'quantile' "
+                   "order by latent, quantile desc, rank"))
+    his = _group(q(f"select latent _g, bin, lo, hi, count from histogram where {w} "
+                   "order by latent, bin"))
+    lg = _group(q(f"select latent _g, kind, rank, token, token_str, value from logits where {w} "
+                  "order by latent, kind, rank")) if fs.has("logits") else {}
+    nb = _group(q("select n.latent _g, n.neighbour, n.cosine, f.density from neighbours n join "
+                  f"features f on f.latent = n.neighbour where n.{w} order by n.latent, n.rank"))
+    ex = _group(q(f"select latent _g, * from explanations where {w}")) \
+        if fs.has("explanations") else {}
+    sc = _group(q(f"select latent _g, * from scores where {w} order by latent, scorer")) \
+        if fs.has("scores") else {}
+    for i, d in feats.items():
+        d["top"], d["quantiles"], d["histogram"] = top.get(i, []), qua.get(i, []), his.get(i, [])
+        d["promoted"] = [r for r in lg.get(i, []) if r["kind"] == "promoted"]
+        d["suppressed"] = [r for r in lg.get(i, []) if r["kind"] == "suppressed"]
+        d["neighbours"] = nb.get(i, [])
+        d["explanation"] = ex[i][0] if ex.get(i) else None
+        d["scores"] = sc.get(i, [])
+    return feats
+
+
+class _Static:
+    """The FeatureSet the static export hands to the page functions: ``feature(i)`` from a bulk
+    read (``load``), repeated queries (the map bounds, once per page) answered once, and the
+    feature list cut to the latents that get a page."""
+
+    def __init__(self, fs, pages: frozenset):
+        self.fs, self.info, self.path, self.pages = fs, fs.info, fs.path, pages
+        self._feats: dict = {}
+        self._memo: dict = {}
+
+    @property
+    def n_latents(self) -> int:
+        return self.fs.n_latents
+
+    def has(self, table: str) -> bool:
+        return self.fs.has(table)
+
+    def load(self, latents: Sequence[int]) -> None:
+        self._feats = bulk_features(self.fs, latents)
+
+    def feature(self, i: int, n_examples: Optional[int] = None) -> dict:
+        return self._feats[int(i)] if n_examples is None else self.fs.feature(i, n_examples)
+
+    def query(self, sql: str, params: Optional[list] = None) -> list:
+        key = (sql, tuple(params or ()))
+        if key not in self._memo:
+            self._memo[key] = self.fs.query(sql, params)
+        return self._memo[key]
+
+    def feature_list(self, **kw) -> list:
+        return [r for r in self.fs.feature_list(**kw) if r["latent"] in self.pages]
+
+
+def unlink_missing(html: str, pages) -> str:
+    """Drop the link (keep its text) of every ``feature-<i>.html`` not in ``pages``: a static
+    export of some latents never points at a page it did not write (neighbours, map points)."""
+    return _FEATURE_LINK.sub(lambda m: m.group(0) if int(m.group(1)) in pages else m.group(2),
+                             html)
+
+
 def export_html(root, out, latents: Optional[Sequence[int]] = None, progress: bool = True) -> Path:
     """Write the browser as static files into ``out``: index.html, feature-<i>.html (every latent
     that fired, or ``latents``), map.svg, live-only.html (the text and steering pages need the
-    model and are omitted). Returns the index path."""
+    model and are omitted). The index lists exactly the latents that got a page, and no page
+    links to a feature page it did not write (`mindscope serve` shows every latent). Returns the
+    index path.
+
+    >>> # export_html("runs/sae", "runs/sae/html", latents=[3, 17, 40])   # 3 pages + index
+    """
     from ..features import FeatureSet
 
     fs = FeatureSet(root)
@@ -44,11 +142,31 @@ def export_html(root, out, latents: Optional[Sequence[int]] = None, progress: bo
     if latents is None:
         latents = [r["latent"] for r in fs.query("select latent from features where count > 0 "
                                                  "order by latent")]
-    _write(out / "index.html", B.index_page(fs, "static", "density", True))
-    _write(out / "map.svg", B.map_svg(fs, "static"))
+    latents = sorted({int(i) for i in latents})
+    bad = [i for i in latents if not 0 <= i < fs.n_latents]
+    if bad:
+        raise IndexError(f"feature {bad[0]} out of range: this analysis has {fs.n_latents} latents")
+    pages = frozenset(latents)
+    view = _Static(fs, pages)
+    index = unlink_missing(B.index_page(view, "static", "density", True), pages)
+    if len(pages) < fs.n_latents:
+        note = (f'<p class="note">Static pages for {len(pages):,} of {fs.n_latents:,} latents; '
+                "<code>mindscope serve</code> shows every latent, the text and the steering "
+                "pages.</p>")
+        index = index.replace("<section><h2>Features</h2>", note + "<section><h2>Features</h2>", 1)
+    _write(out / "index.html", index)
+    _write(out / "map.svg", unlink_missing(B.map_svg(fs, "static"), pages))
     _write(out / "live-only.html", B.live_only_page())
-    for i in tqdm(latents, desc="export html", disable=not progress):
-        _write(out / f"feature-{int(i)}.html", B.feature_page(fs, int(i), "static"))
+    bar = tqdm(total=len(latents), desc="export html", disable=not progress)
+    for a in range(0, len(latents), CHUNK):
+        chunk = latents[a:a + CHUNK]
+        view.load(chunk)
+        for i in chunk:
+            _write(out / f"feature-{i}.html", unlink_missing(B.feature_page(view, i, "static"),
+                                                             pages))
+        bar.update(len(chunk))
+    bar.close()
+    log.info("exported %d feature pages to %s", len(latents), out)
     return out / "index.html"
 
 

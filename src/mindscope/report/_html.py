@@ -91,19 +91,39 @@ def png(img: Union[bytes, str, Path, Any], alt: str = "", width: Optional[int] =
     return f'<img alt="{esc(alt)}"{w} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
+_TOKEN_HTML: dict = {}  # token string -> its escaped display form (tokens repeat: a vocabulary)
+
+
+def _token_html(t: Any) -> str:
+    s = _TOKEN_HTML.get(t) if isinstance(t, str) else None
+    if s is None:
+        s = esc(str(t).replace("\n", "↵"))
+        if isinstance(t, str) and len(_TOKEN_HTML) < 262_144:
+            _TOKEN_HTML[t] = s
+    return s
+
+
 def tokens(strs: Sequence[str], acts: Sequence[float], max_act: Optional[float] = None,
            center: Optional[int] = None, color: str = "255,140,0") -> str:
     """Tokens with a background whose opacity is act / max_act; the activation in a tooltip;
-    the ``center`` token outlined. Newlines are shown as the visible symbol ↵."""
+    the ``center`` token outlined. Newlines are shown as the visible symbol ↵.
+
+    (The hot loop of a static feature export: thousands of pages of ~30 examples each, so the
+    escaped token text is cached and the opacity clamp is inlined.)"""
     mx = max_act if max_act else max([a for a in acts if a is not None] + [1e-9])
+    pos, cache = mx > 0, _TOKEN_HTML
     out = []
     for i, (t, a) in enumerate(zip(strs, acts)):
+        txt = cache.get(t) if t.__class__ is str else None
         a = float(a or 0.0)
-        alpha = max(0.0, min(1.0, a / mx)) if mx > 0 else 0.0
+        if pos:
+            r = a / mx  # clamped to [0, 1] as max(0, min(1, r)): NaN -> 1
+            alpha = r if 0.0 <= r <= 1.0 else (0.0 if r < 0.0 else 1.0)
+        else:
+            alpha = 0.0
         cls = "tok ctr" if center is not None and i == center else "tok"
-        txt = esc(str(t).replace("\n", "↵"))
         out.append(f'<span class="{cls}" title="{a:.3g}" style="background:rgba({color},'
-                   f'{alpha:.2f})">{txt}</span>')
+                   f'{alpha:.2f})">{txt or _token_html(t)}</span>')
     return '<div class="ex">' + "".join(out) + "</div>"
 
 
