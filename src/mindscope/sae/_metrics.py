@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from ._data import drop_outliers
 
@@ -85,13 +86,14 @@ def evaluate(sae, batches: Iterable, max_batches: Optional[int] = None,
 
 @torch.no_grad()
 def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 8,
-                  skip_first: bool = True) -> dict:
+                  skip_first: bool = True, progress: Optional[bool] = None) -> dict:
     """CE-loss increase, KL to the clean model and fraction of CE recovered vs zero-ablation,
     with the SAE reconstruction replacing ``site`` (default ``sae.cfg.site``). ``skip_first``
     leaves position 0 (the BOS-like outlier row) untouched in both the spliced and ablated runs.
 
     ``sae`` may be a dict ``{name: SAE}`` (SAEs of one site, e.g. a sweep): the clean and the
-    zero-ablated runs are then done once, and the result is ``{name: metrics}``."""
+    zero-ablated runs are then done once, and the result is ``{name: metrics}``. A progress bar
+    (forward passes/s) shows when there are more than 4 passes, or when ``progress=True``."""
     import mindscope as ms
 
     many = isinstance(sae, dict)
@@ -109,6 +111,10 @@ def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 
     ce = {"clean": 0.0, "zero": 0.0, **{("sae", k): 0.0 for k in saes}}
     kl = {k: 0.0 for k in saes}
     n_tok = 0
+    n_batches = -(-len(texts) // batch_size)
+    total = n_batches * (2 + len(saes))
+    bar = tqdm(total=total, desc="model metrics", unit="pass",
+               disable=not (progress if progress is not None else total > 4))
     for i in range(0, len(texts), batch_size):
         b = lm.tokenize(list(texts[i:i + batch_size]))
         m = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()   # (B, T-1) predicted tokens
@@ -126,7 +132,9 @@ def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 
                 lp_clean = lp[m]                                             # (n, V)
             elif key != "zero":
                 kl[key[1]] += float((lp_clean.exp() * (lp_clean - lp[m])).sum())
+            bar.update(1)
         n_tok += int(m.sum())
+    bar.close()
     ce = {k: v / n_tok for k, v in ce.items()}
     den = ce["zero"] - ce["clean"]
     out = {}
