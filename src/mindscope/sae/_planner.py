@@ -179,9 +179,17 @@ def plot_laws(results: Sequence[dict], laws: dict, path) -> Path:
         ns = np.array(sorted({r["n_latents"] for r in results}), float)
         ax[1].plot(ns, f["a"] * ns ** f["b"], "r--", label=_label(f, "n"))
     ax[1].set_xlabel("n_latents"); ax[1].set_title(f"{key} vs width")
+    cell_best: dict = {}
+    for r in results:
+        c = (r["n_latents"], r["tokens"])
+        if c not in cell_best or r[key] < cell_best[c][key]:
+            cell_best[c] = r
     for a, name in zip(ax[2:], ["n_latents", "lr"]):
-        pts = fr if name == "n_latents" else results
-        a.scatter([p["flops"] for p in pts], [p[name] for p in pts], s=14)
+        pts = fr if name == "n_latents" else list(cell_best.values())
+        if name == "lr":  # every lr tried, then the best of each (n, T) cell
+            a.scatter(C, [r["lr"] for r in results], s=8, c="0.8", label="tried")
+        a.scatter([p["flops"] for p in pts], [p[name] for p in pts], s=14,
+                  label="best per cell" if name == "lr" else None)
         if laws.get(name):
             a.plot(grid, laws[name]["a"] * grid ** laws[name]["b"], "r-", label=_label(laws[name], "C"))
         swept = len({r["lr"] for r in results}) > len({(r["n_latents"], r["tokens"]) for r in results})
