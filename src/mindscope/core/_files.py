@@ -208,6 +208,18 @@ def safetensors_header(path: PathLike, what: str = "safetensors file", fix: str 
     return out, meta
 
 
+def safetensors_json_meta(path: PathLike, key: str, what: str, fix: str = "",
+                          max_depth: int = 16) -> tuple[dict, dict]:
+    """(tensor header, parsed ``metadata[key]``) of a safetensors file that keeps its own state
+    as JSON in one metadata entry (trainer checkpoints, feature states); the header is checked
+    as in ``safetensors_header``, a missing key or bad JSON is a BadInputError naming the file."""
+    header, meta = safetensors_header(path, what, fix)
+    if key not in meta:
+        raise BadInputError(path, f"has no {key!r} metadata: not a {what}", fix)
+    return header, loads_checked(meta[key], path, max_depth=max_depth, expect=dict,
+                                 what=f"{what} metadata", fix=fix)
+
+
 def load_safetensors(path: PathLike, what: str = "safetensors file", fix: str = "",
                      device: str = "cpu") -> dict:
     """``safetensors.torch.load_file`` with a checked header first and every library error
@@ -273,5 +285,5 @@ def atomic_dir(out: PathLike) -> Iterator[Path]:
 
 
 __all__ = ["BadInputError", "read_json", "atomic_dir", "loads_checked", "inside", "need",
-           "need_int", "safetensors_header", "load_safetensors", "check_finite", "json_depth",
+           "need_int", "safetensors_header", "safetensors_json_meta", "load_safetensors", "check_finite", "json_depth",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]

@@ -345,18 +345,14 @@ class FeatureState:
     def load(cls, path) -> "FeatureState":
         """Read a state written by ``save``; settings, tensor dtypes and shapes are checked
         against each other from the header before anything is allocated (BadInputError)."""
-        from ..core._files import (BadInputError, check_finite, load_safetensors, loads_checked,
-                                   need, need_int, safetensors_header)
+        from ..core._files import (BadInputError, check_finite, load_safetensors, need, need_int,
+                                   safetensors_json_meta)
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no feature state (run `mindscope features analyze`)")
         fix = "the state is damaged: delete it and analyse again (without --append)"
-        header, hmeta = safetensors_header(path, "feature state", fix)
-        if "state" not in hmeta:
-            raise BadInputError(path, "has no 'state' metadata: not a feature state", fix)
-        meta = loads_checked(hmeta["state"], path, max_depth=16, expect=dict,
-                             what="feature state metadata", fix=fix)
+        header, meta = safetensors_json_meta(path, "state", "feature state", fix, max_depth=16)
         if meta.get("format") != "mindscope-feature-state/1":
             raise BadInputError(path, f"unknown format {str(meta.get('format'))[:40]!r}", fix)
         s = need(meta, "settings", dict, path)

@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..core._files import (BadInputError, check_finite, load_safetensors, loads_checked, need,
-                           need_int, safetensors_header)
+from ..core._files import (BadInputError, check_finite, load_safetensors, need, need_int,
+                           safetensors_json_meta)
 from ..core._lock import run_lock
 from ._config import SAEConfig, TrainConfig
 from ._data import drop_outliers, geometric_median
@@ -192,11 +192,8 @@ class Trainer:
         if p is None or not p.exists():
             return False
         fix = "the checkpoint is damaged: delete it to start this run over"
-        _, hmeta = safetensors_header(p, "trainer checkpoint", fix)
-        if "trainer" not in hmeta:
-            raise BadInputError(p, "has no 'trainer' metadata: not a mindscope checkpoint", fix)
-        meta = loads_checked(hmeta["trainer"], p, max_depth=32, expect=dict,
-                             what="checkpoint metadata", fix=fix)
+        _, meta = safetensors_json_meta(p, "trainer", "mindscope trainer checkpoint", fix,
+                                        max_depth=32)
         if meta.get("signature") != json.loads(json.dumps(self._signature())):
             raise ValueError(f"{p} was written by a run with other settings; delete it or use "
                              "another out_dir (resume needs identical configs)")
