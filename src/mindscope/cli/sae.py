@@ -28,14 +28,12 @@ def _list(text: str, conv) -> list:
 
 
 def _lr(text: str):
-    t = text.strip().lower()
-    if t == "auto" or t.endswith("x"):
-        return t  # resolved per width by sae.sweep
+    from mindscope.sae._planner import parse_lr
+
     try:
-        return float(t)
-    except ValueError:
-        raise typer.BadParameter(f"--lrs entry {text!r}: use a number, 'auto' or a multiple "
-                                 "like '2x'") from None
+        return parse_lr(text)  # "<m>x" stays a string, resolved per width by sae.sweep
+    except ValueError as e:
+        raise typer.BadParameter(f"--lrs: {e}; use a number, 'auto' or a multiple like '2x'") from None
 
 
 def _setup(quiet: bool):

@@ -209,24 +209,36 @@ def plot_laws(results: Sequence[dict], laws: dict, path) -> Path:
     return path
 
 
-def resolve_lr(spec, train: TrainConfig, cfg: SAEConfig) -> Optional[float]:
-    """An lr grid entry -> a float, or None for the architecture's default (see ``sweep``)."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+def parse_lr(spec):
+    """Check one lr grid entry: a positive number -> float, None or ``"auto"`` -> None, a
+    positive multiple of the default like ``"0.5x"`` -> that string (ValueError otherwise)."""
+    if spec is None:
         return None
-    if isinstance(spec, str) and spec.strip().lower().endswith("x"):
+    t = spec.strip().lower() if isinstance(spec, str) else spec
+    if t == "auto":
+        return None
+    if isinstance(t, str) and t.endswith("x"):
         try:
-            m = float(spec.strip()[:-1])
+            m = float(t[:-1])
         except ValueError:
-            m = -1.0
+            m = 0.0
         if not m > 0:
             raise ValueError(f"lr {spec!r}: a multiple of the default is written like '0.5x'")
-        return m * dataclasses.replace(train, lr=None).resolved_lr(cfg)
+        return t
     try:
-        v = float(spec)
+        v = float(t)
     except (TypeError, ValueError):
         raise ValueError(f"lr {spec!r} is not a number, 'auto' or '<m>x' (e.g. '2x')") from None
     if not v > 0:
         raise ValueError(f"lr {spec!r} must be positive")
+    return v
+
+
+def resolve_lr(spec, train: TrainConfig, cfg: SAEConfig) -> Optional[float]:
+    """An lr grid entry -> a float, or None for the architecture's default (see ``sweep``)."""
+    v = parse_lr(spec)
+    if isinstance(v, str):
+        return float(v[:-1]) * dataclasses.replace(train, lr=None).resolved_lr(cfg)
     return v
 
 
