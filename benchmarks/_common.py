@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,44 +62,54 @@ def ensure_peer_venv(name: str) -> Path:
     return d / "bin" / "python"
 
 
-def run_peer(name: str, script: str, *args: str, timeout: int = 900) -> dict:
+def _peer_cmd(name: str, script: str, args) -> tuple:
+    """(argv, env) to run peers/<script> in the venv <name>, or (None, error dict)."""
     py = peer_python(name)
     if py is None:
-        return {"error": f"not installed (run with --setup-peers to create benchmarks/.venvs/{name})"}
-    env = {**os.environ, "PYTHONPATH": ""}
-    r = subprocess.run([str(py), str(HERE / "peers" / script), *args], capture_output=True,
-                       text=True, timeout=timeout, env=env)
+        return None, {"error": f"not installed (run with --setup-peers to create "
+                               f"benchmarks/.venvs/{name})"}
+    return [str(py), str(HERE / "peers" / script), *args], {**os.environ, "PYTHONPATH": ""}
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1][:200]
+
+
+def run_peer(name: str, script: str, *args: str, timeout: int = 900) -> dict:
+    cmd, env = _peer_cmd(name, script, args)
+    if cmd is None:
+        return env
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     for line in reversed(r.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
-    return {"error": (r.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return {"error": _last_line(r.stderr)}
 
 
 class PeerRounds:
     """A peer script kept alive in its venv and driven round by round: ``round()`` writes one
     line to its stdin and reads one JSON line back, so peer and mindscope timings interleave
-    (the machine's drift hits both alike) while only one process computes at a time."""
+    (the machine's drift hits both alike) while only one process computes at a time. Its
+    stderr goes to a temporary file (a pipe nobody reads could fill up and stall the peer)."""
 
     def __init__(self, name: str, script: str, *args: str):
-        self.info: dict = {}
         self.proc = None
-        py = peer_python(name)
-        if py is None:
-            self.info = {"error": f"not installed (run with --setup-peers to create "
-                                  f"benchmarks/.venvs/{name})"}
+        cmd, env = _peer_cmd(name, script, args)
+        if cmd is None:
+            self.info = env
             return
-        self.proc = subprocess.Popen([str(py), str(HERE / "peers" / script), *args], text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ""})
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, env=env)
         self.info = self._read()
 
     def _read(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith("{"):
                 return json.loads(line)
-        err = self.proc.stderr.read().strip().splitlines() or ["no output"]
         self.close()
-        return {"error": err[-1][:200]}
+        self.err.seek(0)
+        return {"error": _last_line(self.err.read())}
 
     def round(self) -> dict:
         if self.proc is None or self.proc.poll() is not None:

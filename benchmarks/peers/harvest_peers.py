@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 LAYER = 15
 
@@ -57,7 +57,7 @@ def saelens(a, ids, dtype):
     N, T = ids.shape
     ds = Dataset.from_dict({"input_ids": ids.tolist()})
     shard_tokens = 4096
-    d = AutoModelForCausalLM.from_pretrained(a.folder).config.hidden_size
+    d = AutoConfig.from_pretrained(a.folder).hidden_size
     tmp = Path(tempfile.mkdtemp())
     times = []
     try:
@@ -92,7 +92,6 @@ def main():
     ap.add_argument("batch", type=int)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     ids = load_file(a.ids)["ids"].long()
     dtype = getattr(torch, a.dtype)
     try:
