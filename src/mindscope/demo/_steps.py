@@ -131,7 +131,7 @@ def step_evaluate(ctx: Context) -> dict:
     res = {"fvu": m["fvu"], "explained_variance": m["explained_variance"], "l0": m["l0"],
            "dead_fraction": m["dead_fraction"], "cosine": m["cosine"], "rows": m["rows"],
            "excluded_rows": m["excluded_rows"], **mm, "ce_texts": len(texts),
-           "tokens": mm.get("predicted_tokens", mm.get("tokens")),  # model_metrics' name changed
+           "tokens": mm["predicted_tokens"],  # the report's name for it
            "density_png": str(d / "density.png")}
     from safetensors.torch import save_file
     save_file({"density": m["density"].contiguous()}, str(d / "density.safetensors"))

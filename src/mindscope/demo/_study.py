@@ -38,7 +38,7 @@ STEPS = ("harvest", "sae", "evaluate", "features", "steering", "introspection", 
 
 @dataclass
 class DemoConfig:
-    """Settings of one demo study. Defaults: the full study (~15 min on 2 CPU cores);
+    """Settings of one demo study. Defaults: the full study (~7 min on 2 idle CPU cores);
     ``DemoConfig.quick()``: the same steps at toy sizes (~2 min)."""
 
     model: str = "smollm2-135m-instruct"
