@@ -36,3 +36,23 @@ def test_atomic_dir_leaves_nothing_when_the_writer_raises(tmp_path, exc):
             raise exc("writer failed")
     assert [p.name for p in out.iterdir()] == ["old.txt"]  # the previous folder is untouched
     assert _leftovers(tmp_path, "run") == []
+
+
+def test_atomic_file_writers_replace_whole_and_leave_nothing_on_error(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from mindscope.core._files import atomic_save_tensors, atomic_write_json, atomic_write_text
+
+    p = tmp_path / "a.json"
+    atomic_write_json(p, {"b": 1, "a": [2]})
+    assert p.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+    assert (p.stat().st_mode & 0o777) == 0o644
+    atomic_write_text(p, "new")
+    assert p.read_text() == "new"
+    t = tmp_path / "t.safetensors"
+    atomic_save_tensors(t, {"x": torch.arange(3.0)})
+    with pytest.raises(Exception):
+        atomic_save_tensors(t, {"x": "not a tensor"})
+    assert torch.equal(load_file(str(t))["x"], torch.arange(3.0))   # the old file survived
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["a.json", "t.safetensors"]

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core._files import BadInputError, inside, need, need_int, read_json
+from ..core._files import BadInputError, atomic_write_text, inside, need, need_int, read_json
 from ..core._hooks import StopForward
 from ..core._lock import run_lock
 from ._corpus import Corpus, open_corpus
-from ._store import (FORMAT, ActivationStore, atomic_write_text, file_sha256, shard_name,
-                     site_dir)
+from ._store import FORMAT, ActivationStore, file_sha256, shard_name, site_dir
 from ._windows import ROLES, WindowConfig, iter_windows, keep_mask
 
 log = logging.getLogger(__name__)
@@ -211,14 +210,15 @@ def _done_shards(out: Path, sites=None) -> dict[int, dict]:
 
 
 def _clean_partial(out: Path, mine) -> None:
-    """Remove temp files and files of unfinished shards owned by this rank."""
+    """Remove temp files (``.tmp-<pid>`` of write_shard, ``.tmp`` of atomic_write_text) and files
+    of unfinished shards owned by this rank."""
     mine = set(mine)
     for p in out.rglob("*"):
         if not p.is_file():
             continue
         stem = p.name.lstrip(".").split(".")[0]
         if stem.isdigit() and int(stem) in mine and (".tmp-" in p.name or p.suffix in
-                                                     (".npy", ".parquet")):
+                                                     (".npy", ".parquet", ".tmp")):
             p.unlink(missing_ok=True)
 
 

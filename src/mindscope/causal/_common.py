@@ -12,13 +12,13 @@ True
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+
+from ..core._files import atomic_save_tensors, atomic_write_text
 
 Token = Union[int, str]
 
@@ -184,22 +184,11 @@ def save_files(folder, files: dict) -> Path:
     indented). Each file is written atomically (a temp file in ``folder`` renamed over it, mode
     0644): a reader sees the old file or the new one, never a torn one, and a write that fails
     leaves no temp file behind. Returns ``folder``."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        os.close(fd)
-        try:
-            if name.endswith(".safetensors"):
-                save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, tmp)
-            else:
-                Path(tmp).write_text(json.dumps(content, indent=2))
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
-            os.replace(tmp, folder / name)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        if name.endswith(".safetensors"):
+            atomic_save_tensors(folder / name, content)
+        else:
+            atomic_write_text(folder / name, json.dumps(content, indent=2))
     return folder

@@ -247,6 +247,55 @@ def check_finite(t, where: Any, name: str, fix: str = "") -> None:
                                                               "by a diverged run")
 
 
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all at once: a temp file in the same folder (fsynced, mode
+    0644) is renamed over it, so a reader sees the old file or the new one, never a torn one;
+    on any error the temp file is removed and ``path`` is left as it was."""
+    return _atomic(path, lambda tmp: _write_synced(tmp, data))
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """``atomic_write_bytes`` of UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    """Indented, key-sorted JSON written with ``atomic_write_bytes``."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_tensors(path: PathLike, tensors: dict, metadata: Optional[dict] = None) -> Path:
+    """``safetensors.torch.save_file`` (tensors moved to CPU, made contiguous) written the way
+    ``atomic_write_bytes`` writes."""
+    from safetensors.torch import save_file
+
+    return _atomic(path, lambda tmp: save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
+
+
+def _write_synced(tmp: str, data: bytes) -> None:
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic(path: PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(out: PathLike) -> Iterator[Path]:
     """Build the folder ``out`` all at once: the block writes into the empty temp folder it is
@@ -285,5 +334,6 @@ def atomic_dir(out: PathLike) -> Iterator[Path]:
 
 
 __all__ = ["BadInputError", "read_json", "atomic_dir", "loads_checked", "inside", "need",
-           "need_int", "safetensors_header", "safetensors_json_meta", "load_safetensors", "check_finite", "json_depth",
+           "need_int", "safetensors_header", "safetensors_json_meta", "atomic_write_bytes",
+           "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "load_safetensors", "check_finite", "json_depth",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]

@@ -14,33 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from ..core._files import loads_checked
+from ..core._files import atomic_write_text, loads_checked
 from ..core._lock import RunLock
 
 log = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temp file in the same folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write JSON (indented, UTF-8, non-JSON values as str) with ``core.atomic_write_text``."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
 class RunStore:

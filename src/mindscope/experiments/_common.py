@@ -21,16 +21,15 @@ import io
 import json
 import logging
 import math
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+from ..core._files import atomic_write_bytes
 from ..core._lock import RunLock
 
 log = logging.getLogger(__name__)
@@ -128,36 +127,23 @@ def to_jsonable(x: Any) -> Any:
     return repr(x)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path, obj: Any) -> Path:
     """Atomic JSON write (temp file + os.replace)."""
     path = Path(path)
-    _atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=1) + "\n").encode())
     return path
 
 
 def save_html(path, report: "Report") -> Path:
     """Atomic write of ``report`` as one HTML file; returns the path."""
     path = Path(path)
-    _atomic_write_bytes(path, report.html().encode())
+    atomic_write_bytes(path, report.html().encode())
     return path
 
 
 def save_png(path, data: bytes) -> str:
     """Atomic write of PNG bytes; returns the path as a string (what ``Result.plots`` keeps)."""
-    _atomic_write_bytes(Path(path), data)
+    atomic_write_bytes(Path(path), data)
     return str(path)
 
 

@@ -22,7 +22,8 @@ from typing import Optional
 
 from safetensors.torch import save_file
 
-from ._common import RunDir, _atomic_write_bytes, to_jsonable, write_json
+from ..core._files import atomic_write_bytes
+from ._common import RunDir, to_jsonable, write_json
 from ._introspection_cache import Stages, settings_key
 from ._introspection_detect import (PREAMBLE, QUESTION, concept_sets, injection_positions,
                                     resolve_layers, run_detection, trial_messages, trial_prompt,
@@ -174,7 +175,7 @@ class Result:
         path = Path(path) if path else Path(self.out_dir or ".") / "report.html"
         rep = build_report(self)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(path, rep.html().encode())
+        atomic_write_bytes(path, rep.html().encode())
         return path
 
     @classmethod

@@ -317,7 +317,7 @@ class FeatureState:
     def save(self, path, extra: Optional[dict] = None) -> None:
         """Write the whole state to one safetensors file (atomic); ``extra`` (JSON) rides along
         in its metadata, so what it describes is saved in the same atomic step."""
-        from ..sae._sae import atomic_save_tensors
+        from ..core._files import atomic_save_tensors
 
         self._compact_tokens()
         t = {k: getattr(self, k) for k in self._TORCH}

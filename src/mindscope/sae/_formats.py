@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from ..core._files import (BadInputError, check_finite, load_safetensors, need, need_int,
-                           read_json, safetensors_header)
+from ..core._files import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
+                           load_safetensors, need, need_int, read_json, safetensors_header)
 from ._config import SAEConfig
-from ._sae import SAE, PathLike, atomic_save_tensors, atomic_write_json
+from ._sae import SAE, PathLike
 
 log = logging.getLogger(__name__)
 _FLOATS = ("F32", "F16", "BF16", "F64")
