@@ -65,7 +65,8 @@ def _heldout(store, site, batch_size, n_batches):
 def train_cmd(
     store: Path = typer.Option(..., "--store", help="Activation store folder (mindscope harvest)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumes from its checkpoint)."),
-    arch: str = typer.Option("topk", "--arch", help="relu | topk | batchtopk | jumprelu."),
+    arch: str = typer.Option("topk", "--arch", help="An architecture of mindscope.sae.archs: "
+                             "relu | topk | batchtopk | jumprelu | matryoshka."),
     latents: str = typer.Option("9216", "--latents", help="Latents; a comma list trains several SAEs from one stream."),
     k: int = typer.Option(32, "--k", help="Active latents per row (topk, batchtopk)."),
     tokens: str = typer.Option("2M", "--tokens", help="Training tokens, e.g. 2M."),
@@ -148,7 +149,7 @@ def eval_cmd(
 def sweep_cmd(
     store: Path = typer.Option(..., "--store"),
     out: Path = typer.Option(..., "--out", "-o"),
-    arch: str = typer.Option("topk", "--arch"),
+    arch: str = typer.Option("topk", "--arch", help="An architecture of mindscope.sae.archs."),
     latents: str = typer.Option("1152,2304,4608", "--latents", help="Comma list."),
     tokens: str = typer.Option("250k,500k,1M", "--tokens", help="Comma list."),
     lrs: str = typer.Option("auto", "--lrs", help="Comma list of learning rates: numbers, 'auto' (the "

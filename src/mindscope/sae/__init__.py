@@ -1,5 +1,6 @@
-"""mindscope.sae: sparse autoencoders and transcoders (relu, topk, batchtopk, jumprelu), their
-trainer, metrics, scaling-law planner and the SAELens / sparsify formats.
+"""mindscope.sae: sparse autoencoders and transcoders (relu, topk, batchtopk, jumprelu, ...: one
+file each in the registry ``mindscope.sae.archs``), their trainer, metrics, scaling-law planner
+and the SAELens / sparsify formats.
 
 >>> import torch
 >>> from mindscope.sae import SAE, SAEConfig, TrainConfig, Trainer, TensorBatches, evaluate
@@ -8,6 +9,7 @@ trainer, metrics, scaling-law planner and the SAELens / sparsify formats.
 >>> 0 < evaluate(sae, [torch.randn(256, 16)])["fvu"] < 2
 True
 """
+from . import archs
 from ._config import ARCHS, SAEConfig, TrainConfig
 from ._data import StoreBatches, TensorBatches, drop_outliers, geometric_median
 from ._formats import export_saelens, export_sparsify, import_saelens, import_sparsify, load_any
@@ -18,7 +20,7 @@ from ._planner import fit_power_law, flops, plan, sweep
 from ._sae import SAE
 from ._trainer import Trainer, init_distributed, lr_at, sparsity_at
 
-__all__ = ["ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches", "StoreBatches",
+__all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches", "StoreBatches",
            "drop_outliers", "geometric_median", "export_saelens", "import_saelens",
            "export_sparsify", "import_sparsify", "load_any", "topk_encode", "topk_encode_dense",
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",

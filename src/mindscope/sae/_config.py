@@ -9,23 +9,26 @@ True
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+from . import archs
+
+ARCHS = archs.names()
 
 
 @dataclass
 class SAEConfig:
     arch: str
-    """Architecture: relu (L1 on decoder-norm-weighted codes), topk, batchtopk or jumprelu."""
+    """Architecture, a name in the registry ``mindscope.sae.archs`` (relu, topk, batchtopk,
+    jumprelu, ...)."""
     d_in: int
     """Width of the input site (d_model for the residual stream)."""
     n_latents: int
     """Number of latents (dictionary size)."""
     k: int = 32
-    """Active latents per row for topk (per row on average for batchtopk)."""
+    """Active latents per row for topk (per row on average for batchtopk); architectures with
+    ``uses_k``."""
     d_out: Optional[int] = None
     """Width of the predicted site; None = d_in (an autoencoder). Set for transcoders."""
     model: str = ""
@@ -39,7 +42,8 @@ class SAEConfig:
     scale_out: float = 1.0
     """Targets are multiplied by this constant; decode() divides by it to return raw units."""
     apply_b_dec_to_input: Optional[bool] = None
-    """Encode (s x - b_dec) instead of s x. None = True for topk/batchtopk autoencoders."""
+    """Encode (s x - b_dec) instead of s x. None = the architecture's default for autoencoders
+    (True for topk/batchtopk)."""
     threshold_init: float = 0.001
     """jumprelu: initial threshold (in scaled units)."""
     bandwidth: float = 0.001
@@ -50,18 +54,22 @@ class SAEConfig:
     """Free-form provenance (tokens trained, data hash, source format, ...)."""
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"SAEConfig.arch={self.arch!r} is not one of {ARCHS}")
+        if self.arch not in archs.names():
+            raise ValueError(f"SAEConfig.arch={self.arch!r} is not one of {archs.names()}")
         if self.d_in <= 0 or self.n_latents <= 0:
             raise ValueError(f"SAEConfig needs d_in > 0 and n_latents > 0, got d_in={self.d_in}, "
                              f"n_latents={self.n_latents}")
-        if self.arch in ("topk", "batchtopk") and not 0 < self.k <= self.n_latents:
-            raise ValueError(f"SAEConfig.k={self.k} must be in 1..n_latents={self.n_latents}")
+        self.spec.validate(self)
         if self.scale_in <= 0 or self.scale_out <= 0:
             raise ValueError("SAEConfig.scale_in/scale_out must be positive")
         if self.apply_b_dec_to_input and self.transcoder:
             raise ValueError("apply_b_dec_to_input=True makes no sense for a transcoder (the "
                              "decoder bias lives in the output space); leave it None")
+
+    @property
+    def spec(self) -> "archs.Arch":
+        """The registry object of ``arch``."""
+        return archs.get(self.arch)
 
     @property
     def transcoder(self) -> bool:
@@ -75,7 +83,7 @@ class SAEConfig:
     def b_dec_in(self) -> bool:
         if self.apply_b_dec_to_input is not None:
             return bool(self.apply_b_dec_to_input)
-        return self.arch in ("topk", "batchtopk") and not self.transcoder
+        return self.spec.b_dec_in and not self.transcoder
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,15 +169,13 @@ class TrainConfig:
     def resolved_lr(self, cfg: SAEConfig) -> float:
         if self.lr is not None:
             return self.lr
-        if cfg.arch in ("topk", "batchtopk"):
-            return 2e-4 / math.sqrt(cfg.n_latents / 2 ** 14)
-        return 5e-5 if cfg.arch == "relu" else 7e-5
+        return cfg.spec.default_lr(cfg)
 
     def resolved_encoder_norm(self, cfg: SAEConfig) -> Optional[float]:
         """The initial encoder row norm, or None for "same as the decoder"."""
         if self.encoder_init_norm is not None:
             return self.encoder_init_norm
-        return 1 / math.sqrt(3) if cfg.arch in ("topk", "batchtopk") else None
+        return cfg.spec.encoder_init_norm(cfg)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

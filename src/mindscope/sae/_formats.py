@@ -23,6 +23,7 @@ import torch
 
 from ..core._files import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
                            load_safetensors, need, need_int, read_json, safetensors_header)
+from . import archs
 from ._config import SAEConfig
 from ._sae import SAE, PathLike
 
@@ -121,11 +122,8 @@ def load_ours(path: PathLike, device: str = "cpu") -> SAE:
                 need(d, key, kinds, cfg_p)
     cfg = _config(cfg_p, **d)
     n, d_in, d_out = cfg.n_latents, cfg.d_in, cfg.out_dim
-    want = {"W_enc": (n, d_in), "b_enc": (n,), "W_dec": (n, d_out), "b_dec": (d_out,)}
-    if cfg.arch == "jumprelu":
-        want["log_threshold"] = (n,)
-    if cfg.arch == "batchtopk":
-        want["threshold"] = (n,)
+    want = {"W_enc": (n, d_in), "b_enc": (n,), "W_dec": (n, d_out), "b_dec": (d_out,),
+            **{k: shape for k, (shape, _) in cfg.spec.tensors(cfg).items()}}
     w_p = path / "sae.safetensors"
     sd = _weights(w_p, want, kind="mindscope")
     extra = sorted(set(sd) - set(want))
@@ -159,7 +157,9 @@ def export_saelens(sae: SAE, path: PathLike) -> Path:
         raise ValueError("export_saelens: transcoders have their own SAELens class; export "
                          "autoencoders only (or save with SAE.save)")
     w = _raw_weights(sae)
-    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[c.arch]
+    arch = c.spec.saelens
+    if not arch:
+        raise ValueError(f"export_saelens: a {c.arch} SAE has no SAELens equivalent")
     tensors = {"W_enc": w["W_enc"].T.contiguous(), "W_dec": w["W_dec"], "b_enc": w["b_enc"],
                "b_dec": w["b_dec"]}
     if arch == "jumprelu":
@@ -172,6 +172,7 @@ def export_saelens(sae: SAE, path: PathLike) -> Path:
                         "exported_by": "mindscope", "mindscope_arch": c.arch}}
     if arch == "topk":
         cfg["k"] = c.k
+        cfg["rescale_acts_by_decoder_norm"] = False
     path = Path(path)
     atomic_save_tensors(path / "sae_weights.safetensors", tensors)
     atomic_write_json(path / "cfg.json", cfg)
@@ -194,10 +195,12 @@ def import_saelens(path: PathLike) -> SAE:
                                      if fn_kw.get("k") is not None else None)
     if arch == "standard" and d.get("activation_fn_str") == "topk":
         arch = "topk"
-    ours = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}.get(arch)
-    if ours is None:
+    spec = archs.from_saelens(arch)
+    if spec is None:
+        known = [a for n in archs.names() for a in archs.get(n).saelens_reads]
         raise BadInputError(cfg_p, f"SAELens architecture {arch!r:.40} is not supported "
-                                   "(supported: standard, topk, jumprelu)")
+                                   f"(supported: {', '.join(known)})")
+    ours = spec.name
     norm = d.get("normalize_activations", "none")
     if norm not in ("none", None, "expected_average_only_in"):
         raise BadInputError(cfg_p, f"normalize_activations={norm!r:.40} (per-token rescaling) "
@@ -228,15 +231,15 @@ def import_saelens(path: PathLike) -> SAE:
         sae.b_enc.copy_(sd["b_enc"])
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(sd["b_dec"])
-        if ours == "jumprelu":
-            sae.log_threshold.copy_(sd["threshold"].clamp_min(1e-30).log())
+    if sae.threshold_vec is not None:
+        spec.set_threshold(sae, sd["threshold"])
     return sae
 
 
 def export_sparsify(sae: SAE, path: PathLike) -> Path:
     """Write a TopK autoencoder in sparsify's layout (cfg.json + sae.safetensors)."""
     c = sae.cfg
-    if c.arch != "topk" or not c.b_dec_in or c.transcoder:
+    if not c.spec.sparsify or not c.b_dec_in or c.transcoder:
         raise ValueError("export_sparsify: only topk autoencoders with apply_b_dec_to_input")
     w = _raw_weights(sae)
     tensors = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..core._files import atomic_save_tensors, atomic_write_json
 from ._config import SAEConfig
-from ._kernels import jumprelu, sparse_decode, step, topk_encode
+from ._kernels import sparse_decode, topk_encode
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -45,20 +45,18 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n, dtype=dtype))
         self.W_dec = nn.Parameter(torch.zeros(n, d_out, dtype=dtype))        # (n, d_out)
         self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
-        if cfg.arch == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((n,), float(torch.tensor(cfg.threshold_init).log()),
-                                                         dtype=dtype))
-        if cfg.arch == "batchtopk":
-            self.register_buffer("threshold", torch.zeros(n, dtype=dtype))
+        cfg.spec.init_tensors(self, dtype)                                 # e.g. thresholds
 
     # ---- inference (raw units) -------------------------------------------------------------
     @property
+    def spec(self):
+        """The architecture's registry object (``mindscope.sae.archs``)."""
+        return self.cfg.spec
+
+    @property
     def threshold_vec(self) -> Optional[torch.Tensor]:
-        if self.cfg.arch == "jumprelu":
-            return self.log_threshold.exp()
-        if self.cfg.arch == "batchtopk":
-            return self.threshold
-        return None
+        """Per-latent inference threshold (n,) for threshold architectures, else None."""
+        return self.spec.threshold(self)
 
     def _scaled_in(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.W_enc.dtype) * self.cfg.scale_in
@@ -70,18 +68,11 @@ class SAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense codes f (..., n) of raw inputs x (..., d_in)."""
-        z = self.pre_acts(x)
-        a = self.cfg.arch
-        if a == "relu":
-            return z.relu()
-        if a == "topk":
-            v, i = z.topk(self.cfg.k, dim=-1, sorted=False)
-            return torch.zeros_like(z).scatter(-1, i, v.relu())
-        return z * (z > self.threshold_vec)                               # jumprelu, batchtopk
+        return self.spec.encode(self, self.pre_acts(x))
 
     def encode_sparse(self, x: torch.Tensor):
         """TopK only: (vals (..., k), idx (..., k)) without a dense code matrix."""
-        if self.cfg.arch != "topk":
+        if not self.spec.sparse_path:
             raise ValueError(f"encode_sparse needs arch='topk', this SAE is {self.cfg.arch!r}; "
                              "use encode()")
         shape = x.shape[:-1]
@@ -100,7 +91,7 @@ class SAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        if self.cfg.arch == "topk":
+        if self.spec.sparse_path:
             return self.decode_sparse(*self.encode_sparse(x)).to(dtype)
         return self.decode(self.encode(x)).to(dtype)
 
@@ -110,73 +101,37 @@ class SAE(nn.Module):
                        aux_coef: float = 0.0, fast: bool = True, bf16: bool = False) -> dict:
         """Loss terms for scaled inputs x (B, d_in) and scaled targets y (B, d_out).
 
-        mse = mean_b ||y_b - y_hat_b||^2 (sum over d). Then per architecture:
-        relu:      + lambda * mean_b sum_i f_bi ||W_dec,i||        (decoder norms inside)
-        jumprelu:  + lambda * mean_b sum_i H(z_bi - theta_i)       (L0 through the STE)
-        topk/batchtopk: + aux_coef * mean_b ||e_b - e_hat_b||^2   (AuxK: top-k_aux dead latents
-                        reconstruct the detached residual e = y - y_hat)
-        Returns dict(loss, mse, l0 (mean active per row), fired (n,) bool)."""
-        cfg = self.cfg
+        mse = mean_b ||y_b - y_hat_b||^2 (sum over d), then the architecture's terms (its file in
+        ``archs/``): + lambda * penalty (relu: mean_b sum_i f_bi ||W_dec,i||; jumprelu:
+        mean_b sum_i H(z_bi - theta_i) through the STE) + extra_loss (e.g. Matryoshka prefixes)
+        + aux_coef * mean_b ||e_b - e_hat_b||^2 (AuxK: top-k_aux dead latents reconstruct the
+        detached residual e = y - y_hat; topk/batchtopk).
+        Returns dict(loss, mse, l0 (mean active per row), fired (n,) bool, aux, ...)."""
+        cfg, spec = self.cfg, self.spec
         x_in = x - self.b_dec if cfg.b_dec_in else x
-        aux_rec = None
-        if cfg.arch == "topk":
-            if fast:
-                vals, idx, av, ai = topk_encode(x_in, self.W_enc, self.b_enc, cfg.k, dead_idx, k_aux, bf16)
-                y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
-                if ai.shape[1] > 0:
-                    aux_rec = sparse_decode(av, ai, self.W_dec)
-            else:
-                z = x_in @ self.W_enc.T + self.b_enc
-                vals, idx = z.topk(cfg.k, dim=-1, sorted=False)
-                vals = vals.relu()
-                y_hat = torch.zeros_like(z).scatter(1, idx, vals) @ self.W_dec + self.b_dec
-                if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0:
-                    av, al = z[:, dead_idx].topk(min(k_aux, dead_idx.numel()), dim=-1, sorted=False)
-                    aux_rec = torch.zeros_like(z).scatter(1, dead_idx[al], av) @ self.W_dec
-            fired = torch.zeros(cfg.n_latents, dtype=torch.bool, device=x.device)
-            fired[idx[vals > 0]] = True
-            l0 = (vals > 0).sum(-1).float().mean()
-        else:
-            z = x_in @ self.W_enc.T + self.b_enc                                # (B, n)
-            if cfg.arch == "relu":
-                f = z.relu()
-            elif cfg.arch == "jumprelu":
-                f = jumprelu(z, self.log_threshold, cfg.bandwidth)
-            else:                                                               # batchtopk
-                zr = z.relu()
-                flat_v, flat_i = zr.reshape(-1).topk(cfg.k * z.shape[0], sorted=False)
-                f = torch.zeros_like(zr).reshape(-1).scatter(0, flat_i, flat_v).reshape_as(zr)
-                pos = flat_v > 0
-                batch_min = flat_v[pos].min().detach() if bool(pos.any()) else None
-            y_hat = f @ self.W_dec + self.b_dec
-            active = f > 0
-            fired = active.any(0)
-            l0 = active.sum(-1).float().mean()
-            if cfg.arch == "batchtopk" and dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0:
-                av, al = z[:, dead_idx].topk(min(k_aux, dead_idx.numel()), dim=-1, sorted=False)
-                aux_rec = torch.zeros_like(z).scatter(1, dead_idx[al], av) @ self.W_dec
-        err = y - y_hat
+        out = spec.codes(self, x_in, dead_idx=dead_idx, k_aux=k_aux, fast=fast, bf16=bf16)
+        err = y - out["y_hat"]
         mse = err.pow(2).sum(-1).mean()
         loss = mse
-        out = {"mse": mse.detach(), "l0": l0.detach(), "fired": fired, "aux": torch.zeros(())}
-        if cfg.arch == "batchtopk":
-            out["batch_min"] = batch_min
-        if cfg.arch == "relu":
-            pen = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
+        res = {k: v for k, v in out.items() if k not in ("y_hat", "aux_rec", "z", "f")}
+        res.update(mse=mse.detach(), l0=out["l0"].detach(), aux=torch.zeros(()))
+        pen = spec.penalty(self, out)
+        if pen is not None:
             loss = loss + sparsity_coef * pen
-            out["sparsity"] = pen.detach()
-        elif cfg.arch == "jumprelu":
-            pen = step(z, self.log_threshold, cfg.bandwidth).sum(-1).mean()
-            loss = loss + sparsity_coef * pen
-            out["sparsity"] = pen.detach()
+            res["sparsity"] = pen.detach()
+        extra = spec.extra_loss(self, y, out)
+        if extra is not None:
+            loss = loss + extra
+            res["extra"] = extra.detach()
+        aux_rec = out.get("aux_rec")
         if aux_rec is not None and aux_coef > 0:
             n_dead = dead_idx.numel()
             scale = min(n_dead / k_aux, 1.0)
             aux = (aux_rec - err.detach()).pow(2).sum(-1).mean()
             loss = loss + aux_coef * scale * aux
-            out["aux"] = aux.detach()
-        out["loss"] = loss
-        return out
+            res["aux"] = aux.detach()
+        res["loss"] = loss
+        return res
 
     # ---- folder format -------------------------------------------------------------------------
     def save(self, path: PathLike) -> Path:

@@ -35,6 +35,7 @@ from ..core._files import (BadInputError, atomic_save_tensors, atomic_write_json
                            load_safetensors, need, need_int, safetensors_json_meta)
 from ..core._lock import run_lock
 from ._config import SAEConfig, TrainConfig
+from .archs import TrainState
 from ._data import drop_outliers, geometric_median
 from ._sae import SAE
 
@@ -81,13 +82,21 @@ class _Slot:
         self.sae = SAE(copy.deepcopy(cfg))
         self.tokens = 0
         self.base_lr = tc.resolved_lr(cfg)
-        self.unit = tc.unit_norm_decoder if tc.unit_norm_decoder is not None else cfg.arch in ("topk", "batchtopk")
+        self.unit = tc.unit_norm_decoder if tc.unit_norm_decoder is not None else cfg.spec.unit_norm_decoder
         self.opt = None
         self.since_fired = torch.zeros(cfg.n_latents, dtype=torch.long)
-        self.theta = None            # batchtopk running threshold
+        self.state = TrainState()    # the architecture's own state (batchtopk: running threshold)
         self.history: list = []
-        self.name = tc.name or f"{index:02d}_{cfg.arch}_n{cfg.n_latents}" + (
-            f"_k{cfg.k}" if cfg.arch in ("topk", "batchtopk") else "") + f"_lr{self.base_lr:.1e}_s{tc.steps}"
+        self.name = tc.name or f"{index:02d}_{cfg.spec.run_name(cfg)}_lr{self.base_lr:.1e}_s{tc.steps}"
+
+    @property
+    def theta(self):
+        """Running inference threshold of threshold-trained architectures (checkpointed)."""
+        return self.state.values.get("theta")
+
+    @theta.setter
+    def theta(self, value):
+        self.state.values["theta"] = value
 
     def make_opt(self):
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=self.tc.betas,
@@ -291,12 +300,12 @@ class Trainer:
         ys = xs if ys is None else ys
         dead_idx = None
         k_aux = tc.k_aux or c.out_dim // 2
-        if c.arch in ("topk", "batchtopk") and tc.aux_coef > 0:
+        if c.spec.aux_k and tc.aux_coef > 0:
             dead = s.since_fired >= tc.dead_tokens
             if bool(dead.any()):
                 dead_idx = dead.nonzero().squeeze(1)
-        coef = sparsity_at(self.step, tc, tc.l1_coef if c.arch == "relu" else tc.l0_coef)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and not (tc.fast and c.arch == "topk")):
+        coef = sparsity_at(self.step, tc, getattr(tc, c.spec.sparsity) if c.spec.sparsity else 0.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and c.spec.autocast_ok(tc)):
             terms = sae.training_terms(xs, ys, sparsity_coef=coef, dead_idx=dead_idx, k_aux=k_aux,
                                        aux_coef=tc.aux_coef, fast=tc.fast, bf16=tc.bf16)
         s.opt.zero_grad(set_to_none=True)
@@ -325,12 +334,7 @@ class Trainer:
                 sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         s.tokens += B_glob
         s.since_fired = torch.where(fired, torch.zeros_like(s.since_fired), s.since_fired + B_glob)
-        if c.arch == "batchtopk" and terms.get("batch_min") is not None:
-            bm = terms["batch_min"].reshape(1).clone()
-            if world > 1:
-                dist.all_reduce(bm, op=dist.ReduceOp.MIN)
-            s.theta = float(bm) if s.theta is None else 0.99 * s.theta + 0.01 * float(bm)
-            sae.threshold.fill_(s.theta)
+        c.spec.after_step(sae, terms, s.state, world)
         if (self.step + 1) % self.log_every == 0 or self.step + 1 == tc.steps:
             vals = torch.stack([terms["loss"].detach() * weight, terms["mse"] * weight,
                                 terms["l0"] * weight, terms["aux"] * weight])
