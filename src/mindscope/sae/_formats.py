@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from ..core._files import (BadInputError, atomic_save_tensors, atomic_write_json
                            load_safetensors, need, need_int, read_json, safetensors_header)
 from . import archs
 from ._config import SAEConfig
+from ._interop import (SAELENS_OLD_KEYS, SAELENS_V6_KEYS, SAELENS_VERSION, hook_from_site,
+                       site_from_hook)
 from ._sae import SAE, PathLike
 
 log = logging.getLogger(__name__)
@@ -164,12 +167,15 @@ def export_saelens(sae: SAE, path: PathLike) -> Path:
                "b_dec": w["b_dec"]}
     if arch == "jumprelu":
         tensors["threshold"] = w["threshold"]
+    hook, hf = hook_from_site(c.site)
     cfg = {"architecture": arch, "d_in": c.d_in, "d_sae": c.n_latents,
            "dtype": str(sae.W_enc.dtype).replace("torch.", ""), "device": "cpu",
            "apply_b_dec_to_input": bool(c.b_dec_in), "normalize_activations": "none",
            "reshape_activations": "none",
-           "metadata": {"model_name": c.model or None, "hook_name": c.site or None,
-                        "exported_by": "mindscope", "mindscope_arch": c.arch}}
+           "metadata": {"sae_lens_version": SAELENS_VERSION, "model_name": c.model or None,
+                        "hook_name": hook or None, "hf_hook_name": hf,
+                        "exported_by": "mindscope", "mindscope_arch": c.arch,
+                        "mindscope_site": c.site or None}}
     if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
@@ -189,6 +195,17 @@ def import_saelens(path: PathLike) -> SAE:
     meta = d.get("metadata") or d.get("meta") or {}
     if not isinstance(meta, dict):
         raise BadInputError(cfg_p, f"'metadata' should be a JSON object, got {type(meta).__name__}")
+    version = str(meta.get("sae_lens_version") or d.get("sae_lens_version") or "0")
+    v6 = int(re.match(r"\d*", version).group() or 0) >= 6     # what sae_lens itself checks
+    unknown = sorted(set(d) - SAELENS_V6_KEYS - ({"meta"} if v6 else SAELENS_OLD_KEYS | {"meta"}))
+    if unknown:
+        raise BadInputError(cfg_p, f"unknown SAELens config key(s) {unknown[:5]}: mindscope cannot "
+                                   "tell whether they change encode/decode, so it refuses rather "
+                                   "than drop them", "load it with sae_lens and fold them into the "
+                                   "weights, or remove keys you know to be training-only")
+    if d.get("hook_head_index") is not None or d.get("reshape_activations", "none") not in ("none", None):
+        raise BadInputError(cfg_p, "per-head SAEs (hook_head_index / reshape_activations=hook_z) "
+                                   "are not supported")
     arch = _opt(d, "architecture", str, cfg_p, "standard")
     fn_kw = _opt(d, "activation_fn_kwargs", dict, cfg_p, {})
     k = _opt(d, "k", int, cfg_p) or (need_int(fn_kw, "k", cfg_p, 1, _MAX_N, "activation_fn_kwargs")
@@ -214,7 +231,8 @@ def import_saelens(path: PathLike) -> SAE:
         raise BadInputError(cfg_p, "model_name / hook_name should be strings")
     b_in = _opt(d, "apply_b_dec_to_input", bool, cfg_p, True)
     cfg = _config(cfg_p, arch=ours, d_in=d_in, n_latents=n, k=int(k or 32),
-                  model=names[0] or names[1] or "", site=names[2] or names[3] or "",
+                  model=names[0] or names[1] or "",
+                  site=meta.get("mindscope_site") or site_from_hook(names[2] or names[3]) or "",
                   apply_b_dec_to_input=b_in, meta={"imported_from": "saelens", "source": str(path)})
     sd = _weights(w_p, {"W_enc": (d_in, n), "W_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)},
                   {"threshold": (n,), "log_threshold": (n,), "scaling_factor": (n,)}, "SAELens")
@@ -223,12 +241,23 @@ def import_saelens(path: PathLike) -> SAE:
     if ours == "jumprelu" and "threshold" not in sd:
         raise BadInputError(w_p, "jumprelu SAE without a 'threshold' tensor", _FIX)
     sae = SAE(cfg, dtype=sd["W_enc"].dtype)
-    W_dec = sd["W_dec"]
+    W_enc, b_enc, W_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"]
     if "scaling_factor" in sd:               # old finetuning scale: f -> f * s_i
         W_dec = W_dec * sd["scaling_factor"][:, None]
+    if _opt(d, "rescale_acts_by_decoder_norm", bool, cfg_p, False):
+        if ours != "topk":
+            raise BadInputError(cfg_p, f"rescale_acts_by_decoder_norm with architecture {arch!r} "
+                                       "is not supported (topk only)")
+        # sae_lens TopKSAE: z = (pre @ W_enc + b_enc) * |W_dec_i|, decode (f / |W_dec_i|) @ W_dec.
+        # Folding the norms into the encoder gives the same codes and the same reconstruction.
+        nrm = W_dec.norm(dim=-1)                                             # (n,)
+        if not bool((nrm > 0).all()):
+            raise BadInputError(w_p, "rescale_acts_by_decoder_norm with a zero decoder row "
+                                     "(the SAELens code divides by it)", _FIX)
+        W_enc, b_enc, W_dec = W_enc * nrm, b_enc * nrm, W_dec / nrm[:, None]
     with torch.no_grad():
-        sae.W_enc.copy_(sd["W_enc"].T)
-        sae.b_enc.copy_(sd["b_enc"])
+        sae.W_enc.copy_(W_enc.T)
+        sae.b_enc.copy_(b_enc)
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(sd["b_dec"])
     if sae.threshold_vec is not None:
@@ -242,12 +271,23 @@ def export_sparsify(sae: SAE, path: PathLike) -> Path:
     if not c.spec.sparsify or not c.b_dec_in or c.transcoder:
         raise ValueError("export_sparsify: only topk autoencoders with apply_b_dec_to_input")
     w = _raw_weights(sae)
+    # sparsify renormalises decoder rows to unit norm when normalize_decoder is true (at every
+    # fine-tuning step), so rows must already be unit there. If all raw rows share one norm c
+    # (our unit-norm decoder divided by the scale), c moves into the encoder: codes are
+    # multiplied by c (a positive constant, so the top-k set is the same) and the decoder rows
+    # divided by it, so the reconstruction is unchanged. Otherwise the rows are written as
+    # they are with normalize_decoder false.
+    nrm = w["W_dec"].norm(dim=1)                                                   # (n,)
+    c0 = float(nrm.mean())
+    unit = c0 > 0 and float((nrm - c0).abs().max()) <= 1e-4 * c0
+    if unit:
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * c0, w["b_enc"] * c0, w["W_dec"] / nrm[:, None]
     tensors = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],
                "b_dec": w["b_dec"]}
     path = Path(path)
     atomic_save_tensors(path / "sae.safetensors", tensors)
     atomic_write_json(path / "cfg.json", {"activation": "topk", "expansion_factor": c.n_latents // c.d_in,
-                                          "normalize_decoder": True, "num_latents": c.n_latents,
+                                          "normalize_decoder": unit, "num_latents": c.n_latents,
                                           "k": c.k, "multi_topk": False, "skip_connection": False,
                                           "transcode": False, "d_in": c.d_in})
     return path
@@ -280,8 +320,9 @@ def import_sparsify(path: PathLike) -> SAE:
     d_out = dec[1] if len(dec) == 2 and dec[1] > 0 else d_in
     sd = _weights(w_p, {"encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_out),
                         "b_dec": (d_out,)}, kind="sparsify")
+    site = site_from_hook(path.name)              # sparsify names folders by hookpoint: layers.12
     cfg = _config(cfg_p, arch="topk", d_in=d_in, n_latents=n, k=k, d_out=d_out,
-                  apply_b_dec_to_input=not transcode,
+                  apply_b_dec_to_input=not transcode, site=site if site != path.name else "",
                   meta={"imported_from": "sparsify", "source": str(path), "transcode": transcode})
     sae = SAE(cfg, dtype=sd["encoder.weight"].dtype)
     with torch.no_grad():
