@@ -18,6 +18,7 @@ from ._kernels import (jumprelu, sparse_decode, sparse_decode_dense, step, topk_
 from ._metrics import evaluate, model_metrics, plot_density, plot_history
 from ._planner import fit_power_law, flops, plan, sweep
 from ._sae import SAE
+from ._synth import SynthConfig, SynthData, synth_eval, synth_scores
 from ._trainer import Trainer, init_distributed, lr_at, sparsity_at
 
 __all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches", "StoreBatches",
@@ -25,4 +26,5 @@ __all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "Tens
            "export_sparsify", "import_sparsify", "load_any", "topk_encode", "topk_encode_dense",
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",
            "plot_history", "plot_density", "fit_power_law", "flops", "sweep", "plan", "lr_at",
-           "sparsity_at", "init_distributed"]
+           "sparsity_at", "init_distributed", "SynthConfig", "SynthData", "synth_eval",
+           "synth_scores"]

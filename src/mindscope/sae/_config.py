@@ -50,6 +50,9 @@ class SAEConfig:
     """jumprelu: width of the straight-through rectangle kernel."""
     excluded_rows: str = ""
     """Which rows were excluded from training/eval data (e.g. 'norm > 10x batch median')."""
+    arch_params: dict = field(default_factory=dict)
+    """Architecture-specific settings, checked by the architecture (e.g. matryoshka:
+    {"widths": [n/16, ..., n]})."""
     meta: dict = field(default_factory=dict)
     """Free-form provenance (tokens trained, data hash, source format, ...)."""
 

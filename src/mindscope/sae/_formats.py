@@ -101,7 +101,7 @@ def _weights(w_p: Path, want: dict, optional: dict = None, kind: str = "SAE") ->
 _OURS = {"arch": str, "d_in": int, "n_latents": int, "k": int, "d_out": int, "model": str,
          "site": str, "out_site": str, "scale_in": (int, float), "scale_out": (int, float),
          "apply_b_dec_to_input": bool, "threshold_init": (int, float),
-         "bandwidth": (int, float), "excluded_rows": str, "meta": dict}
+         "bandwidth": (int, float), "excluded_rows": str, "meta": dict, "arch_params": dict}
 
 
 def load_ours(path: PathLike, device: str = "cpu") -> SAE:

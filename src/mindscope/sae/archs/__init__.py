@@ -46,6 +46,6 @@ def from_saelens(architecture: str):
     return None
 
 
-from . import relu, topk, batchtopk, jumprelu  # noqa: E402,F401  (registration order = ARCHS)
+from . import relu, topk, batchtopk, jumprelu, matryoshka  # noqa: E402,F401  (order = ARCHS)
 
 __all__ = ["Arch", "TrainState", "register", "get", "names", "from_saelens"]
