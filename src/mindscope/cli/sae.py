@@ -194,6 +194,59 @@ def plan_cmd(
                           indent=2))
 
 
+@app.command("bench")
+def bench_cmd(
+    saes: list[Path] = typer.Option(..., "--sae", help="SAE folder (mindscope, SAELens or sparsify); repeat for several."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model the SAEs were trained on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for bench.json, pareto.png and report.html."),
+    docs: int = typer.Option(90, "--docs", help="Documents of the default corpus (a third each prose, code, chat)."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds of the probe splits and samples (intervals over seeds)."),
+    tasks: str = typer.Option("corpus_kind,first_letter,token_class", "--tasks", help="Comma list of probing tasks."),
+    core: bool = typer.Option(True, "--core/--no-core", help="Splice each SAE into the model: CE increase, KL."),
+    latents: int = typer.Option(40, "--autointerp-latents", help="Latents scored by the offline detection judge."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Documents per forward pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Compare SAEs: core metrics, k-sparse probing, absorption, TPP, auto-interp detection."""
+    _setup(quiet)
+    from mindscope.sae import BenchConfig, bench, load_any, write_bench
+
+    cfg = BenchConfig(n_docs=docs, seeds=seeds, tasks=tuple(t for t in tasks.split(",") if t),
+                      core=core, autointerp_latents=latents, batch_size=batch_size)
+    loaded = {}
+    for p in saes:
+        name = p.name if p.name not in loaded else f"{p.parent.name}/{p.name}"
+        loaded[name] = load_any(p)
+    import mindscope as ms
+    lm = ms.load(model)
+    res = bench(loaded, lm, cfg, progress=not quiet)
+    write_bench(res, out)
+    _bench_page(res, out)
+    typer.echo(str(out / "report.html"))
+
+
+def _bench_page(res: dict, out: Path) -> Path:
+    from mindscope.report import Page, png, table
+
+    keys = sorted({k for r in res["saes"].values() for k in r["scores"]})
+    rows = []
+    for name, r in res["saes"].items():
+        row = {"SAE": name, "arch": r["arch"], "latents": r["n_latents"], "L0": round(r["l0"], 1),
+               "FVU": round(r["fvu"], 4), "dead": round(r["dead"], 3)}
+        for k in ("ce_increase", "kl"):
+            if k in r:
+                row[k] = round(r[k], 4)
+        rows.append(row)
+    score_rows = [{"metric": k, **{n: f"{r['scores'][k]['mean']:.3f} ± {r['scores'][k]['ci95']:.3f}"
+                                   for n, r in res["saes"].items() if k in r["scores"]}} for k in keys]
+    page = Page("SAE bench", f"{res['model']}; {res['config']['seeds']} seeds, 95 % t-intervals")
+    page.section("Core", table(rows))
+    page.section("Pareto over L0", png(out / "pareto.png", alt="metrics vs L0"))
+    page.section("Scores", table(score_rows))
+    page.section("Missing", table([{"metric": k, "why": v} for k, v in res["missing"].items()]))
+    return page.save(out / "report.html")
+
+
 @app.command("convert")
 def convert_cmd(
     src: Path = typer.Argument(..., help="SAE folder (mindscope, SAELens or sparsify)."),

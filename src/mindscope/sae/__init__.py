@@ -10,6 +10,7 @@ and the SAELens / sparsify formats.
 True
 """
 from . import archs
+from ._bench import BenchConfig, bench, check_sae, pareto_plot, write_bench
 from ._config import ARCHS, SAEConfig, TrainConfig
 from ._data import StoreBatches, TensorBatches, drop_outliers, geometric_median
 from ._formats import export_saelens, export_sparsify, import_saelens, import_sparsify, load_any
@@ -27,4 +28,4 @@ __all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "Tens
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",
            "plot_history", "plot_density", "fit_power_law", "flops", "sweep", "plan", "lr_at",
            "sparsity_at", "init_distributed", "SynthConfig", "SynthData", "synth_eval",
-           "synth_scores"]
+           "synth_scores", "BenchConfig", "bench", "check_sae", "pareto_plot", "write_bench"]
