@@ -8,7 +8,7 @@ import torch
 
 from mindscope.core import BadInputError
 from mindscope.features import (analyze, contrastive_explanation, embedding_scores, explain,
-                                intruder_scores, search_latents)
+                                intervention_scores, intruder_scores, search_latents)
 
 
 def bag_embed(texts):
@@ -49,3 +49,16 @@ def test_contrastive_explanation_and_errors(fs, tmp_path):
     assert c["latent"] == lat and c["explanation"] and len(c["near_misses"]) <= 3
     with pytest.raises(BadInputError, match="no examples"):
         contrastive_explanation(fs, 10 ** 6, bag_embed)
+
+
+def test_intervention_scorer_steers_and_scores(fs, feat_env):
+    lat = [r["latent"] for r in fs.query("select latent from explanations where len(tokens) > 0 limit 2")]
+    rows = intervention_scores(fs, feat_env["lm"], feat_env["sae"], latents=lat, embed=bag_embed,
+                               prompts=("hello there", "the garden"), max_new_tokens=4)
+    assert [r["latent"] for r in rows] == lat
+    for r in rows:
+        assert -1 <= r["overlap_gain"] <= 1 and -2 <= r["embedding_gain"] <= 2
+    # a steer of zero changes nothing: both gains are exactly 0
+    z = intervention_scores(fs, feat_env["lm"], feat_env["sae"], latents=lat[:1], embed=bag_embed,
+                            prompts=("hello there",), scale=0.0, max_new_tokens=4)
+    assert z[0]["overlap_gain"] == 0 and abs(z[0]["embedding_gain"]) < 1e-6

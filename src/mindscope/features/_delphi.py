@@ -121,3 +121,44 @@ def search_latents(fs, query: str, embed: Embed, top: int = 10) -> list[dict]:
     order = torch.argsort(-s)[:top].tolist()
     return [{"latent": int(ids[i]), "score": float(s[i]), "explanation": ex[ids[i]]["explanation"]}
             for i in order]
+
+
+PROMPTS = ("Tell me about your day.", "Write one sentence about anything.",
+           "What should I think about?", "Describe something.")
+
+
+def intervention_scores(fs, lm, sae, latents: Optional[Sequence[int]] = None,
+                        embed: Optional[Embed] = None, prompts: Sequence[str] = PROMPTS,
+                        scale: float = 8.0, max_new_tokens: int = 16) -> list[dict]:
+    """Intervention scorer (output side, after delphi): add ``scale`` x the latent's unit decoder
+    direction, times the site's median activation norm, at the SAE's site on every position
+    of neutral ``prompts``; generate greedily; does the explanation describe the steered text
+    better than the unsteered one? ``overlap_gain``: fraction of explanation tokens present in
+    steered minus unsteered generations (offline); ``embedding_gain``: mean cosine of the
+    explanation to steered minus unsteered generations (when ``embed`` is given)."""
+    from ..core import Add
+
+    site = sae.cfg.site
+    if not site:
+        raise BadInputError("sae", "records no site to steer at", "set sae.cfg.site")
+    ex = _explanations(fs, latents)
+    base = [g.text for g in lm.generate(list(prompts), max_new_tokens=max_new_tokens, progress=False)]
+    cap = lm.capture(list(prompts), site, progress=False)[site]
+    size = float(cap.norm(dim=1).median())
+    W = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=1)       # (L, d)
+    e_base = embed(base) if embed is not None else None
+    out = []
+    for j, e in ex.items():
+        toks = {_norm(t) for t in (e["tokens"] or [])}
+        with lm.intervene(Add(site, W[j] * size, scale=scale)):
+            steered = [g.text for g in lm.generate(list(prompts), max_new_tokens=max_new_tokens,
+                                                   progress=False)]
+        words = lambda ts: [{_norm(w) for w in t.replace("\n", " ").split(" ")} | {_norm(t)} for t in ts]
+        hit = lambda ts: float(np.mean([len(toks & w) / max(len(toks), 1) for w in words(ts)]))
+        row = {"latent": int(j), "scorer": "intervention", "overlap_gain": hit(steered) - hit(base),
+               "steered_example": steered[0][:120]}
+        if embed is not None:
+            q = embed([e["explanation"]])
+            row["embedding_gain"] = float(((embed(steered) - e_base) @ q.T).mean())
+        out.append(row)
+    return out
