@@ -204,7 +204,7 @@ def bench(saes: dict, lm, cfg: Optional[BenchConfig] = None, progress: bool = Tr
         rows = {t: task_rows(labels[t], cfg.min_per_class, t) for t in cfg.tasks}
         caps[site]["rows"] = rows
     timing = {"capture_s": time.perf_counter() - t0}
-    texts = [d.get("text") or d["messages"][-1]["content"] for d in docs][: max(8, cfg.n_docs // 6)]
+    texts = [d.get("text") or d["messages"][-1]["content"] for d in docs][::6]  # all kinds
     for name, sae in saes.items():
         t1 = time.perf_counter()
         cap = caps[sae.cfg.site]
