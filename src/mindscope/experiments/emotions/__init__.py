@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .._common import RunDir, at_least_one, choose, save_html, save_png
+from ...runs import RunDir, save_html, save_png
+
+from .._common import at_least_one, choose
 from .data import load_story_jsonl, load_table, load_tasks, model_stories, shipped_stories
 from .prefs import misaligned_choices, preferences
 from .report import (build_report, plot_geometry, plot_intensity, plot_misaligned,

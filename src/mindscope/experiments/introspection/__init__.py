@@ -23,7 +23,7 @@ from typing import Optional
 from safetensors.torch import save_file
 
 from ...core._files import atomic_write_bytes
-from .._common import RunDir, to_jsonable, write_json
+from ...runs import RunDir, to_jsonable, write_json
 from .cache import Stages, settings_key
 from .detect import (PREAMBLE, QUESTION, concept_sets, injection_positions,
                                     resolve_layers, run_detection, trial_messages, trial_prompt,

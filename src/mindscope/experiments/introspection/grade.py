@@ -237,7 +237,7 @@ def make_grader(spec="rule", lm=None, model: str = "default"):
 def agreement(grader, items: Optional[Sequence[dict]] = None) -> dict:
     """Accuracy of ``grader`` on the hand-labelled set (claims and identifies), with the
     disagreements listed."""
-    from .._common import wilson
+    from ...runs import wilson
 
     items = list(items if items is not None else load_grading_set())
     hits_c = hits_i = 0

@@ -28,7 +28,8 @@ from typing import Optional
 import numpy as np
 
 from ...core._vector import data_hash
-from .._common import RunDir, at_least_one, choose, one_of, save_html, write_json
+from ...runs import RunDir, save_html, write_json
+from .._common import at_least_one, choose, one_of
 from .core import load_offpolicy_jsonl, shipped
 from .gap import run_gap
 from .intent import run_intent

@@ -30,7 +30,9 @@ from typing import Optional
 
 import torch
 
-from .._common import RunDir, at_least_one, choose, one_of, save_html, save_png
+from ...runs import RunDir, save_html, save_png
+
+from .._common import at_least_one, choose, one_of
 from .axis import (assistant_axis, axis_vectorset, generate_responses, keep_rows,
                             persona_space, response_acts, role_vectors, token_thresholds)
 from .data import load_drift, load_roles, role_prompts
