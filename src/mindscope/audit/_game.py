@@ -198,7 +198,7 @@ class LLMAuditor:
 
     def __init__(self, client, max_chars: int = 4000):
         if isinstance(client, str):
-            from ..evals._http import ChatClient
+            from ..judges import ChatClient
             client = ChatClient(client)
         self.client, self.max_chars = client, max_chars
 

@@ -20,12 +20,12 @@ from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from ..judges import Judge, Rubric, make_judge, parse_response
 from ..runs import git_hash
 from ..runs import versions as runs_versions
 from ._items import Item, ItemSet
-from ._judge import Judge, Rubric, make_judge
 from ._metrics import CalibrationError, accuracy, calibration_error, per_category, reliability_diagram
-from ._prompts import PROMPT_STYLES, format_messages, parse_response
+from ._prompts import PROMPT_STYLES, format_messages
 from ._responders import Reply, Responder
 from ._store import RunStore
 
