@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ...probes import fit_multislot, orthonormal_basis, random_basis
 from .._protocol import protocol
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
-                            induction_items, retrieval_items, token_labels)
+                   induction_items, retrieval_items, token_labels)
 from .tasks import first_token, score_items, task_metrics
 
 log = logging.getLogger(__name__)
