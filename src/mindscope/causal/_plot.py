@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from ..core import atomic_write
+from ..runs import save_figure
 from typing import Optional, Sequence
 
 import torch
@@ -30,10 +30,4 @@ def heatmap(scores: torch.Tensor, rows: Sequence[str], cols: Sequence[str], path
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label=cbar)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(path, fig)

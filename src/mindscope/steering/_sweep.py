@@ -26,6 +26,7 @@ import torch
 
 from ..core import Add, Batch, atomic_write, atomic_write_text
 from ..core import Vector, VectorSet
+from ..runs import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,7 @@ class SweepResult:
         axes[0].legend(fontsize=7, ncol=2)
         fig.suptitle(f"{self.model}: steering sweep (dashed: random direction, same norm)")
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        finally:
-            plt.close(fig)
-        return path
+        return save_figure(path, fig)
 
     def save(self, folder) -> Path:
         """``trials.parquet``, ``table.parquet``, ``results.json``, ``sweep.png``, ``table.md``."""

@@ -2,7 +2,7 @@
 embedded as base64 so the HTML is one file)."""
 from __future__ import annotations
 
-from ...core import atomic_write
+from ...runs import save_figure
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +17,7 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        _plt().close(fig)
-    return path
+    return save_figure(path, fig)
 
 
 def plot_entropy(gap: dict, dists: dict, path: Path) -> Path:
