@@ -63,7 +63,7 @@ def saelens(out: dict, tmp: Path):
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
-    from mindscope.core._files import BadInputError
+    from mindscope.core import BadInputError
     out["sae_lens"] = sae_lens.__version__
     x = torch.randn(512, 64) * 3
     for arch in ("relu", "topk", "jumprelu", "batchtopk"):

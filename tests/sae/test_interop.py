@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mindscope.core._files import BadInputError
+from mindscope.core import BadInputError
 from mindscope.sae import SAE, SAEConfig, export_saelens, export_sparsify, load_any
 from mindscope.sae._interop import hook_from_site, site_from_hook
 

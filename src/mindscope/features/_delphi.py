@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..core._files import BadInputError
+from ..core import BadInputError
 from ._interpret import _Data, _marks, _norm, _overlap, roc_auc
 
 Embed = Callable[[Sequence[str]], torch.Tensor]

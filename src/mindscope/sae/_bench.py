@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..core._files import BadInputError, atomic_write_json
+from ..core import BadInputError, atomic_write_json
 
 TASKS = ("corpus_kind", "first_letter", "token_class")
 MISSING = {"scr": "spurious-correlation removal needs a dataset with two labelled attributes that "

@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..core._files import BadInputError
+from ..core import BadInputError
 
 
 def split(n_pos: int, n_neg: int, rng: np.random.Generator, frac: float = 0.7):
