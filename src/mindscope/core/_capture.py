@@ -47,7 +47,7 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
     ``heads`` (an int or list) selects heads of every headed site (like ``z.3[1]``)."""
     names = self.expand_sites(sites, heads=heads)
     deepest = max(names, key=self.site_depth)
-    early = stop_early and deepest != "final_norm"
+    early = stop_early and self.site_depth(deepest) < self.n_layers
     batch = self.tokenize(prompts, chat=chat)
     out: dict[str, list] = {s: [] for s in names}
     rows, poss, toks, logits = [], [], [], []
@@ -60,7 +60,7 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
             m = run.mask(positions).to(h.device)
             x = unpad_keys(h, run) if keys_axis else h
             chunk[site] = x[m].detach().to(device=device, dtype=dtype or h.dtype)
-            if early and site == deepest:
+            if early and len(chunk) == len(names):  # every site read: skip the rest
                 raise StopForward
         return fn
 

@@ -162,7 +162,10 @@ class LM:
         s = self.site(site)
         if s.kind == "embed":
             return -1
-        if s.kind in ("final_norm", "module"):
+        if s.kind == "module":  # inside block L: L + 0.95, else after the last block
+            m = re.match(re.escape(self.family_spec.layers) + r"\.(\d+)\.", s.path + ".")
+            return int(m.group(1)) + 0.95 if m else self.n_layers
+        if s.kind == "final_norm":
             return self.n_layers
         return s.layer + _sites.DEPTH[s.kind]
 
