@@ -50,7 +50,9 @@ def tiny_config(family: str, vocab_size: int, **over):
 
     from .core import FAMILIES
 
-    if family not in FAMILIES:
+    if family == "gemma3":  # the text model; tiny_vlm("gemma3") builds the multimodal one
+        family = "gemma3_text"
+    if family not in FAMILIES or FAMILIES[family].tiny[0] == "Gemma3Config":
         raise ValueError(f"no tiny config for {family!r}; families: {', '.join(sorted(FAMILIES))}")
     cls_name, extra = FAMILIES[family].tiny
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
@@ -81,3 +83,25 @@ def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32,
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     model.generation_config.eos_token_id = tok.eos_token_id
     return LM.from_hf(model, tok, name=f"tiny-{family}")
+
+
+def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
+    """A random vision-language model (Gemma3ForConditionalGeneration) whose language model is
+    the tiny gemma3 text config; the LM wraps the whole model and reads its text part."""
+    import transformers as tf
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    if family != "gemma3":
+        raise ValueError(f"no tiny vision-language model for {family!r} (have: gemma3)")
+    text = tiny_config("gemma3_text", len(tok)).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=28, patch_size=14)
+    n = len(tok)
+    cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=n - 1, boi_token_index=n - 3, eoi_token_index=n - 2,
+                          **over)
+    cfg._attn_implementation = "eager"
+    model = tf.Gemma3ForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm")

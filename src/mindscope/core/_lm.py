@@ -58,6 +58,7 @@ class LM:
         self.name = name
         self.family = model.config.model_type
         cfg = getattr(model.config, "text_config", None) or model.config  # VLMs: the text part
+        self.text_config = cfg
         self.family_spec: Family = family_for(self.family, model)
         self.n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
         self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
@@ -129,7 +130,7 @@ class LM:
         Site values (each a str). ``heads`` selects heads of every headed site."""
         items = [spec] if isinstance(spec, str) else list(spec)
         items = [s.strip() for it in items
-                 for s in (it.split(",") if not isinstance(it, Site) and "[" not in it else [it])
+                 for s in ([it] if isinstance(it, Site) else re.split(r",(?![^\[]*\])", it))
                  if s.strip()]
         out: list[Site] = []
         for s in items:
@@ -317,6 +318,8 @@ class LM:
     @staticmethod
     def _handler(iv: Intervention):
         def fn(h, run):
+            if getattr(iv, "full", False):
+                return iv.apply_full(h, run.mask(iv.positions))
             return masked_apply(h, run.mask(iv.positions), iv.apply_rows, run.row_offset)
         return fn
 
