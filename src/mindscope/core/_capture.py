@@ -82,9 +82,10 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
                     pass
                 run.begin_call(past=0, T=b.input_ids.shape[1])
                 m = run.mask(positions)
+                u = run.unpadded()
             bi, ti = m.nonzero(as_tuple=True)
             rows.append(bi + a)
-            poss.append((ti - b.pad[bi]))
+            poss.append(u[bi, ti])
             toks.append(b.input_ids[bi, ti])
             for s in names:
                 out[s].append(chunk[s])

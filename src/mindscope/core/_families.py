@@ -8,8 +8,8 @@ Every site is defined by *where its value lives* in the HF module tree:
   (for Gemma's sandwich norms that is the post-norm, not the attention module itself).
 - ``resid_mid.L = resid_pre.L + attn_out.L`` (not a module output; computed in the attn hook).
 - ``mlp_in.L``: input of ``mlp``; ``mlp_post.L``: input of ``mlp_down`` (the neurons).
-- ``q``/``k``/``v``: outputs of the projections (after a q/k-norm where the family has one,
-  before rotary embeddings); ``z``: input of ``o_proj``; ``head_out``: ``o_proj`` split by head.
+- ``q``/``k``/``v``: outputs of the projections (before any q/k-norm and rotary embedding,
+  like TransformerLens' ``hook_q``); ``z``: input of ``o_proj``; ``head_out``: ``o_proj`` split by head.
 - ``final_norm``: output of the final norm.
 
 Causal analysis (per-head projections), weight baking (residual writers) and the tiny test

@@ -150,7 +150,10 @@ class Dispatcher:
             # A raw HF call (no lm.forward/generate around it): derive the run from the mask.
             pad = (torch.zeros(B, dtype=torch.long) if not isinstance(mask, torch.Tensor)
                    else (mask.cumsum(-1) == 0).sum(-1).cpu())
-            self.run, self._auto_run = Run(pad=pad, prompt_len=T), True
+            self.run = Run(pad=pad, prompt_len=T,
+                           mask=mask.cpu() if isinstance(mask, torch.Tensor) and mask.dim() == 2
+                           and mask.shape[1] == T else None)
+            self._auto_run = True
         self.run.begin_call(past=past, T=T)
 
     def _scale(self, attr) -> float:
@@ -200,14 +203,12 @@ class Dispatcher:
                 new = self._dispatch(site, part)
                 return None if new is None else _replace_first(output, put(new))
             return lm.block_part(layer, fam.qkv).register_forward_hook(fused)
-        attn = lm.block_part(layer, fam.attn)
-        norm = getattr(attn, f"{kind}_norm", None) if kind in ("q", "k") else None
-        mod = norm if isinstance(norm, torch.nn.Module) else lm.block_part(layer, getattr(fam, kind))
+        mod = lm.block_part(layer, getattr(fam, kind))  # the projection (before q/k-norm, rotary)
         n = H if kind == "q" else Hkv
 
         def hook(module, args, output):
             out = _first(output)
-            h = out.view(*out.shape[:2], n, -1)  # (B, T, n, dh)
+            h = out.reshape(*out.shape[:2], n, -1)  # (B, T, n, dh)
             new = self._dispatch(site, h)
             return None if new is None else _replace_first(output, new.reshape(out.shape))
         return mod.register_forward_hook(hook)

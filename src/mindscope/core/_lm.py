@@ -43,6 +43,23 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def right_padded(self) -> bool:
+        """True if some row has padding after a real token."""
+        m = self.attention_mask.long()
+        return bool((m[:, 1:] < m[:, :-1]).any())
+
+    def left_padded(self) -> "Batch":
+        """This batch with every row's real tokens moved to the right end (left padding), the
+        layout mindscope's loops assume; unchanged if already so. Logged when it moves rows."""
+        if not self.right_padded:
+            return self
+        m = self.attention_mask.bool()
+        order = torch.sort((~m).long() * -1, dim=1, stable=True).indices  # pads first, in order
+        log.info("right-padded batch: moved the padding to the left of each row")
+        return Batch(self.input_ids.gather(1, order), self.attention_mask.gather(1, order),
+                     self.meta)
+
     def slice(self, a: int, b: int) -> "Batch":
         ids, m = self.input_ids[a:b], self.attention_mask[a:b]
         keep = int(m.sum(0).nonzero().min()) if bool(m.any()) else 0  # drop all-pad columns
@@ -208,7 +225,7 @@ class LM:
         """Tokenize and LEFT-pad. Chat prompts are rendered with the chat template (whose text
         already holds any BOS); plain text gets the tokenizer's default special tokens."""
         if isinstance(prompts, Batch):
-            return prompts
+            return prompts.left_padded()
         texts, roles = self._texts(prompts, chat)
         if not texts:
             raise ValueError("no prompts given")
@@ -244,7 +261,8 @@ class LM:
         ``forward``, ``capture`` and ``generate`` do this themselves. Yields the ``Run``; the
         previous binding is restored on exit, even on error."""
         prev = self._hooks.run, self._hooks._auto_run
-        self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset)
+        self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset,
+                              batch.attention_mask)
         self._hooks._auto_run = False
         try:
             yield self._hooks.run
