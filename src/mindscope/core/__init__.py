@@ -1,5 +1,6 @@
 """mindscope.core: model loading, sites, interventions, capture, generate, chat spans."""
-from ._capture import Captured, Monitor
+from ._capture import Captured
+from ._record import Monitor, Recorder
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
 from ._files import BadInputError, read_json
@@ -16,4 +17,4 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
-           "RunLockedError", "Site"]
+           "RunLockedError", "Site", "Recorder"]

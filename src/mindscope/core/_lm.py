@@ -345,5 +345,5 @@ class LM:
         """Emergency reset: drop every mindscope hook on this model."""
         self._hooks.remove_all()
 
-    from ._capture import capture, monitor  # noqa: E402  (methods defined in their own module)
+    from ._capture import capture, monitor, record  # noqa: E402  (methods defined in their own module)
     from ._generate import generate  # noqa: E402
