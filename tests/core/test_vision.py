@@ -76,3 +76,26 @@ def test_image_errors(vlm, tiny):
         vlm.tokenize([ms.ImagePrompt("<start_of_image> <start_of_image>", [_img(0)])])
     with pytest.raises(ValueError, match="role\\('image'\\) needs a vision-language model"):
         tiny("llama").capture(["hi"], "resid_post.1", positions=ms.role("image"))
+
+
+def test_hle_image_items_run_on_a_vlm(vlm, tmp_path, tiny):
+    import base64
+    import io
+    import json
+
+    from mindscope import evals
+    buf = io.BytesIO()
+    _img(5).save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "question": "What colour dominates?", "answer": "red", "image": uri},
+        {"id": "b", "question": "2+2?", "answer": "4"}]))
+    assert len(evals.load_items(path)) == 1  # text-only by default: the image item is skipped
+    items = evals.load_items(path, images=True)
+    assert [it.image is not None for it in items] == [True, False]
+    res = evals.run_eval(evals.LMResponder(vlm, max_new_tokens=3), items, "rule", progress=False)
+    assert len(res.records) == 2 and res.metrics["generation_errors"] == 0
+    with pytest.raises(ValueError, match="not a vision-language model"):
+        evals.LMResponder(tiny("llama"), max_new_tokens=2)._prompts(
+            items.items, [[{"role": "user", "content": "x"}]] * 2)

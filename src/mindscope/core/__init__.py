@@ -13,6 +13,7 @@ from ._lock import RunLockedError, run_lock
 from ._positions import role, span
 from ._sites import Site
 from ._vision import ImagePrompt
+from ._vision import placeholder as image_placeholder
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
@@ -20,4 +21,5 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
            "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
-           "atomic_dir", "RunLockedError", "Site", "Recorder", "ImagePrompt"]
+           "atomic_dir", "RunLockedError", "Site", "Recorder", "ImagePrompt",
+           "image_placeholder"]
