@@ -4,8 +4,8 @@ induction, adjacent-entity conflict detection and explicit retrieval use? Can th
 bindings on one token ("Alice prepares and Bob consumes the food.")?
 
 >>> # from mindscope.experiments import binding
->>> # res = binding.run(binding.Config(n_stories=120))      # ms.load() by default
->>> # res.report("runs/binding")    # report.html, results.json, run_config.json, plots, probes/
+>>> # res = binding.run(None, binding.Config(n_stories=120), "runs/binding")  # ms.load() by default
+>>> # runs/binding: report.html, results.json, run_config.json, plots, probes/
 
 Protocol (see docs/experiments/binding.md):
 1. Synthetic stories, one segment per entity; every token labelled with current / prior entity
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ...probes import fit_multislot, orthonormal_basis, random_basis
 from .._protocol import protocol
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
-                            induction_items, retrieval_items, token_labels)
+                   induction_items, retrieval_items, token_labels)
 from .tasks import first_token, score_items, task_metrics
 
 log = logging.getLogger(__name__)
