@@ -52,7 +52,8 @@ def tiny_config(family: str, vocab_size: int, **over):
 
     if family == "gemma3":  # the text model; tiny_vlm("gemma3") builds the multimodal one
         family = "gemma3_text"
-    if family not in FAMILIES or FAMILIES[family].tiny[0] == "Gemma3Config":
+    if family not in FAMILIES or FAMILIES[family].tiny[0] in ("Gemma3Config", "Qwen2VLConfig",
+                                                              "Qwen2_5_VLConfig"):
         raise ValueError(f"no tiny config for {family!r}; families: {', '.join(sorted(FAMILIES))}")
     cls_name, extra = FAMILIES[family].tiny
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)

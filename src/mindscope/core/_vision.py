@@ -51,6 +51,11 @@ def encode(lm, prompt: ImagePrompt, text: str, roles: list) -> tuple[list[int], 
     """-> token ids, row metadata (text rebuilt from the tokens, so spans still resolve), and
     per-row model inputs (``pixel_values`` etc. with a leading image axis; token-level
     inputs as (T,))."""
+    if hasattr(getattr(lm.model, "model", None), "get_rope_index"):
+        raise NotImplementedError(
+            f"image prompts on {type(lm.model).__name__} are not supported yet: its 3-D rotary "
+            "positions for image tokens are not computed by mindscope's calls (text prompts "
+            "work); use a Gemma 3-style model for images")
     proc = lm.processor
     if proc is None:
         raise ValueError(f"{lm.name} has no processor for images: build the LM with "
