@@ -218,10 +218,10 @@ def _capture_labels(lm, stories, sites, name_ix, adj_ix, batch_size, progress):
 @protocol("binding")
 def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     """Run the whole protocol; ``lm`` defaults to ``ms.load(cfg.model)``; with ``out_dir`` the
-    run folder (report, results, probes) is written there. The older ``run(cfg, lm=lm)`` order
-    still works."""
-    if isinstance(lm, Config) or (cfg is not None and not isinstance(cfg, Config)):
-        lm, cfg = cfg, lm  # run(cfg, lm): the pre-registry argument order
+    run folder (report, results, probes) is written there. ``run(cfg)`` (the pre-registry form,
+    model named in the config) still works."""
+    if isinstance(lm, Config):
+        lm, cfg = cfg, lm  # run(cfg[, lm]): the pre-registry argument order
     cfg = cfg or Config()
     t0, c0 = time.time(), time.process_time()
     if lm is None:
