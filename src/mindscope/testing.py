@@ -45,41 +45,93 @@ def tiny_tokenizer():
 
 
 def tiny_config(family: str, vocab_size: int, **over):
+    """A 4-layer, d_model-64 config of ``family``, built from its entry in the family table."""
     import transformers as tf
 
+    from .core import FAMILIES
+
+    if family == "gemma3":  # the text model; tiny_vlm("gemma3") builds the multimodal one
+        family = "gemma3_text"
+    if family not in FAMILIES or FAMILIES[family].tiny[0] in ("Gemma3Config", "Qwen2VLConfig",
+                                                              "Qwen2_5_VLConfig"):
+        raise ValueError(f"no tiny config for {family!r}; families: {', '.join(sorted(FAMILIES))}")
+    cls_name, extra = FAMILIES[family].tiny
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    common = dict(**ids, vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=256)
-    if family in ("llama", "mistral", "qwen2", "qwen3"):
-        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
-               "qwen3": tf.Qwen3Config}[family]
-        cfg = cls(**common, num_key_value_heads=2, **over)
-    elif family == "gemma3":
-        cfg = tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16,
-                                  sliding_window=8, **over)
-    elif family == "gemma2":
-        cfg = tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16, sliding_window=8, **over)
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=4, n_head=4,
-                            n_positions=256, **ids, **over)
-    elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(**common, **over)
+    if cls_name == "GPT2Config":
+        kw = dict(vocab_size=vocab_size, n_embd=64, n_layer=4, n_head=4, n_positions=256, **ids)
     else:
-        raise ValueError(f"no tiny config for {family!r}")
-    return cfg
+        kw = dict(**ids, vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=256)
+    kw.update(dict(extra))
+    kw.update(over)
+    return getattr(tf, cls_name)(**kw)
 
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "gpt_neox")
+"""The families most tests run on (every family of the table has a tiny config)."""
 
 
-def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32, **over) -> LM:
-    """A random model of ``family`` (4 layers, d_model 64) with the tiny tokenizer."""
+def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32,
+            attn_implementation: str = "eager", **over) -> LM:
+    """A random model of ``family`` (4 layers, d_model 64) with the tiny tokenizer. Eager
+    attention by default (exact reference numerics under padding)."""
     from transformers import AutoModelForCausalLM
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
     cfg = tiny_config(family, len(tok), **over)
-    cfg._attn_implementation = "eager"  # exact reference numerics under padding
+    cfg._attn_implementation = attn_implementation
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     model.generation_config.eos_token_id = tok.eos_token_id
     return LM.from_hf(model, tok, name=f"tiny-{family}")
+
+
+IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_vlm_tokenizer():
+    """The tiny tokenizer plus Gemma 3's image tokens (boi, eoi, image soft token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *IMAGE_TOKENS]
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        extra_special_tokens=dict(zip(("boi_token", "eoi_token", "image_token"), IMAGE_TOKENS)))
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
+    """A random vision-language model (Gemma3ForConditionalGeneration: a 2-layer vision tower
+    on 28x28 images, 4 image tokens, the tiny gemma3 language model) with a processor."""
+    import transformers as tf
+
+    if family != "gemma3":
+        raise ValueError(f"no tiny vision-language model for {family!r} (have: gemma3)")
+    tok = tiny_vlm_tokenizer()
+    torch.manual_seed(seed)
+    boi, eoi, img = tok.convert_tokens_to_ids(list(IMAGE_TOKENS))
+    text = tiny_config("gemma3_text", len(tok)).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=28, patch_size=14)
+    cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=img, boi_token_index=boi, eoi_token_index=eoi, **over)
+    cfg._attn_implementation = "eager"
+    model = tf.Gemma3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # HF initialises the projector to zero: every image would look alike
+        w = model.model.multi_modal_projector.mm_input_projection_weight
+        w.normal_(std=w.shape[0] ** -0.5)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    from transformers.models.gemma3 import Gemma3ImageProcessorPil
+    proc = tf.Gemma3Processor(image_processor=Gemma3ImageProcessorPil(
+        size={"height": 28, "width": 28}), tokenizer=tok, image_seq_length=4)
+    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm", processor=proc)

@@ -20,10 +20,15 @@ from ._families import Family, family_for
 from ._hooks import Dispatcher, masked_apply
 from ._interventions import Intervention
 from ._positions import RowMeta, Run
+from ._sites import Site
+from ._vision import ImagePrompt, image_token_id
+from ._vision import placeholder as image_placeholder
+from ._vision import encode as encode_image_prompt
+from ._vision import model_inputs as vision_inputs
+from . import _sites
 
 log = logging.getLogger(__name__)
-_SITE_RE = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\.(\d+)$")
-KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+KINDS = _sites.RESID
 Prompt = Union[str, ChatPrompt, list]
 
 
@@ -34,6 +39,12 @@ class Batch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     meta: list[RowMeta] | None = None
+    extras: list[dict] | None = None
+    """Per-row model inputs besides the tokens (images: ``pixel_values``...), see _vision."""
+
+    def model_inputs(self) -> dict:
+        """Extra keyword inputs for the model call (images), batched for this padding."""
+        return vision_inputs(self.extras, self.attention_mask)
 
     @property
     def pad(self) -> torch.Tensor:
@@ -42,25 +53,50 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def right_padded(self) -> bool:
+        """True if some row has padding after a real token."""
+        m = self.attention_mask.long()
+        return bool((m[:, 1:] < m[:, :-1]).any())
+
+    def left_padded(self) -> "Batch":
+        """This batch with every row's real tokens moved to the right end (left padding), the
+        layout mindscope's loops assume; unchanged if already so. Logged when it moves rows."""
+        if not self.right_padded:
+            return self
+        m = self.attention_mask.bool()
+        order = torch.sort((~m).long() * -1, dim=1, stable=True).indices  # pads first, in order
+        log.info("right-padded batch: moved the padding to the left of each row")
+        return Batch(self.input_ids.gather(1, order), self.attention_mask.gather(1, order),
+                     self.meta, self.extras)
+
     def slice(self, a: int, b: int) -> "Batch":
         ids, m = self.input_ids[a:b], self.attention_mask[a:b]
         keep = int(m.sum(0).nonzero().min()) if bool(m.any()) else 0  # drop all-pad columns
-        return Batch(ids[:, keep:], m[:, keep:], None if self.meta is None else self.meta[a:b])
+        return Batch(ids[:, keep:], m[:, keep:], None if self.meta is None else self.meta[a:b],
+                     None if self.extras is None else self.extras[a:b])
 
 
 class LM:
     """A causal LM with named sites. Build with ``ms.load(spec)`` or ``LM.from_hf(model, tok)``."""
 
-    def __init__(self, model, tokenizer, name: str = "model"):
+    def __init__(self, model, tokenizer, name: str = "model", processor=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        cfg = model.config
-        self.family = cfg.model_type
-        self.family_spec: Family = family_for(self.family)
+        self.processor = processor
+        """A transformers processor for image + text prompts (vision-language models)."""
+        self.image_token_id = image_token_id(model)
+        self.family = model.config.model_type
+        cfg = getattr(model.config, "text_config", None) or model.config  # VLMs: the text part
+        self.text_config = cfg
+        self.family_spec: Family = family_for(self.family, model)
         self.n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
         self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
         self.vocab_size = int(cfg.vocab_size)
+        self.n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+        self.n_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self._site_cache: dict[str, Site] = {}
         self.parallel = self.family_spec.parallel and bool(getattr(cfg, "use_parallel_residual", True))
         self._hooks = Dispatcher(self)
         if tokenizer is not None and tokenizer.pad_token_id is None:
@@ -69,8 +105,9 @@ class LM:
             p.requires_grad_(False)
 
     @classmethod
-    def from_hf(cls, model, tokenizer, name: str | None = None) -> "LM":
-        return cls(model, tokenizer, name or getattr(model.config, "_name_or_path", "") or "model")
+    def from_hf(cls, model, tokenizer, name: str | None = None, processor=None) -> "LM":
+        return cls(model, tokenizer, name or getattr(model.config, "_name_or_path", "") or "model",
+                   processor)
 
     def __repr__(self) -> str:
         return (f"LM({self.name!r}, family={self.family}, layers={self.n_layers}, "
@@ -87,34 +124,54 @@ class LM:
     # ---- sites -------------------------------------------------------------------------
     @property
     def sites(self) -> list[str]:
-        kinds = [k for k in KINDS if not (k == "resid_mid" and self.parallel)]
+        """Every layer site name of this model (``module:`` sites not listed)."""
+        kinds = [k for k in _sites.KINDS if k not in self._missing_kinds()]
         return ["embed"] + [f"{k}.{i}" for i in range(self.n_layers) for k in kinds] + ["final_norm"]
 
-    def parse_site(self, site: str) -> tuple[str, int | None]:
-        if site in ("embed", "final_norm"):
-            return site, None
-        m = _SITE_RE.match(site)
-        if not m or int(m.group(2)) >= self.n_layers or (m.group(1) == "resid_mid" and self.parallel):
-            hint = ("; resid_mid does not exist in parallel-residual blocks" if
-                    site.startswith("resid_mid") and self.parallel else "")
-            raise ValueError(
-                f"unknown site {site!r} for {self.name} ({self.n_layers} layers){hint}. Valid: "
-                f"embed, final_norm, and {{{', '.join(KINDS)}}}.L for L in 0..{self.n_layers - 1} "
-                "(patterns: 'resid_post.*', 'resid_post.10:20')")
-        return m.group(1), int(m.group(2))
+    def _missing_kinds(self) -> dict[str, str]:
+        fam, why = self.family_spec, {}
+        if self.parallel:
+            why["resid_mid"] = "resid_mid does not exist in parallel-residual blocks"
+        if fam.moe:
+            why["mlp_post"] = "a mixture-of-experts block has no single neuron layer; use expert_out.L"
+        else:
+            why["router"] = why["expert_out"] = f"{self.family} is not a mixture-of-experts family"
+        return why
 
-    def expand_sites(self, spec: str | Sequence[str]) -> list[str]:
-        """'resid_post.*', 'resid_post.10:20', 'resid_post.3,mlp_out.4' or a list -> names."""
+    def site(self, name: str) -> Site:
+        """Parse and validate one site name (TransformerLens names are translated) -> Site."""
+        if isinstance(name, Site):
+            return name
+        s = self._site_cache.get(name)
+        if s is None:
+            why = self._missing_kinds()
+            kinds = tuple(k for k in _sites.KINDS if k not in why)
+            s = _sites.parse(name, self.n_layers, self.n_heads, kinds, self.model, why)
+            if s.heads and s.kind in ("k", "v"):
+                _sites.check_heads(name, s.heads, self.n_kv_heads)
+            self._site_cache[name] = s
+        return s
+
+    def parse_site(self, site: str) -> tuple[str, int | None]:
+        """(kind, layer) of a site name; see ``site`` for the parsed value."""
+        s = self.site(site)
+        return s.kind, s.layer
+
+    def expand_sites(self, spec: str | Sequence[str], heads=None) -> list[Site]:
+        """'resid_post.*', 'resid_post.10:20', 'resid_post.3,mlp_out.4' or a list -> parsed
+        Site values (each a str). ``heads`` selects heads of every headed site."""
         items = [spec] if isinstance(spec, str) else list(spec)
-        items = [s.strip() for it in items for s in it.split(",") if s.strip()]
-        out: list[str] = []
+        items = [s.strip() for it in items
+                 for s in ([it] if isinstance(it, Site) else re.split(r",(?![^\[]*\])", it))
+                 if s.strip()]
+        out: list[Site] = []
         for s in items:
             m = re.match(r"^(\w+)\.(-?\d*):(-?\d*)$", s)
             if m:
                 idx = range(self.n_layers)[slice(int(m.group(2)) if m.group(2) else None,
                                                  int(m.group(3)) if m.group(3) else None)]
                 names = [f"{m.group(1)}.{i}" for i in idx]
-            elif any(c in s for c in "*?["):
+            elif any(c in s for c in "*?") and not s.startswith("module:"):
                 names = fnmatch.filter(self.sites, s)
                 names.sort(key=self.sites.index)
             else:
@@ -123,20 +180,27 @@ class LM:
                 raise ValueError(f"site pattern {s!r} matches nothing; valid sites look like "
                                  f"resid_post.0..resid_post.{self.n_layers - 1}")
             for n in names:
-                self.parse_site(n)
-                if n not in out:
-                    out.append(n)
+                site = self.site(n)
+                if heads is not None and site.kind in _sites.HEADED:
+                    hs = (heads,) if isinstance(heads, int) else tuple(heads)
+                    _sites.check_heads(site, hs, self.n_kv_heads if site.kind in ("k", "v")
+                                       else self.n_heads)
+                    site = site.with_heads(hs)
+                if site not in out:
+                    out.append(site)
         return out
 
     def site_depth(self, site: str) -> float:
         """Order of sites along the forward pass (used for early stopping)."""
-        kind, L = self.parse_site(site)
-        if kind == "embed":
+        s = self.site(site)
+        if s.kind == "embed":
             return -1
-        if kind == "final_norm":
+        if s.kind == "module":  # inside block L: L + 0.95, else after the last block
+            m = re.match(re.escape(self.family_spec.layers) + r"\.(\d+)\.", s.path + ".")
+            return int(m.group(1)) + 0.95 if m else self.n_layers
+        if s.kind == "final_norm":
             return self.n_layers
-        return L + {"resid_pre": 0.0, "attn_out": 0.3, "resid_mid": 0.4,
-                    "mlp_out": 0.7, "resid_post": 0.9}[kind]
+        return s.layer + _sites.DEPTH[s.kind]
 
     def module(self, path: str) -> torch.nn.Module:
         return self.model.get_submodule(path)
@@ -152,11 +216,18 @@ class LM:
              system: str | None = None) -> ChatPrompt:
         return render_chat(self.tokenizer, messages, prefill, add_generation_prompt, system)
 
-    def _texts(self, prompts, chat: bool) -> tuple[list[str], list[list]]:
-        if isinstance(prompts, (str, ChatPrompt)):
+    def _texts(self, prompts, chat: bool) -> tuple[list[str], list[list], list]:
+        if isinstance(prompts, (str, ChatPrompt, ImagePrompt)):
             prompts = [prompts]
-        texts, roles = [], []
+        texts, roles, images = [], [], []
         for p in prompts:
+            img = p if isinstance(p, ImagePrompt) else None
+            images.append(img)
+            if img is not None:
+                p = img.text
+                if isinstance(p, str) and self.processor is not None:
+                    mark = image_placeholder(self.processor)
+                    p = p if mark in p else (mark + "\n") * len(img.images) + p
             if isinstance(p, list):  # a conversation
                 p = self.chat(p)
             elif isinstance(p, str) and chat:
@@ -168,21 +239,31 @@ class LM:
                 texts.append(p)
                 roles.append([])
             else:
-                raise TypeError(f"a prompt must be str, ChatPrompt or a message list; got {type(p)}")
-        return texts, roles
+                raise TypeError(f"a prompt must be str, ChatPrompt, ImagePrompt or a message list; "
+                                f"got {type(p)}")
+        return texts, roles, images
 
     def tokenize(self, prompts, chat: bool = False, add_special_tokens: bool | None = None,
                  max_length: int | None = None) -> Batch:
         """Tokenize and LEFT-pad. Chat prompts are rendered with the chat template (whose text
         already holds any BOS); plain text gets the tokenizer's default special tokens."""
         if isinstance(prompts, Batch):
-            return prompts
-        texts, roles = self._texts(prompts, chat)
+            return prompts.left_padded()
+        texts, roles, images = self._texts(prompts, chat)
         if not texts:
             raise ValueError("no prompts given")
         is_chat = [bool(r) or chat for r in roles]
-        rows, meta = [], []
-        for text, r, c in zip(texts, roles, is_chat):
+        rows, meta, extras = [], [], []
+        for text, r, c, img in zip(texts, roles, is_chat, images):
+            if img is not None:  # through the processor (it adds the image tokens)
+                src = img if isinstance(img.text, ChatPrompt) or not r else ImagePrompt(
+                    ChatPrompt(text, r), img.images)
+                ids, m, ex = encode_image_prompt(self, src, text, r)
+                rows.append(ids)
+                meta.append(m)
+                extras.append(ex)
+                continue
+            extras.append({})
             special = (not c) if add_special_tokens is None else add_special_tokens
             enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
             ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
@@ -199,7 +280,7 @@ class LM:
         for i, r in enumerate(rows):
             ids[i, T - len(r):] = torch.tensor(r)
             mask[i, T - len(r):] = 1
-        return Batch(ids, mask, meta)
+        return Batch(ids, mask, meta, extras if any(extras) else None)
 
     # ---- forward -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -212,7 +293,9 @@ class LM:
         ``forward``, ``capture`` and ``generate`` do this themselves. Yields the ``Run``; the
         previous binding is restored on exit, even on error."""
         prev = self._hooks.run, self._hooks._auto_run
-        self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset)
+        self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset,
+                              batch.attention_mask, image=None if self.image_token_id is None
+                              else batch.input_ids == self.image_token_id)
         self._hooks._auto_run = False
         try:
             yield self._hooks.run
@@ -246,7 +329,8 @@ class LM:
         """Logits (B, T, V) of a left-padded batch; padding never changes real rows."""
         b = self.tokenize(prompts, chat=chat)
         with self.run_context(b, row_offset):
-            return self.call(b.input_ids, b.attention_mask, use_cache=False).logits
+            return self.call(b.input_ids, b.attention_mask, use_cache=False,
+                             **b.model_inputs()).logits
 
     def loss(self, prompts, chat: bool = False, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy over real tokens. ``reduction='none'`` -> (B, T-1) with 0 on
@@ -286,6 +370,8 @@ class LM:
     @staticmethod
     def _handler(iv: Intervention):
         def fn(h, run):
+            if getattr(iv, "full", False):
+                return iv.apply_full(h, run.mask(iv.positions))
             return masked_apply(h, run.mask(iv.positions), iv.apply_rows, run.row_offset)
         return fn
 
@@ -293,5 +379,5 @@ class LM:
         """Emergency reset: drop every mindscope hook on this model."""
         self._hooks.remove_all()
 
-    from ._capture import capture, monitor  # noqa: E402  (methods defined in their own module)
+    from ._capture import capture, monitor, record  # noqa: E402  (methods defined in their own module)
     from ._generate import generate  # noqa: E402
