@@ -60,6 +60,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on HLE-format items; with interventions, baseline and steered side by side."""
     from mindscope import evals
+    from mindscope.core import spec_interventions
 
     if task not in TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; available: {', '.join(TASKS)}")
@@ -79,7 +80,7 @@ def eval_cmd(
         import mindscope as ms
 
         lm = ms.load(model, dtype=dtype)
-        ivs = evals.build_interventions(lm, steer, cap, ablate)
+        ivs = spec_interventions(lm, steer, cap, ablate)
         variants = {}
         if baseline or not ivs:
             variants["baseline"] = []
@@ -108,6 +109,7 @@ def grade_cmd(
 ) -> None:
     """Grade saved responses (no model needed)."""
     from mindscope import evals
+    from mindscope.core import spec_interventions
 
     if not predictions.exists():
         raise typer.BadParameter(f"{predictions}: no such file")

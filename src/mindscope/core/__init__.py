@@ -9,10 +9,11 @@ from ._lm import LM, Batch
 from ._load import ALIASES, list_models, load
 from ._lock import RunLockedError, run_lock
 from ._positions import role, span
+from ._spec import VectorSpec, parse_vector_spec, spec_interventions
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
-           "RunLockedError"]
+           "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions"]

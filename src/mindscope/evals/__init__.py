@@ -6,7 +6,7 @@
 >>> j.grade("2+2?", "Exact Answer: 4\\nConfidence: 90%", "4").correct
 True
 """
-from ._compare import build_interventions, compare_variants, comparison_table, load_vector, parse_spec
+from ._compare import compare_variants, comparison_table
 from ._http import ChatClient, ChatError, ClientStats
 from ._items import ANSWER_TYPES, SAMPLE_PATH, Item, ItemSet, load_items
 from ._judge import (JUDGE_PROMPT, HTTPJudge, Judge, LMJudge, Rubric, RuleJudge, Verdict,
@@ -35,5 +35,5 @@ __all__ = [
     # runs
     "EvalConfig", "EvalResult", "run_eval", "compute_metrics", "confidence_of", "Responder",
     "LMResponder", "HTTPResponder", "StaticResponder", "Reply", "RunStore", "write_json_atomic",
-    "compare_variants", "comparison_table", "build_interventions", "parse_spec", "load_vector",
+    "compare_variants", "comparison_table",
 ]

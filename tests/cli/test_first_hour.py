@@ -1,0 +1,38 @@
+"""Issue 25, a researcher's first hour: CLI errors, vocabulary, checks before loading, speed."""
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from mindscope.cli import app
+
+runner = CliRunner()
+
+
+def flat(r) -> str:
+    """Output with whitespace runs collapsed (messages may wrap)."""
+    return " ".join((r.output or "").split())
+
+
+def test_cli_import_does_not_load_torch():
+    """`mindscope --help` stays fast: importing the CLI imports neither torch nor transformers."""
+    code = ("import sys, mindscope.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'duckdb', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lazy_top_level_names():
+    import mindscope as ms
+
+    assert ms.Add.__name__ == "Add" and callable(ms.load) and "load" in dir(ms)
+
+
+def test_errors_are_one_or_two_lines(tmp_path):
+    r = runner.invoke(app, ["sae", "eval", "--sae", str(tmp_path / "no" / "such")])
+    assert r.exit_code == 2 and "no such" in flat(r)
+    assert len(r.output.strip().splitlines()) <= 2 and "Traceback" not in r.output
+    r = runner.invoke(app, ["--debug", "sae", "eval", "--sae", str(tmp_path / "none")])
+    assert r.exit_code != 0 and isinstance(r.exception, FileNotFoundError)  # --debug: the raw error
+    r = runner.invoke(app, ["generate", "-p", "hi", "--steer", "x.safetensors"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 2 and "SCALE" in flat(r)
