@@ -18,7 +18,7 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     r = CliRunner()
     res = r.invoke(app, ["train", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"),
                          "--latents", "128,256", "--k", "4", "--tokens", "2560", "--batch-size", "128",
-                         "--eval-batches", "2", "--checkpoint-every", "5", "-q"])
+                         "--eval-batches", "2", "--checkpoint-every", "5", "-q", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert len(summary) == 2 and all(0 < s["fvu"] < 1.5 for s in summary)
@@ -29,7 +29,7 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     res = r.invoke(app, ["convert", str(d), str(tmp_path / "sl"), "--to", "saelens"])
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["eval", "--sae", str(tmp_path / "sl"), "--store", str(tmp_path / "store"),
-                         "--batch-size", "128", "--batches", "2", "-q"])
+                         "--batch-size", "128", "--batches", "2", "-q", "--json"])
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output)["activations"]
     assert abs(ev["fvu"] - summary[0]["fvu"]) < 1e-3        # same SAE through the SAELens layout

@@ -109,7 +109,6 @@ def grade_cmd(
 ) -> None:
     """Grade saved responses (no model needed)."""
     from mindscope import evals
-    from mindscope.core import spec_interventions
 
     if not predictions.exists():
         raise typer.BadParameter(f"{predictions}: no such file")

@@ -9,12 +9,13 @@ trainer, metrics, scaling-law planner and the SAELens / sparsify formats.
 True
 """
 from ._config import ARCHS, SAEConfig, TrainConfig
-from ._data import StoreBatches, TensorBatches, drop_outliers, geometric_median
+from ._data import StoreBatches, TensorBatches, drop_outliers, geometric_median, heldout_batches
 from ._formats import export_saelens, export_sparsify, import_saelens, import_sparsify, load_any
 from ._kernels import (jumprelu, sparse_decode, sparse_decode_dense, step, topk_encode,
                        topk_encode_dense)
 from ._metrics import evaluate, model_metrics, plot_density, plot_history
 from ._planner import fit_power_law, flops, plan, sweep
+from ._registry import list_saes, register, registry_dir, resolve_sae
 from ._sae import SAE
 from ._trainer import Trainer, init_distributed, lr_at, sparsity_at
 
@@ -23,4 +24,5 @@ __all__ = ["ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches
            "export_sparsify", "import_sparsify", "load_any", "topk_encode", "topk_encode_dense",
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",
            "plot_history", "plot_density", "fit_power_law", "flops", "sweep", "plan", "lr_at",
-           "sparsity_at", "init_distributed"]
+           "sparsity_at", "init_distributed", "heldout_batches", "register", "list_saes",
+           "registry_dir", "resolve_sae"]

@@ -189,12 +189,14 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path: PathLike, device: str = "cpu") -> "SAE":
-        """Load a folder written by ``save``; for SAELens / sparsify folders use ``load_any``.
+        """Load a folder written by ``save``, or a registered name (``mindscope sae list``); for
+        SAELens / sparsify folders use ``load_any``.
         Every field and tensor is checked first (``load_ours``): BadInputError naming the file
         for anything wrong."""
         from ._formats import load_ours  # _formats imports this module
+        from ._registry import resolve_sae
 
-        path = Path(path)
+        path = resolve_sae(path)  # a folder, or a name in the local registry (sae list)
         if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a mindscope SAE folder (needs cfg.json and "
                                     "sae.safetensors); for SAELens/sparsify folders use load_any()")
