@@ -36,3 +36,21 @@ def test_errors_are_one_or_two_lines(tmp_path):
     assert r.exit_code != 0 and isinstance(r.exception, FileNotFoundError)  # --debug: the raw error
     r = runner.invoke(app, ["generate", "-p", "hi", "--steer", "x.safetensors"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 2 and "SCALE" in flat(r)
+
+
+def test_saved_files_are_0644(tmp_path):
+    """Item 14: files are written 0644 (vector save used mkstemp's 0600)."""
+    import os
+    import stat
+
+    import torch
+
+    import mindscope as ms
+
+    old = os.umask(0o022)
+    try:
+        p = ms.Vector(torch.randn(8), site="resid_post.1").save(tmp_path / "v.safetensors")
+    finally:
+        os.umask(old)
+    for f in (p, p.with_suffix(".json")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f

@@ -103,6 +103,7 @@ def export_control_vector(vectors: Union[Vector, VectorSet, dict], path: Union[s
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

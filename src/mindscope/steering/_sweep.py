@@ -168,6 +168,7 @@ class SweepResult:
         os.close(fd)
         fig.savefig(tmp, dpi=110)
         plt.close(fig)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
         return path
 
@@ -182,6 +183,7 @@ class SweepResult:
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".parquet")
             os.close(fd)
             pq.write_table(pa.Table.from_pylist(rows), tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, folder / f"{name}.parquet")
         res = {"model": self.model, "config": asdict(self.config), "table": self.table(),
                "vector_norms": self.vector_norms, "judge": "word/lemma match (steering.mentions)"}
