@@ -29,11 +29,14 @@ def test_lazy_top_level_names():
 
 
 def test_errors_are_one_or_two_lines(tmp_path):
-    r = runner.invoke(app, ["sae", "eval", "--sae", str(tmp_path / "no" / "such")])
+    r = runner.invoke(app, ["sae", "eval", "--sae", str(tmp_path / "no" / "such"), "--store", str(tmp_path)])
     assert r.exit_code == 2 and "no such" in flat(r)
     assert len(r.output.strip().splitlines()) <= 2 and "Traceback" not in r.output
-    r = runner.invoke(app, ["--debug", "sae", "eval", "--sae", str(tmp_path / "none")])
-    assert r.exit_code != 0 and isinstance(r.exception, FileNotFoundError)  # --debug: the raw error
+    (tmp_path / "sweep.json").write_text("{not json")
+    r = runner.invoke(app, ["sae", "plan", "--budget", "1e12", "--sweep", str(tmp_path)])
+    assert r.exit_code == 2 and "sweep.json" in r.output and len(r.output.strip().splitlines()) == 2
+    r = runner.invoke(app, ["sae", "plan", "--budget", "1e12", "--sweep", str(tmp_path), "--debug"])
+    assert r.exit_code != 0 and isinstance(r.exception, ValueError)  # --debug: the raw error
     r = runner.invoke(app, ["generate", "-p", "hi", "--steer", "x.safetensors"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 2 and "SCALE" in flat(r)
 
