@@ -257,3 +257,21 @@ def renamed(old_value: Any, value: Any, old: str, new: str) -> Any:
     typer.echo(f"note: {old} is now {new}; the old spelling goes away in the next release",
                err=True)
     return old_value
+
+
+def pick_sae(sae: Optional[str], old: Optional[Any], what: str = "--sae") -> str:
+    """The ``--sae`` value, or the old positional folder (hidden alias, with a note)."""
+    val = renamed(str(old) if old is not None else None, sae, "the positional SAE folder", what)
+    if not val:
+        bad("give the SAE folder or a registered name (mindscope sae list)", what)
+    return val
+
+
+def sae_folder(spec: str, option: str = "--sae") -> Path:
+    """A folder from ``--sae`` (a path or a registry name), or a clear usage error."""
+    from mindscope.sae import resolve_sae
+
+    try:
+        return resolve_sae(spec)
+    except FileNotFoundError as e:
+        bad(str(e), option)

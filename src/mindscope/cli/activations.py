@@ -25,9 +25,12 @@ def parse_count(text: str) -> int:
     t = text.strip().lower().replace("_", "").replace(",", "")
     mult = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "b": 10 ** 9}.get(t[-1:], 1)
     try:
-        return int(float(t[:-1] if mult > 1 else t) * mult)
-    except ValueError:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except (ValueError, OverflowError):
         raise typer.BadParameter(f"{text!r} is not a count; use e.g. 2M, 500k or 100000") from None
+    if n <= 0:
+        raise typer.BadParameter(f"{text!r}: a count must be > 0 (e.g. 2M, 500k or 100000)")
+    return n
 
 
 def _logging(quiet: bool) -> None:
