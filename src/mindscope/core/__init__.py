@@ -2,7 +2,7 @@
 from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
-from ._files import BadInputError, read_json
+from ._files import BadInputError, guard_settings, read_json, settings_diff
 from ._generate import Generation
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
@@ -16,4 +16,5 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
-           "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions"]
+           "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions",
+           "guard_settings", "settings_diff"]

@@ -41,6 +41,8 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
             progress: bool | None = None) -> Captured:
     """Run the model and keep ``sites`` at ``positions``. With ``stop_early`` the forward stops
     after the deepest requested site (no logits then). Results on ``device``/``dtype``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"capture: batch_size must be a whole number >= 1, got {batch_size!r}")
     names = self.expand_sites(sites)
     deepest = max(names, key=self.site_depth)
     early = stop_early and deepest != "final_norm"

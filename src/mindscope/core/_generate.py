@@ -55,6 +55,12 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = True, tempera
 
     Per-row intervention values (scale (B,), vectors (B, d)) index the *whole* prompt list,
     even when it is split into batches of ``batch_size``."""
+    for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"generate: {name} must be a whole number >= 1, got {v!r}")
+    if not temperature >= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"generate: temperature must be >= 0 and top_p in (0, 1], got "
+                         f"{temperature!r} and {top_p!r}")
     batch = self.tokenize(prompts, chat=chat)
     n = len(batch)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from ..core import guard_settings
 from ._items import Item, ItemSet
 from ._judge import Judge, Rubric, make_judge
 from ._metrics import CalibrationError, accuracy, calibration_error, per_category, reliability_diagram
@@ -155,6 +156,19 @@ def compute_metrics(items: Sequence[Item], records: dict[str, dict], beta: int =
     return m
 
 
+_VOLATILE = ("client_stats", "batch_size", "workers", "timeout", "max_retries", "plot")
+
+
+def run_settings(responder: Responder, judge: Judge, cfg: EvalConfig) -> dict:
+    """What decides the answers and verdicts of a run (not speed knobs or counters): a folder
+    resumed with other settings is refused, so one table never mixes models, steering or judges."""
+    def keep(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in _VOLATILE}
+
+    return {"responder": keep(responder.describe()), "judge": keep(judge.describe()),
+            "prompt_style": cfg.prompt_style}
+
+
 def run_eval(responder: Responder, items: Union[ItemSet, Sequence[Item]],
              judge: Union[str, Judge, None] = "rule", out: Union[str, Path, None] = None, *,
              config: Optional[EvalConfig] = None, variant: str = "default",
@@ -171,6 +185,14 @@ def run_eval(responder: Responder, items: Union[ItemSet, Sequence[Item]],
     if len({it.id for it in item_list}) != len(item_list):
         raise ValueError("item ids must be unique")
     store = RunStore(out) if out is not None else None
+    if store:  # the demo's guard: answers and verdicts are reused only under the same settings
+        try:
+            guard_settings(store.folder / "settings.json", run_settings(responder, judge, cfg),
+                           "settings", "an evaluation", "use another --out (or delete the folder)")
+        except ValueError:
+            store.close()
+            raise
+        store.write_json("settings.json", {"settings": run_settings(responder, judge, cfg)})
     done = store.load() if store else {}
     memory: dict[str, dict] = dict(done)
     todo = [it for it in item_list if (done.get(it.id) or {}).get("status") != "graded"]
