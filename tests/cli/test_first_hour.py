@@ -57,3 +57,26 @@ def test_saved_files_are_0644(tmp_path):
         os.umask(old)
     for f in (p, p.with_suffix(".json")):
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_models_install_commands_are_not_cut(monkeypatch):
+    """Item 9: the install command is printed whole, whatever the terminal width."""
+    import mindscope.core as core
+
+    rows = [{"alias": "x-model", "installed": False, "layers": 3, "d_model": 8, "note": "n",
+             "install": "pip install a-very-long-package-name " + " ".join(f"part{i}" for i in range(12))}]
+    monkeypatch.setattr(core, "list_models", lambda: rows)
+    r = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0 and rows[0]["install"] in r.output
+
+
+def test_quiet_hides_the_weight_loading_bar(tmp_path, tiny):
+    """Item 9: -q hides transformers' "Loading weights" bar and generate's progress."""
+    lm = tiny("llama")
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    r = runner.invoke(app, ["generate", "-p", "hi", "-n", "2", "-q", "-m", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "Loading weights" not in r.output and "generate:" not in r.output
+    r = runner.invoke(app, ["generate", "-p", "hi", "-n", "2", "-m", str(tmp_path / "m")])
+    assert r.exit_code == 0 and "Loading weights" in r.output and "generate:" in r.output  # shown without -q

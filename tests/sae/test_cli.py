@@ -26,7 +26,7 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     for f in ("cfg.json", "sae.safetensors", "metrics.json", "density.png", "training.png", "history.json"):
         assert (d / f).exists(), f
     assert json.loads((d / "cfg.json").read_text())["site"] == "resid_post.1"
-    res = r.invoke(app, ["convert", str(d), str(tmp_path / "sl"), "--to", "saelens"])
+    res = r.invoke(app, ["convert", "--sae", str(d), "-o", str(tmp_path / "sl"), "--to", "saelens"])
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["eval", "--sae", str(tmp_path / "sl"), "--store", str(tmp_path / "store"),
                          "--batch-size", "128", "--batches", "2", "-q", "--json"])

@@ -36,7 +36,7 @@ def test_register_load_and_list(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "tiny-llama/resid_post.1/topk-128" in " ".join(r.output.split())
     r = runner.invoke(app, ["sae", "list", "--json"])
     assert json.loads(r.output)[0]["architecture"] == "topk"
-    r = runner.invoke(app, ["sae", "register", str(folder), "--name", "mine/v1"])
+    r = runner.invoke(app, ["sae", "register", "--sae", str(folder), "--name", "mine/v1"])
     assert r.exit_code == 0 and SAE.load("mine/v1").cfg.n_latents == 128
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from ._common import console as _console
+
+console = _console()
 
 
 def steer_specs(specs: List[str], option: str = "--steer", kind: str = "steer") -> list:
@@ -48,11 +49,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps(rows))
             return
-        t = Table("alias", "installed", "layers", "d_model", "install / note")
+        t = Table("alias", "installed", "layers", "d_model", "note")
         for r in rows:
             t.add_row(r["alias"], "yes" if r["installed"] else "no", str(r["layers"]),
-                      str(r["d_model"]), r["note"] if r["installed"] else r["install"])
+                      str(r["d_model"]), r["note"])
         console.print(t)
+        for r in rows:  # plain lines: a command is never cut or wrapped by the table
+            if not r["installed"]:
+                typer.echo(f"install {r['alias']}: {r['install']}")
 
     @app.command()
     def generate(
@@ -98,7 +102,7 @@ def register_demo(app: typer.Typer) -> None:
     @app.command()
     def demo(model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                                        help="model alias, folder or .gguf"),
-             out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumable)"),
+             out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run folder (resumable)"),
              quick: bool = typer.Option(False, "--quick", help="toy sizes, about 2 minutes"),
              restart: bool = typer.Option(False, "--restart",
                                           help="redo every step (keeps harvest/SAE files)"),
@@ -128,4 +132,7 @@ def register_demo(app: typer.Typer) -> None:
                       + (f"; not run: {missing}" if missing else ""))
         if "report" in res:
             console.print(f"report: {res['report']['report']}")
-            console.print(f"browser: mindscope serve {out / 'sae' / 'topk'} --model {model}")
+            console.print(f"browser: mindscope serve --sae {out / 'sae' / 'topk'} --model {model}")
+            reg = (res.get("evaluate") or {}).get("registered")
+            if reg:
+                console.print(f"registered SAE: {reg} (mindscope sae list)")

@@ -202,7 +202,7 @@ def list_cmd(
         return
     if not rows:
         typer.echo(f"no SAEs registered in {registry_dir(registry)}; add one with "
-                   "`mindscope sae register FOLDER` (the demo registers its SAE)")
+                   "`mindscope sae register --sae FOLDER` (the demo registers its SAE)")
         return
     print_table([{"name": r["name"], "model": r.get("model"), "site": r.get("hook_name"),
                   "arch": r.get("architecture"), "d_sae": r.get("d_sae"), "l0": r.get("l0"),
@@ -213,7 +213,8 @@ def list_cmd(
 
 @app.command("register")
 def register_cmd(
-    folder: Path = typer.Argument(..., help="SAE folder (mindscope, SAELens or sparsify layout)."),
+    sae: Optional[Path] = typer.Option(None, "--sae", help="SAE folder (mindscope, SAELens or sparsify layout)."),
+    folder: Optional[Path] = typer.Argument(None, hidden=True),
     name: Optional[str] = typer.Option(None, "--name", help="Registry name (default MODEL/SITE/ARCH-N)."),
     release: str = typer.Option("local", "--release", help="Release label kept in the metadata."),
     registry: Optional[Path] = typer.Option(None, "--registry", help="Registry folder."),
@@ -221,7 +222,10 @@ def register_cmd(
     """Register an SAE folder by name (a link with SAELens-style metadata; nothing is copied)."""
     from mindscope.sae import register
 
-    need_path(folder, "FOLDER", "folder")
+    from ._common import pick_sae
+
+    folder = Path(pick_sae(str(sae) if sae else None, folder))
+    need_path(folder, "--sae", "folder")
     typer.echo(register(folder, name, registry=registry, release=release))
 
 
@@ -276,18 +280,26 @@ def plan_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    src: str = typer.Argument(..., help="SAE folder (mindscope, SAELens or sparsify) or a registered name."),
-    dst: Path = typer.Argument(..., help="Output folder."),
+    sae: Optional[str] = typer.Option(None, "--sae", help="SAE folder (mindscope, SAELens or sparsify) or a registered name."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder."),
+    src_old: Optional[str] = typer.Argument(None, hidden=True),
+    dst_old: Optional[Path] = typer.Argument(None, hidden=True),
     to: str = typer.Option("mindscope", "--to", help="mindscope | saelens | sparsify."),
 ):
     """Convert between SAE folder layouts."""
     from mindscope.sae import export_saelens, export_sparsify
 
+    from ._common import pick_sae, renamed
+
+    sae = pick_sae(sae, src_old)
+    dst = renamed(dst_old, out, "the positional output folder", "--out")
+    if dst is None:
+        raise typer.BadParameter("give the output folder", param_hint="--out")
     if to not in ("mindscope", "saelens", "sparsify"):
         raise typer.BadParameter(f"{to!r}; use mindscope, saelens or sparsify", param_hint="--to")
-    sae = _sae_arg(src)
-    {"mindscope": lambda: sae.save(dst), "saelens": lambda: export_saelens(sae, dst),
-     "sparsify": lambda: export_sparsify(sae, dst)}[to]()
+    s = _sae_arg(sae)
+    {"mindscope": lambda: s.save(dst), "saelens": lambda: export_saelens(s, dst),
+     "sparsify": lambda: export_sparsify(s, dst)}[to]()
     typer.echo(str(dst))
 
 

@@ -121,7 +121,7 @@ def resolve_sae(spec: PathLike, registry: Optional[PathLike] = None) -> Path:
         folder = Path(str(meta.get("path", "")))
         if not folder.is_dir():
             raise FileNotFoundError(f"SAE {text!r} is registered at {folder}, which no longer "
-                                    f"exists; register it again (mindscope sae register FOLDER "
+                                    f"exists; register it again (mindscope sae register --sae FOLDER "
                                     f"--name {text})")
         return folder
     known = [r["name"] for r in list_saes(registry)]
@@ -130,7 +130,7 @@ def resolve_sae(spec: PathLike, registry: Optional[PathLike] = None) -> Path:
     if _looks_like_hub(text):
         raise FileNotFoundError(
             f"{text!r} looks like a hub SAE; mindscope works offline and never downloads. Fetch "
-            f"it on a machine with network access, then `mindscope sae register FOLDER --name "
+            f"it on a machine with network access, then `mindscope sae register --sae FOLDER --name "
             f"{text}` ({hint})")
     raise FileNotFoundError(f"{text}: no such SAE folder and no registered SAE of that name "
                             f"({hint}; see `mindscope sae list`)")
