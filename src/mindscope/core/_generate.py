@@ -47,11 +47,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torc
 
 
 @torch.no_grad()
-def generate(self, prompts, max_new_tokens: int = 64, chat: bool = True, temperature: float = 0.0,
+def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
              top_p: float = 1.0, seed: int | None = 0, interventions=(), batch_size: int = 32,
              stop_at_eos: bool = True, progress: bool | None = None) -> list[Generation]:
     """Generate continuations for a list of prompts (str rendered as one user turn when
-    ``chat``; ChatPrompt / message lists as given). Greedy at ``temperature=0``.
+    ``chat``; ChatPrompt / message lists as given). Greedy at ``temperature=0``. ``chat``
+    defaults to False, as in ``capture``/``tokenize``: plain text is used as written.
 
     Per-row intervention values (scale (B,), vectors (B, d)) index the *whole* prompt list,
     even when it is split into batches of ``batch_size``."""
