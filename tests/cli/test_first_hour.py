@@ -80,3 +80,32 @@ def test_quiet_hides_the_weight_loading_bar(tmp_path, tiny):
     assert "Loading weights" not in r.output and "generate:" not in r.output
     r = runner.invoke(app, ["generate", "-p", "hi", "-n", "2", "-m", str(tmp_path / "m")])
     assert r.exit_code == 0 and "Loading weights" in r.output and "generate:" in r.output  # shown without -q
+
+
+def test_notebook_displays(tiny, tmp_path):
+    """Item 10: short reprs and _repr_html_ for generations, SAE, feature pages, eval results;
+    report cells never show raw Python dicts (item 14)."""
+    import torch
+
+    from mindscope.evals import EvalResult
+    from mindscope.experiments._common import Report
+    from mindscope.features._tables import FeaturePage
+    from mindscope.sae import SAE, SAEConfig
+
+    lm = tiny("llama")
+    gens = lm.generate(["hi", "yo"], max_new_tokens=40, stop_at_eos=False, progress=False)
+    assert "<table>" in gens._repr_html_() and len(repr(gens)) < 300
+    assert repr(gens[0]).startswith("Generation(") and "token_ids" not in repr(gens[0])
+    sae = SAE(SAEConfig("topk", 64, 256, k=4, site="resid_post.1"))
+    assert "resid_post.1" in sae._repr_html_() and "tensor(" not in repr(sae)
+    page = FeaturePage({"latent": 3, "density": 0.01, "max_act": 2.5, "top": [{"text": "a b", "value": 1.0}],
+                        "explanation": {"explanation": "the letter b"}, "promoted": []})
+    assert repr(page).startswith("FeaturePage(latent=3") and "the letter b" in page._repr_html_()
+    res = EvalResult(metrics={"n": 3, "accuracy": 33.3333, "half_width": 20.0}, records=[{"x": 1}] * 500,
+                     provenance={"judge": {"name": "rule"}})
+    assert repr(res) == "EvalResult(n=3, accuracy=33.3 ± 20.0, judge='rule', out=None)"
+    assert "accuracy" in res._repr_html_()
+    r = Report("t")
+    r.table([{"key": "settings", "value": {"layers": [6, 10], "scale": 0.123456}}])
+    assert "{" not in r.html().split("<table>")[1] and "scale 0.123" in r.html()
+    assert torch.is_tensor(sae.W_enc)

@@ -3,7 +3,7 @@ from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
 from ._files import BadInputError, guard_settings, read_json, settings_diff
-from ._generate import Generation
+from ._generate import Generation, Generations
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
 from ._load import ALIASES, list_models, load
@@ -13,7 +13,7 @@ from ._spec import VectorSpec, parse_vector_spec, spec_interventions
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
-           "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
+           "render_chat", "Generation", "Generations", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
            "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions",

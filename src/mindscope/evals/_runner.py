@@ -67,6 +67,20 @@ class EvalResult:
     out: Optional[Path] = None
     provenance: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        m, j = self.metrics, (self.provenance.get("judge") or {}).get("name")
+        acc = m.get("accuracy")
+        return (f"EvalResult(n={m.get('n')}, accuracy={acc if acc is None else round(acc, 1)}"
+                f" ± {m.get('half_width') if m.get('half_width') is None else round(m['half_width'], 1)}"
+                f", judge={j!r}, out={str(self.out) if self.out else None!r})")
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        cells = "".join(f"<tr><td>{k}</td><td>{escape(str(round(v, 3) if isinstance(v, float) else v))}"
+                        f"</td></tr>" for k, v in self.summary_row().items())
+        return f"<div><b>EvalResult</b> {escape(str(self.out or ''))}<table>{cells}</table></div>"
+
     def summary_row(self) -> dict:
         m = self.metrics
         return {k: m.get(k) for k in ("n", "accuracy", "half_width", "calibration_error",

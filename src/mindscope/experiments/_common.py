@@ -273,6 +273,10 @@ def _cell(v: Any) -> str:
         return "–" if v["rate"] is None else f"{v['rate']:.2f} [{v['lo']:.2f}, {v['hi']:.2f}]"
     if isinstance(v, dict) and "mean" in v:  # a mean_ci() dict
         return "–" if v["mean"] is None else f"{v['mean']:.3g} [{v['lo']:.3g}, {v['hi']:.3g}]"
+    if isinstance(v, dict):  # never a raw Python dict: "key value" pairs, values formatted
+        return "; ".join(f"{html.escape(str(k))} {_cell(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)) and len(v) and not isinstance(v[0], (dict, list, tuple)):
+        return ", ".join(_cell(x) for x in v[:12]) + (", ..." if len(v) > 12 else "")
     return html.escape("" if v is None else str(v))
 
 

@@ -202,6 +202,16 @@ class SAE(nn.Module):
                                     "sae.safetensors); for SAELens/sparsify folders use load_any()")
         return load_ours(path, device)
 
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        c = self.cfg
+        rows = "".join(f"<tr><td>{k}</td><td>{escape(str(v))}</td></tr>" for k, v in (
+            ("architecture", c.arch), ("model", c.model), ("site", c.site), ("d_in", c.d_in),
+            ("latents", c.n_latents), ("k", c.k if c.arch in ("topk", "batchtopk") else "-"),
+            ("d_out", c.out_dim)))
+        return f"<div><b>SAE</b><table>{rows}</table></div>"
+
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"arch={c.arch}, d_in={c.d_in}, n_latents={c.n_latents}, d_out={c.out_dim}, "
