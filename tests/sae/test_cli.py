@@ -47,7 +47,18 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"d": 64, "laws": {
         "n_latents": {"a": 1.0, "b": 0.5}, "lr": {"a": 0.1, "b": -0.1}, "loss": {"a": 2.0, "b": -0.1},
         "key": "loss"}}))
-    res = r.invoke(app, ["plan", "--budget", "1e12", "--sweep", str(tmp_path / "sw")])
+    res = r.invoke(app, ["plan", "--budget", "1e12", "--sweep", str(tmp_path / "sw"), "--json"])
     assert res.exit_code == 0, res.output
     p = json.loads(res.output)
     assert p["n_latents"] == 2 ** 20 and p["tokens"] == int(1e12 / (6 * 64 * 2 ** 20))
+
+
+def test_plan_prints_a_table(tmp_path):
+    """Issue 25 item 14: a human table by default (JSON with --json)."""
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"d": 64, "laws": {
+        "n_latents": {"a": 1.0, "b": 0.5}, "lr": {"a": 0.1, "b": -0.1}, "loss": {"a": 2.0, "b": -0.1},
+        "key": "loss"}}))
+    res = CliRunner().invoke(app, ["plan", "--budget", "1e12", "--sweep", str(tmp_path / "sw")])
+    assert res.exit_code == 0 and "n_latents" in res.output and "{" not in res.output
+    assert "1048576" in res.output.replace(",", "")

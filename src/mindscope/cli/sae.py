@@ -240,10 +240,11 @@ def sweep_cmd(
                             "width-scaled default, 2e-4/sqrt(n/2^14) for topk) or multiples of it "
                             "like '0.5x,1x,2x'."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Skip configs above this many FLOPs (C = 6 d n T)."),
-    k: int = typer.Option(32, "--k"),
-    batch_size: int = typer.Option(4096, "--batch-size"),
+    k: int = typer.Option(32, "--k", min=1),
+    batch_size: int = typer.Option(4096, "--batch-size", min=1),
     site: Optional[str] = typer.Option(None, "--site"),
-    eval_batches: int = typer.Option(4, "--eval-batches"),
+    eval_batches: int = typer.Option(4, "--eval-batches", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a (latents x tokens x lr) grid from one stream and fit scaling laws."""
@@ -257,13 +258,19 @@ def sweep_cmd(
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
                 **grid, batch_size=batch_size, budget=budget, out_dir=out,
                 progress=not quiet)
-    typer.echo(json.dumps(res["laws"], indent=2))
+    if as_json:
+        typer.echo(json.dumps(res["laws"], indent=2))
+    else:
+        print_table([{"law": k, **({kk: vv for kk, vv in v.items() if not isinstance(vv, (list, dict))}
+                                   if isinstance(v, dict) else {"value": v})}
+                     for k, v in res["laws"].items()], title=f"scaling laws fitted on {out}")
 
 
 @app.command("plan")
 def plan_cmd(
-    budget: float = typer.Option(..., "--budget", help="Training compute in FLOPs (C = 6 d n T)."),
+    budget: float = typer.Option(..., "--budget", min=1.0, help="Training compute in FLOPs (C = 6 d n T)."),
     sweep_dir: Path = typer.Option(..., "--sweep", help="Folder of a finished `sae sweep` (sweep.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Recommend n_latents, tokens and lr for a compute budget from a sweep's fitted laws."""
     from mindscope.core._files import need, need_int, read_json
@@ -274,8 +281,11 @@ def plan_cmd(
         raise typer.BadParameter(f"{p} not found; run `mindscope sae sweep --out {sweep_dir}` first")
     s = read_json(p, expect=dict, what="sweep record",
                   fix=f"run `mindscope sae sweep --out {sweep_dir}` again")
-    typer.echo(json.dumps(plan(budget, need(s, "laws", dict, p), need_int(s, "d", p, 1)),
-                          indent=2))
+    rec = plan(budget, need(s, "laws", dict, p), need_int(s, "d", p, 1))
+    if as_json:
+        typer.echo(json.dumps(rec, indent=2))
+    else:
+        print_fields(rec, title=f"plan for {budget:.3g} FLOPs from {p}")
 
 
 @app.command("convert")
