@@ -11,6 +11,9 @@ from ._core import register as _register_core
 from ._core import register_demo as _register_demo
 
 app = typer.Typer(name="mindscope", no_args_is_help=True, add_completion=False, cls=ErrorsGroup,
+                  # plain click help (rich's help renderer costs ~0.25 s of imports) and our
+                  # own one-line errors instead of typer's pretty tracebacks
+                  rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Look inside language models and change what they do from the inside. "
                        "Options follow one vocabulary: see docs/cli.md.")
 

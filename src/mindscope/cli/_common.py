@@ -65,10 +65,8 @@ class ErrorsGroup(TyperGroup):
             typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
             typer.echo(f"       (see `{path} --help`)", err=True)
             sys.exit(e.exit_code)
-        except typer.TyperException as e:  # other usage errors: typer's own rendering
-            from typer import rich_utils
-
-            rich_utils.rich_format_error(e)
+        except typer.TyperException as e:  # other usage errors: click's plain rendering
+            e.show()
             sys.exit(getattr(e, "exit_code", 2))
         except typer.Exit as e:
             sys.exit(e.exit_code)
