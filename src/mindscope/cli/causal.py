@@ -3,6 +3,7 @@ attribution patching, direct logit attribution). Thin: all logic is in ``mindsco
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import List, Optional
 
@@ -33,6 +34,8 @@ def _space_notes(lm, *tokens) -> None:
         note = space_hint(lm, t) if t is not None else None
         if note:
             typer.echo(f"note: {note}", err=True)
+    # said once here; the library's own warning (for Python users) would repeat it
+    logging.getLogger("mindscope.causal._common").setLevel(logging.ERROR)
 
 
 def _bad(e: Exception, hint: Optional[str] = None):
