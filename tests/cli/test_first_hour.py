@@ -109,3 +109,16 @@ def test_notebook_displays(tiny, tmp_path):
     r.table([{"key": "settings", "value": {"layers": [6, 10], "scale": 0.123456}}])
     assert "{" not in r.html().split("<table>")[1] and "scale 0.123" in r.html()
     assert torch.is_tensor(sae.W_enc)
+
+
+def test_checks_run_before_the_model_loads(tmp_path):
+    """Item 9: with a model that does not exist, the vector file / site / count is what is
+    reported: those checks ran first."""
+    nomodel = ["-m", str(tmp_path / "no-model")]
+    r = runner.invoke(app, ["generate", "-p", "hi", "--steer", f"{tmp_path}/none.safetensors:4", *nomodel])
+    assert r.exit_code == 2 and "no such vector file" in flat(r)
+    r = runner.invoke(app, ["harvest", "--sites", "resid_post.99", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "30 blocks" in flat(r)  # from the alias table, nothing loaded
+    r = runner.invoke(app, ["steer", "sweep", "--concept", "x", "--strengths", "a,b", "-o",
+                            str(tmp_path / "o"), *nomodel])
+    assert r.exit_code == 2 and "not a number" in flat(r)
