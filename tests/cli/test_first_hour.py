@@ -88,7 +88,7 @@ def test_notebook_displays(tiny, tmp_path):
     import torch
 
     from mindscope.evals import EvalResult
-    from mindscope.experiments._common import Report
+    from mindscope.runs import Page
     from mindscope.features._tables import FeaturePage
     from mindscope.sae import SAE, SAEConfig
 
@@ -105,9 +105,9 @@ def test_notebook_displays(tiny, tmp_path):
                      provenance={"judge": {"name": "rule"}})
     assert repr(res) == "EvalResult(n=3, accuracy=33.3 ± 20.0, judge='rule', out=None)"
     assert "accuracy" in res._repr_html_()
-    r = Report("t")
-    r.table([{"key": "settings", "value": {"layers": [6, 10], "scale": 0.123456}}])
-    assert "{" not in r.html().split("<table>")[1] and "scale 0.123" in r.html()
+    html = Page("t").table([{"key": "settings", "value": {"layers": [6, 10], "scale": 0.123456}}]).render()
+    cells = html.split("<table")[1]
+    assert "{" not in cells and "scale 0.123" in cells and "layers 6, 10" in cells
     assert torch.is_tensor(sae.W_enc)
 
 

@@ -2,7 +2,9 @@
 from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
-from ._files import BadInputError, guard_settings, read_json, settings_diff
+from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write_bytes,
+                     atomic_write_json, atomic_write_text, guard_settings, read_json,
+                     settings_diff)
 from ._generate import Generation, Generations
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
@@ -16,5 +18,6 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Generations", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
-           "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions",
+           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
+           "atomic_dir", "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions",
            "guard_settings", "settings_diff"]

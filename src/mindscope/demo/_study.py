@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core import guard_settings
-from ..experiments._common import to_jsonable, write_json
+from ..runs import to_jsonable, write_json
 
 log = logging.getLogger(__name__)
 

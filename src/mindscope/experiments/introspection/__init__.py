@@ -23,7 +23,8 @@ from typing import Optional
 from safetensors.torch import save_file
 
 from ...core._files import atomic_write_bytes
-from .._common import RunDir, to_jsonable, write_json
+from ...runs import RunDir, to_jsonable, write_json
+from .._protocol import protocol
 from .cache import Stages, settings_key
 from .detect import (PREAMBLE, QUESTION, concept_sets, injection_positions,
                                     resolve_layers, run_detection, trial_messages, trial_prompt,
@@ -168,6 +169,21 @@ class Result:
             s["fpr"] = d["control"]["fpr"]
         return s
 
+    def summary_rows(self) -> list[dict]:
+        """``summary()`` as ``[{"metric", "value"}]``: the best detection cell, its rates, the
+        false-positive rate."""
+        s = self.summary()
+        rows = [{"metric": "model", "value": s["model"]},
+                {"metric": "runtime (s)", "value": s["runtime_s"]}]
+        b = s.get("detection_best")
+        if b:
+            rows.append({"metric": "best detection cell (layer, strength)",
+                         "value": f"{b['layer']}, {b['strength']}"})
+            rows += [{"metric": f"detection {k}", "value": b[k]}
+                     for k in ("tpr", "combined", "identification", "yes_shift")]
+            rows.append({"metric": "false-positive rate (controls)", "value": s["fpr"]})
+        return rows
+
     def report(self, path=None) -> Path:
         """Write the HTML report (default: ``out_dir/report.html``) and return its path."""
         from .report import build_report
@@ -198,6 +214,7 @@ def _partial(rd, cfg, metrics, trials, lm, t0) -> None:
         write_json(rd.path / "trials.json", trials)
 
 
+@protocol("introspection")
 def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Result:
     """Run ``config.protocols`` on ``lm``; with ``out_dir`` write run_config.json, results.json,
     trials.json, bias.safetensors (mechanisms) and report.html there.

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import Seq, make_seq, mean_ci, pad_left, prompt_ids, token_stats
+from .core import Seq, make_seq, bootstrap_mean, pad_left, prompt_ids, token_stats
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ def run_intent(lm, cfg) -> dict:
     h_open = st_open.mean_entropy()
     out = {"opening_tokens": n_open, "n": len(same)}
     dh = h_open[len(same):] - h_open[:len(same)]
-    out["opening"] = {"same": mean_ci(h_open[:len(same)], cfg.n_boot, cfg.seed),
-                      "diff": mean_ci(h_open[len(same):], cfg.n_boot, cfg.seed),
-                      "diff_minus_same": mean_ci(dh, cfg.n_boot, cfg.seed)}
+    out["opening"] = {"same": bootstrap_mean(h_open[:len(same)], cfg.n_boot, cfg.seed),
+                      "diff": bootstrap_mean(h_open[len(same):], cfg.n_boot, cfg.seed),
+                      "diff_minus_same": bootstrap_mean(dh, cfg.n_boot, cfg.seed)}
     if cont is not None:
         n = len(same)
         keep = [i for i in range(n) if cont[i].token_ids and cont[n + i].token_ids]
@@ -151,8 +151,8 @@ def run_intent(lm, cfg) -> dict:
             h = token_stats(lm, full, batch_size=cfg.batch_size, desc="continuations").mean_entropy()
             m = len(keep)
             out["continuation"] = {"tokens": cfg.continuation_tokens, "n": m,
-                                   "same": mean_ci(h[:m], cfg.n_boot, cfg.seed),
-                                   "diff": mean_ci(h[m:], cfg.n_boot, cfg.seed),
-                                   "diff_minus_same": mean_ci(h[m:] - h[:m], cfg.n_boot, cfg.seed)}
+                                   "same": bootstrap_mean(h[:m], cfg.n_boot, cfg.seed),
+                                   "diff": bootstrap_mean(h[m:], cfg.n_boot, cfg.seed),
+                                   "diff_minus_same": bootstrap_mean(h[m:] - h[:m], cfg.n_boot, cfg.seed)}
     res["prefill"] = out
     return res

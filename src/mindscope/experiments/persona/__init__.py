@@ -30,7 +30,10 @@ from typing import Optional
 
 import torch
 
-from .._common import RunDir, at_least_one, choose, one_of, save_html, save_png
+from ...runs import RunDir, save_html, save_png
+
+from .._common import at_least_one, choose, one_of
+from .._protocol import protocol
 from .axis import (assistant_axis, axis_vectorset, generate_responses, keep_rows,
                             persona_space, response_acts, role_vectors, token_thresholds)
 from .data import load_drift, load_roles, role_prompts
@@ -162,6 +165,7 @@ def default_layers(lm) -> tuple[int, tuple]:
     return round(2 * L / 3), tuple(range(lo, max(hi, lo + 1)))
 
 
+@protocol("persona")
 def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     """Build role vectors and the axis, run ``cfg.parts``, write the run folder and return."""
     cfg = cfg or Config()

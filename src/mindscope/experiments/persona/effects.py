@@ -20,7 +20,7 @@ import torch
 
 import mindscope as ms
 
-from .._common import wilson
+from ...runs import wilson
 from .data import identity, jailbreak_harmful
 
 log = logging.getLogger(__name__)
