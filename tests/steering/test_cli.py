@@ -70,9 +70,10 @@ def test_first_hour_vocabulary(model_dir, tmp_path):
     from mindscope.cli import app as root
 
     m = ["--model", str(model_dir)]
-    r = runner.invoke(app, ["vector", "extract", "--word", "music", "--site", "resid_post.2",
-                            "--out", str(tmp_path / "music"), *m])  # --site: old spelling
+    r = runner.invoke(root, ["vector", "extract", "--word", "music", "--site", "resid_post.2",
+                             "--out", str(tmp_path / "music"), "-q", *m])  # --site: old spelling
     assert r.exit_code == 0 and "--site is now --sites" in r.output, r.output
+    assert "capture" not in r.output and "Loading weights" not in r.output  # -q: no bars
     f = tmp_path / "music.safetensors"
     assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044  # readable by group and others
     r = runner.invoke(app, ["steer", "-v", str(f), "-s", "4", "-p", "Hi", "-n", "2", *m])

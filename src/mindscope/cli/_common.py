@@ -84,6 +84,8 @@ class ErrorsGroup(TyperGroup):
             if debug_enabled():
                 raise
             raise typer.Exit(report_error(e)) from None
+        finally:
+            _bars_back()
 
 
 # ---- checks that run before any model loads ------------------------------------------------
@@ -159,6 +161,8 @@ def load_model(model: Optional[str], dtype: str = "float32", device: Optional[st
     """``ms.load`` with a clear error naming --model; ``quiet`` hides the weight-loading bar."""
     import mindscope as ms
 
+    if quiet:
+        silence_bars()
     kw = {"dtype": dtype}
     if device not in (None, "auto"):
         kw["device"] = device
@@ -167,6 +171,32 @@ def load_model(model: Optional[str], dtype: str = "float32", device: Optional[st
             return ms.load(model, **kw) if model else ms.load(**kw)
     except (FileNotFoundError, ValueError) as e:
         bad(str(e), "--model")
+
+
+_TQDM_INIT: list = []
+
+
+def silence_bars() -> None:
+    """Disable every tqdm bar until the command ends (``-q``); ErrorsGroup restores them."""
+    if _TQDM_INIT:
+        return
+    from tqdm import std
+
+    orig = std.tqdm.__init__
+
+    def init(self, *a, **k):
+        k["disable"] = True
+        orig(self, *a, **k)
+
+    _TQDM_INIT.append(orig)
+    std.tqdm.__init__ = init
+
+
+def _bars_back() -> None:
+    if _TQDM_INIT:
+        from tqdm import std
+
+        std.tqdm.__init__ = _TQDM_INIT.pop()
 
 
 class quiet_loading:
