@@ -22,16 +22,18 @@ corpus_app = typer.Typer(help="Build and inspect corpora (the default one needs 
 app.add_typer(corpus_app, name="corpus")
 
 
-def parse_count(text: str) -> int:
-    """'2M' -> 2_000_000, '500k' -> 500_000, '1.5M', '12345'."""
+def parse_count(text: str, option: Optional[str] = None) -> int:
+    """'2M' -> 2_000_000, '500k' -> 500_000, '1.5M', '12345'; > 0 (else a usage error)."""
     t = text.strip().lower().replace("_", "").replace(",", "")
     mult = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "b": 10 ** 9}.get(t[-1:], 1)
     try:
         n = int(float(t[:-1] if mult > 1 else t) * mult)
     except (ValueError, OverflowError):
-        raise typer.BadParameter(f"{text!r} is not a count; use e.g. 2M, 500k or 100000") from None
+        raise typer.BadParameter(f"{text!r} is not a count; use e.g. 2M, 500k or 100000",
+                                 param_hint=option) from None
     if n <= 0:
-        raise typer.BadParameter(f"{text!r}: a count must be > 0 (e.g. 2M, 500k or 100000)")
+        raise typer.BadParameter(f"{text!r}: a count must be > 0 (e.g. 2M, 500k or 100000)",
+                                 param_hint=option)
     return n
 
 
@@ -92,7 +94,7 @@ def harvest_cmd(
 
     sites = renamed(sites_old, sites, "-s", "--sites")
     tokens = renamed(tokens_old, tokens, "-n", "--tokens")
-    n_tokens = parse_count(tokens)  # numbers, sites and the corpus path before the model loads
+    n_tokens = parse_count(tokens, "--tokens")  # numbers, sites and the corpus path before the model loads
     if n_tokens < window:
         raise typer.BadParameter(f"{n_tokens} tokens is less than one window ({window}); give "
                                  "more --tokens or a smaller --window", param_hint="--tokens")

@@ -98,8 +98,8 @@ def train_cmd(
     """Train SAE(s) on a store; writes <out>/<name>/{cfg.json,sae.safetensors,metrics.json,*.png}."""
     _setup(quiet)
     positive(lr, "--lr")
-    n_tokens = _count(tokens)
-    widths = _list(latents, _count)
+    n_tokens = _count(tokens, "--tokens")
+    widths = [_count(t, "--latents") for t in latents.split(",") if t.strip()]
     if arch == "topk" or arch == "batchtopk":
         for n in widths:
             if k > n:
