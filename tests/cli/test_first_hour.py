@@ -122,3 +122,42 @@ def test_checks_run_before_the_model_loads(tmp_path):
     r = runner.invoke(app, ["steer", "sweep", "--concept", "x", "--strengths", "a,b", "-o",
                             str(tmp_path / "o"), *nomodel])
     assert r.exit_code == 2 and "not a number" in flat(r)
+
+
+def _commands():
+    import typer
+
+    def walk(c, path):
+        if getattr(c, "commands", None):
+            for n, sub in c.commands.items():
+                yield from walk(sub, path + [n])
+        else:
+            yield " ".join(path), c
+
+    yield from walk(typer.main.get_command(app), [])
+
+
+def test_one_option_vocabulary():
+    """Item 6: the agreed spellings (docs/cli.md) across the non-protocol commands."""
+    mine = ("models", "generate", "demo", "eval", "harvest", "serve", "sae ", "vector ", "steer",
+            "lens ", "patch ", "features ", "export ", "corpus ")
+    seen = 0
+    for name, cmd in _commands():
+        if not name.startswith(mine):
+            continue
+        seen += 1
+        opts = {o: p for p in cmd.params if not getattr(p, "hidden", False) for o in p.opts}
+        args = [p.name for p in cmd.params if p.param_type_name == "argument" and not p.hidden]
+        for short, long in (("-m", "--model"), ("-o", "--out"), ("-q", "--quiet"),
+                            ("-n", "--max-new-tokens")):
+            if short in opts:
+                assert long in opts[short].opts, (name, short)
+        for never in ("-s", "-t", "--grader"):
+            assert never not in opts, (name, never)
+        if "--temperature" in opts or "--target" in opts or "--scale" in opts:
+            for o in ("--temperature", "--target", "--scale"):
+                assert o not in opts or len(opts[o].opts) == 1, (name, o)
+        assert not any("sae" in a or a == "dir" for a in args), (name, args)  # --sae, never positional
+        if "--model" in opts and name not in ("sae eval",):
+            assert "-m" in opts["--model"].opts, name
+    assert seen > 20

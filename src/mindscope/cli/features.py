@@ -20,8 +20,8 @@ export_app = typer.Typer(no_args_is_help=True, add_completion=False,
 log = logging.getLogger(__name__)
 
 
-def _load_lm(model: Optional[str]):
-    return load_model(model)
+def _load_lm(model: Optional[str], quiet: bool = False):
+    return load_model(model, quiet=quiet)
 
 
 def _sae(path):
@@ -76,6 +76,7 @@ def analyze_cmd(
     top_k: int = typer.Option(16, "--top-k", min=1, help="top examples per latent"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default SAE/features)"),
     map_method: str = typer.Option("auto", "--map", help="auto | umap | pca"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """One streaming pass: top-k and quantile examples, density, histograms, logit effects,
     decoder neighbours and a 2-D map, as Parquet beside the SAE."""
@@ -89,7 +90,7 @@ def analyze_cmd(
                                  param_hint="--store")
     sae = sae_folder(sae_spec)
     s = _sae(sae)
-    lm = _load_lm(model or s.cfg.model or None)
+    lm = _load_lm(model or s.cfg.model or None, quiet)
     try:
         cfg = AnalysisConfig(top_k=top_k, map_method=map_method)
     except ValueError as e:
@@ -115,13 +116,14 @@ def explain_cmd(
     latents: Optional[str] = typer.Option(None, "--latents", help="e.g. 0:100,512 (default all "
                                           "that fired)"),
     workers: int = typer.Option(4, "--workers", min=1, help="parallel requests (HTTP judges)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Write a short explanation of each latent from its top and quantile examples."""
     from mindscope.features import explain
 
     dir = pick_sae(sae_opt, dir)
     fs = _fs(dir)
-    lm = _load_lm(model) if judge == "lm" else None
+    lm = _load_lm(model, quiet) if judge == "lm" else None
     rows = explain(fs, judge=judge, latents=_latents(latents), workers=workers, lm=lm,
                    model=judge_model)
     bad = sum(r["error"] is not None for r in rows)
@@ -139,13 +141,14 @@ def score_cmd(
     latents: Optional[str] = typer.Option(None, "--latents"),
     workers: int = typer.Option(4, "--workers", min=1),
     as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Score explanations: detection, fuzzing (accuracy/F1/AUC with stderr), specificity 0-3."""
     from mindscope.features import score
 
     dir = pick_sae(sae_opt, dir)
     fs = _fs(dir)
-    lm = _load_lm(model) if judge == "lm" else None
+    lm = _load_lm(model, quiet) if judge == "lm" else None
     try:
         score(fs, judge=judge, latents=_latents(latents), workers=workers, lm=lm,
               scorers=[s.strip() for s in scorers.split(",") if s.strip()], model=judge_model)
@@ -173,6 +176,7 @@ def search_cmd(
     token: Optional[str] = typer.Option(None, "--token", help="features a token most activates"),
     top: int = typer.Option(5, "--top", min=1, help="results (per token for --text)"),
     model: Optional[str] = typer.Option(None, "--model", "-m"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Search features by text, by explanation, or by token."""
     from mindscope import features as F
@@ -185,12 +189,12 @@ def search_cmd(
         for r in F.search_explanations(fs, explanation, top):
             typer.echo(f"#{r['latent']}\t{r['explanation']}")
     elif token is not None:
-        tok = _load_lm(model or fs.info.get("model")).tokenizer if not token.isdigit() else None
+        tok = _load_lm(model or fs.info.get("model"), quiet).tokenizer if not token.isdigit() else None
         for r in F.features_for_token(fs, token, tok, top):
             typer.echo(f"#{r['latent']}\tsum {r['sum']:.3g}\tmean {r['mean']:.3g}\tn {r['count']}")
     else:
         sae_dir = fs.path.parent
-        lm = _load_lm(model or fs.info.get("model"))
+        lm = _load_lm(model or fs.info.get("model"), quiet)
         for r in F.features_for_text(lm, _sae(sae_dir), text, top):
             feats = " ".join(f"#{a}({v:.2f})" for a, v in r["features"])
             typer.echo(f"{r['pos']}\t{r['token_str']!r}\t{feats}")
