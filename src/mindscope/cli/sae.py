@@ -29,7 +29,7 @@ def _list(text: str, conv) -> list:
 
 
 def _lr(text: str):
-    from mindscope.sae._planner import parse_lr
+    from mindscope.sae import parse_lr
 
     try:
         return parse_lr(text)  # "<m>x" stays a string, resolved per width by sae.sweep
@@ -104,7 +104,7 @@ def train_cmd(
         for n in widths:
             if k > n:
                 raise typer.BadParameter(f"--k {k} is larger than --latents {n}", param_hint="--k")
-    from mindscope.core._files import atomic_write_json
+    from mindscope.core import atomic_write_json
     from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, Trainer, evaluate,
                                init_distributed, plot_density)
 
@@ -249,12 +249,12 @@ def sweep_cmd(
 ):
     """Train a (latents x tokens x lr) grid from one stream and fit scaling laws."""
     _setup(quiet)
-    from mindscope.sae import SAEConfig, StoreBatches, TrainConfig, init_distributed, sweep
+    from mindscope.sae import SAEConfig, StoreBatches, TrainConfig, init_distributed, train_sweep
 
     grid = dict(n_latents=_list(latents, _count), tokens=_list(tokens, _count), lrs=_list(lrs, _lr))
     init_distributed()
     st, site, d, model = _store(store, site)
-    res = sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
+    res = train_sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
                 **grid, batch_size=batch_size, budget=budget, out_dir=out,
                 progress=not quiet)
@@ -273,7 +273,7 @@ def plan_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Recommend n_latents, tokens and lr for a compute budget from a sweep's fitted laws."""
-    from mindscope.core._files import need, need_int, read_json
+    from mindscope.core import need, need_int, read_json
     from mindscope.sae import plan
 
     p = sweep_dir / "sweep.json"

@@ -150,6 +150,17 @@ def _read(path: Path, key: Optional[str], spec: str) -> tuple[torch.Tensor, Opti
     return v, None
 
 
+def load_direction(file, key: Optional[str] = None, d_model: Optional[int] = None) -> torch.Tensor:
+    """One direction (d,) from a ``.safetensors`` file (``key`` picks a tensor or a VectorSet
+    name), checked against ``d_model``; the reader behind every vector spec."""
+    text = f"{file}#{key}" if key else str(file)
+    v, _ = _read(Path(file), key, text)
+    if d_model is not None and v.shape[0] != d_model:
+        raise BadInputError(f"{text}: the vector has d = {v.shape[0]} but the model has "
+                            f"d_model = {d_model}; was it made for another model?")
+    return v
+
+
 def spec_interventions(lm: Any, steer: Sequence[str] = (), cap: Sequence[str] = (),
                        ablate: Sequence[str] = ()) -> list:
     """``Add`` / ``Cap`` / ``Ablate`` interventions from specs, checked against ``lm``'s sites

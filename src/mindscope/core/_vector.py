@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from ._files import (BadInputError, atomic_save_tensors, atomic_write_text, check_finite,
-                     load_safetensors, read_json)
+from ._files import (BadInputError, atomic_write, atomic_write_text, check_finite, load_safetensors,
+                     read_json)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,14 @@ def _paths(path: PathLike) -> tuple[Path, Path]:
 
 
 def _save(path: PathLike, key: str, data: torch.Tensor, meta: dict) -> Path:
+    from safetensors.torch import save_file
+
     st, side = _paths(path)
     data = data.detach().cpu().contiguous()
     meta = {**meta, "format": "mindscope-vector", "format_version": FORMAT_VERSION,
             "tensor": key, "shape": list(data.shape), "dtype": str(data.dtype).replace("torch.", ""),
             "sha256": _tensor_sha(data), "file": st.name}
-    atomic_save_tensors(st, {key: data}, metadata={"mindscope": "vector"})  # mode 0644
+    atomic_write(st, lambda tmp: save_file({key: data}, tmp, metadata={"mindscope": "vector"}))
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     return st
 

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ..core import atomic_write_text
 from ._items import Item, ItemSet
 from ..judges import Judge, make_judge
 from ._responders import LMResponder
@@ -39,7 +40,7 @@ def compare_variants(lm: Any, items: Union[ItemSet, Sequence[Item]],
     if out:
         write_json_atomic(Path(out) / "comparison.json",
                           {k: {"metrics": r.metrics, "provenance": r.provenance} for k, r in results.items()})
-        (Path(out) / "comparison.md").write_text(comparison_table(results) + "\n")
+        atomic_write_text(Path(out) / "comparison.md", comparison_table(results) + "\n")
     return results
 
 

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
-from ..core import BadInputError, read_json
-from ..core._files import atomic_write_json
+from ..core import BadInputError, atomic_write_json, read_json
 
 PathLike = Union[str, os.PathLike]
 _NAME = re.compile(r"^[\w.+-]+(/[\w.+-]+)*$")
