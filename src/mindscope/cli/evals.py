@@ -15,8 +15,9 @@ TASKS = ("hle",)
 
 
 def _show(results: dict, out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ._common import console
 
     t = Table(title=f"HLE-format evaluation ({out})")
     for col in ("variant", "n", "accuracy %", "± 95%", "calib. err. (official)",
@@ -29,7 +30,7 @@ def _show(results: dict, out: Path) -> None:
                   f(m["calibration_error_official"]), f(m["calibration_error_corrected"]),
                   str(m["answer_missing"]), str(m["confidence_missing"] + m["confidence_malformed"]),
                   str(m["judge_errors"]))
-    Console().print(t)
+    console().print(t)
 
 
 def eval_cmd(
