@@ -18,6 +18,7 @@ run lens2 lens run -p "The capital of France is" --target " Paris" -k 3
 run extract vector extract --word music --sites resid_post.10 -o music -q
 run generate generate -p "Tell me about your day." --steer music.safetensors:8 -n 24 -q
 run eval1 eval sample --limit 2 -n 16 --steer music.safetensors:4 -o runs/eval -q
+run eval1b eval sample --limit 2 -n 16 --steer music.safetensors:4 -o runs/eval -q
 run eval2 eval sample --limit 2 -n 16 --steer music.safetensors:2 -o runs/eval -q
 run err_limit eval sample --limit -2
 run err_site harvest --sites resid_post.40 --out x
