@@ -159,7 +159,11 @@ def compute_metrics(items: Sequence[Item], records: dict[str, dict], beta: int =
     return m
 
 
-_VOLATILE = ("client_stats", "batch_size", "workers", "timeout", "max_retries", "plot")
+# not settings of the answers: speed knobs, counters, and how many saved responses a static
+# responder holds (a completed predictions file retries the missing ones); the responder's
+# class name is left out too (its name, model and generation settings identify it)
+_VOLATILE = ("client_stats", "batch_size", "workers", "timeout", "max_retries", "plot",
+             "n_responses", "backend")
 
 
 def run_settings(responder: Responder, judge: Judge, cfg: EvalConfig) -> dict:
