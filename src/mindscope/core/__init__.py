@@ -2,7 +2,8 @@
 from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
-from ._files import BadInputError, read_json
+from ._files import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
+                     load_safetensors, read_json)
 from ._generate import Generation
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
@@ -14,5 +15,6 @@ from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
-           "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
+           "load_vector", "pca", "data_hash", "BadInputError", "read_json",
+           "atomic_save_tensors", "atomic_write_json", "check_finite", "load_safetensors", "run_lock",
            "RunLockedError"]
