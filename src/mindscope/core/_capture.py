@@ -11,12 +11,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ._hooks import StopForward
+from ._sites import PATTERN
 
 
 @dataclass
 class Captured:
-    """Captured rows. ``acts[site]``: (N, d); ``row``/``pos``/``token_ids``: (N,) where ``pos``
-    counts from the first real token of the row."""
+    """Captured rows. ``acts[site]``: (N, d) — (N, H, d_head) for q/k/v/z, (N, H, d) for
+    head_out, (N, H, S) for attn_scores/attn_pattern (key 0 = the row's first real token, zero
+    padded on the right) — and ``row``/``pos``/``token_ids``: (N,) where ``pos`` counts from
+    the first real token of the row."""
 
     acts: dict[str, torch.Tensor]
     row: torch.Tensor
@@ -38,10 +41,11 @@ class Captured:
 
 def capture(self, prompts, sites, positions="all", stop_early: bool = True, batch_size: int = 16,
             chat: bool = False, dtype: torch.dtype | None = None, device="cpu",
-            progress: bool | None = None) -> Captured:
+            progress: bool | None = None, heads=None) -> Captured:
     """Run the model and keep ``sites`` at ``positions``. With ``stop_early`` the forward stops
-    after the deepest requested site (no logits then). Results on ``device``/``dtype``."""
-    names = self.expand_sites(sites)
+    after the deepest requested site (no logits then). Results on ``device``/``dtype``.
+    ``heads`` (an int or list) selects heads of every headed site (like ``z.3[1]``)."""
+    names = self.expand_sites(sites, heads=heads)
     deepest = max(names, key=self.site_depth)
     early = stop_early and deepest != "final_norm"
     batch = self.tokenize(prompts, chat=chat)
@@ -50,9 +54,12 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
     chunk: dict[str, torch.Tensor] = {}
 
     def reader(site):
+        keys_axis = site.kind in PATTERN
+
         def fn(h, run):
             m = run.mask(positions).to(h.device)
-            chunk[site] = h[m].detach().to(device=device, dtype=dtype or h.dtype)
+            x = unpad_keys(h, run) if keys_axis else h
+            chunk[site] = x[m].detach().to(device=device, dtype=dtype or h.dtype)
             if early and site == deepest:
                 raise StopForward
         return fn
@@ -88,8 +95,26 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
     if logits:
         T = max(x.shape[1] for x in logits)  # re-pad chunks on the left to a common T
         lg = torch.cat([torch.nn.functional.pad(x, (0, 0, T - x.shape[1], 0)) for x in logits])
-    return Captured({s: torch.cat(v) for s, v in out.items()}, torch.cat(rows), torch.cat(poss),
+    return Captured({s: _cat(v) for s, v in out.items()}, torch.cat(rows), torch.cat(poss),
                     torch.cat(toks), lg)
+
+
+def unpad_keys(h: torch.Tensor, run) -> torch.Tensor:
+    """(B, T, H, S) attention rows in padded key coordinates -> key 0 = the row's first real
+    token (zeros past the row's last key), so rows compare across batches."""
+    S = h.shape[-1]
+    idx = torch.arange(S, device=h.device).unsqueeze(0) + run.pad.to(h.device).unsqueeze(1)  # (B, S)
+    valid = (idx < S).to(h.dtype)
+    idx = idx.clamp(max=S - 1)[:, None, None, :].expand_as(h)
+    return torch.gather(h, -1, idx) * valid[:, None, None, :]
+
+
+def _cat(chunks: list) -> torch.Tensor:
+    """Concatenate captured chunks; attention rows (…, S) of different widths are zero-padded."""
+    S = max((c.shape[-1] for c in chunks), default=0)
+    if chunks and chunks[0].dim() >= 3 and any(c.shape[-1] != S for c in chunks):
+        chunks = [torch.nn.functional.pad(c, (0, S - c.shape[-1])) for c in chunks]
+    return torch.cat(chunks)
 
 
 @dataclass

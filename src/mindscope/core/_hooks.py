@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ._attn import KernelSwitch, check_kernel, head_out, head_weights, split_fused
 from ._positions import Run
 
 Handler = Callable[[torch.Tensor, Run], Optional[torch.Tensor]]
@@ -38,16 +39,28 @@ class Dispatcher:
         self._auto_run = False
         self._top = None
         self._pre_resid: dict[int, torch.Tensor] = {}
+        self.kernel = KernelSwitch(lm)
 
     # ---- handler registry -------------------------------------------------------------
     def add(self, site: str, fn: Handler, priority: int) -> int:
+        """Register ``fn`` at ``site`` (a head-selecting site such as ``z.3[1]`` registers at
+        ``z.3`` and sees only those heads)."""
+        s = self.lm.site(site)
+        if s.heads is not None:
+            fn = _select_heads(fn, s.heads)
+        site = str(s.base)
         key = next(_counter)
         self.handlers[site].append((priority, key, fn))
         self.handlers[site].sort(key=lambda t: (t[0], t[1]))
-        self._install(site)
+        try:
+            self._install(site)
+        except Exception:
+            self.remove(site, key)
+            raise
         return key
 
     def remove(self, site: str, key: int) -> None:
+        site = str(self.lm.site(site).base)
         self.handlers[site] = [t for t in self.handlers[site] if t[1] != key]
         if not self.handlers[site]:
             del self.handlers[site]
@@ -65,17 +78,20 @@ class Dispatcher:
         return h if changed else None
 
     # ---- physical hooks ---------------------------------------------------------------
-    def _install(self, site: str) -> None:
+    def _install(self, site) -> None:
         if self._top is None:
             self._top = self.lm.model.register_forward_pre_hook(self._top_pre, with_kwargs=True)
         if site in self.handles:
             return
-        kind, layer = self.lm.parse_site(site)
-        fam, hs = self.lm.family_spec, []
+        s = self.lm.site(site)
+        kind, layer, fam, hs = s.kind, s.layer, self.lm.family_spec, []
+        part = (lambda path: self.lm.block_part(layer, path))
         if kind == "embed":
             hs.append(self.lm.module(fam.embed).register_forward_hook(self._out_hook(site)))
         elif kind == "final_norm":
             hs.append(self.lm.module(fam.final_norm).register_forward_hook(self._out_hook(site)))
+        elif kind == "module":
+            hs.append(self.lm.module(s.path).register_forward_hook(self._out_hook(site)))
         elif kind == "resid_post":
             hs.append(self.lm.block(layer).register_forward_hook(self._out_hook(site)))
         elif kind == "resid_pre":
@@ -83,13 +99,30 @@ class Dispatcher:
                 self._pre_hook(site), with_kwargs=True))
         elif kind in ("attn_out", "mlp_out"):
             path = fam.attn_out if kind == "attn_out" else fam.mlp_out
-            hs.append(self.lm.block_part(layer, path).register_forward_hook(self._out_hook(site)))
+            hs.append(part(path).register_forward_hook(self._out_hook(site)))
         elif kind == "resid_mid":
             # resid_mid = resid_pre + attn_out: remember resid_pre, edit through attn_out.
             hs.append(self.lm.block(layer).register_forward_pre_hook(
                 self._remember_pre(layer), with_kwargs=True))
-            hs.append(self.lm.block_part(layer, fam.attn_out).register_forward_hook(
-                self._mid_hook(site, layer)))
+            hs.append(part(fam.attn_out).register_forward_hook(self._mid_hook(site, layer)))
+        elif kind == "mlp_in":
+            hs.append(part(fam.mlp).register_forward_pre_hook(self._pre_hook(site),
+                                                              with_kwargs=True))
+        elif kind == "mlp_post":
+            hs.append(part(fam.mlp_down).register_forward_pre_hook(self._pre_hook(site),
+                                                                   with_kwargs=True))
+        elif kind in ("q", "k", "v"):
+            hs.append(self._qkv_hook(site, kind, layer))
+        elif kind == "z":
+            hs.append(part(fam.o_proj).register_forward_pre_hook(self._z_hook(site),
+                                                                 with_kwargs=True))
+        elif kind == "head_out":
+            hs.append(part(fam.o_proj).register_forward_hook(self._head_out_hook(site)))
+        elif kind in ("attn_scores", "attn_pattern"):
+            hs.append(self._pattern_hook(layer))
+        elif kind in ("router", "expert_out"):
+            from ._moe import install
+            hs.append(install(self, site, kind, layer))
         self.handles[site] = hs
 
     def _uninstall(self, site: str) -> None:
@@ -147,13 +180,100 @@ class Dispatcher:
         return hook
 
 
+    def _qkv_hook(self, site, kind, layer):
+        lm, fam = self.lm, self.lm.family_spec
+        H, Hkv = lm.n_heads, lm.n_kv_heads
+        if fam.qkv is not None:
+            def fused(module, args, output):
+                part, put = split_fused(_first(output), fam.qkv_layout, H, Hkv, kind)
+                new = self._dispatch(site, part)
+                return None if new is None else _replace_first(output, put(new))
+            return lm.block_part(layer, fam.qkv).register_forward_hook(fused)
+        attn = lm.block_part(layer, fam.attn)
+        norm = getattr(attn, f"{kind}_norm", None) if kind in ("q", "k") else None
+        mod = norm if isinstance(norm, torch.nn.Module) else lm.block_part(layer, getattr(fam, kind))
+        n = H if kind == "q" else Hkv
+
+        def hook(module, args, output):
+            out = _first(output)
+            h = out.view(*out.shape[:2], n, -1)  # (B, T, n, dh)
+            new = self._dispatch(site, h)
+            return None if new is None else _replace_first(output, new.reshape(out.shape))
+        return mod.register_forward_hook(hook)
+
+    def _z_hook(self, site):
+        H = self.lm.n_heads
+
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["input"]
+            new = self._dispatch(site, x.view(*x.shape[:2], H, -1))  # (B, T, H, dh)
+            if new is None:
+                return None
+            new = new.reshape(x.shape)
+            return ((new,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": new})
+        return hook
+
+    def _head_out_hook(self, site):
+        lm = self.lm
+
+        def hook(module, args, output):
+            x = args[0]
+            W = head_weights(module, lm.n_heads, lm.family_spec.conv1d)  # (H, dh, d)
+            per = head_out(x.view(*x.shape[:2], lm.n_heads, -1), W)  # (B, T, H, d)
+            new = self._dispatch(site, per)
+            if new is None:
+                return None
+            b = getattr(module, "bias", None)
+            out = new.sum(2) + (b if b is not None else 0)  # (B, T, d)
+            return _replace_first(output, out.to(_first(output).dtype))
+        return hook
+
+    def _pattern_hook(self, layer):
+        attn = self.lm.block_part(layer, self.lm.family_spec.attn)
+        check_kernel(attn)
+        attn._ms_pattern = (self, layer)
+        self.kernel.acquire()
+        disp = self
+
+        class Handle:
+            def remove(self):
+                disp.kernel.release()
+                if not any(f"{k}.{layer}" in disp.handles for k in ("attn_scores", "attn_pattern")):
+                    attn.__dict__.pop("_ms_pattern", None)
+        return Handle()
+
+    def dispatch_heads(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """Dispatch a (B, H, T, S) attention tensor as (B, T, H, S); returns (B, H, T, S)."""
+        if site not in self.handlers:
+            return x
+        new = self._dispatch(site, x.transpose(1, 2))
+        return x if new is None else new.transpose(1, 2)
+
+
+def _select_heads(fn: Handler, heads: tuple) -> Handler:
+    """Wrap a handler so it sees h[:, :, heads] ((B, T, dx) for one head) and writes back."""
+    idx = list(heads)
+
+    def sel(h, run):
+        sub = h[:, :, idx[0]] if len(idx) == 1 else h[:, :, idx]
+        new = fn(sub, run)
+        if new is None:
+            return None
+        out = h.clone()
+        out[:, :, idx] = new.unsqueeze(2) if len(idx) == 1 else new
+        return out
+    return sel
+
+
 def masked_apply(h: torch.Tensor, mask: torch.Tensor, fn, row_offset: int) -> Optional[torch.Tensor]:
-    """Apply ``fn(rows_h (n, d), rows (n,)) -> (n, d)`` to the masked positions of h (B, T, d)."""
+    """Apply ``fn(rows_h (n, d), rows (n,)) -> (n, d)`` to the masked positions of h (B, T, ...);
+    sites with more axes (heads) are flattened to (n, H * x) for ``fn`` and back."""
     mask = mask.to(h.device)
     if not bool(mask.any()):
         return None
     b, t = mask.nonzero(as_tuple=True)
-    new = fn(h[b, t], b.cpu() + row_offset)  # (n, d)
+    sel = h[b, t]  # (n, ...)
+    new = fn(sel.reshape(sel.shape[0], -1), b.cpu() + row_offset)  # (n, d)
     out = h.clone()
-    out[b, t] = new.to(h.dtype)
+    out[b, t] = new.reshape(sel.shape).to(h.dtype)
     return out

@@ -20,10 +20,11 @@ from ._families import Family, family_for
 from ._hooks import Dispatcher, masked_apply
 from ._interventions import Intervention
 from ._positions import RowMeta, Run
+from ._sites import Site
+from . import _sites
 
 log = logging.getLogger(__name__)
-_SITE_RE = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\.(\d+)$")
-KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+KINDS = _sites.RESID
 Prompt = Union[str, ChatPrompt, list]
 
 
@@ -55,12 +56,15 @@ class LM:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        cfg = model.config
-        self.family = cfg.model_type
-        self.family_spec: Family = family_for(self.family)
+        self.family = model.config.model_type
+        cfg = getattr(model.config, "text_config", None) or model.config  # VLMs: the text part
+        self.family_spec: Family = family_for(self.family, model)
         self.n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
         self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
         self.vocab_size = int(cfg.vocab_size)
+        self.n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+        self.n_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self._site_cache: dict[str, Site] = {}
         self.parallel = self.family_spec.parallel and bool(getattr(cfg, "use_parallel_residual", True))
         self._hooks = Dispatcher(self)
         if tokenizer is not None and tokenizer.pad_token_id is None:
@@ -87,34 +91,54 @@ class LM:
     # ---- sites -------------------------------------------------------------------------
     @property
     def sites(self) -> list[str]:
-        kinds = [k for k in KINDS if not (k == "resid_mid" and self.parallel)]
+        """Every layer site name of this model (``module:`` sites not listed)."""
+        kinds = [k for k in _sites.KINDS if k not in self._missing_kinds()]
         return ["embed"] + [f"{k}.{i}" for i in range(self.n_layers) for k in kinds] + ["final_norm"]
 
-    def parse_site(self, site: str) -> tuple[str, int | None]:
-        if site in ("embed", "final_norm"):
-            return site, None
-        m = _SITE_RE.match(site)
-        if not m or int(m.group(2)) >= self.n_layers or (m.group(1) == "resid_mid" and self.parallel):
-            hint = ("; resid_mid does not exist in parallel-residual blocks" if
-                    site.startswith("resid_mid") and self.parallel else "")
-            raise ValueError(
-                f"unknown site {site!r} for {self.name} ({self.n_layers} layers){hint}. Valid: "
-                f"embed, final_norm, and {{{', '.join(KINDS)}}}.L for L in 0..{self.n_layers - 1} "
-                "(patterns: 'resid_post.*', 'resid_post.10:20')")
-        return m.group(1), int(m.group(2))
+    def _missing_kinds(self) -> dict[str, str]:
+        fam, why = self.family_spec, {}
+        if self.parallel:
+            why["resid_mid"] = "resid_mid does not exist in parallel-residual blocks"
+        if fam.moe:
+            why["mlp_post"] = "a mixture-of-experts block has no single neuron layer; use expert_out.L"
+        else:
+            why["router"] = why["expert_out"] = f"{self.family} is not a mixture-of-experts family"
+        return why
 
-    def expand_sites(self, spec: str | Sequence[str]) -> list[str]:
-        """'resid_post.*', 'resid_post.10:20', 'resid_post.3,mlp_out.4' or a list -> names."""
+    def site(self, name: str) -> Site:
+        """Parse and validate one site name (TransformerLens names are translated) -> Site."""
+        if isinstance(name, Site):
+            return name
+        s = self._site_cache.get(name)
+        if s is None:
+            why = self._missing_kinds()
+            kinds = tuple(k for k in _sites.KINDS if k not in why)
+            s = _sites.parse(name, self.n_layers, self.n_heads, kinds, self.model, why)
+            if s.heads and s.kind in ("k", "v"):
+                _sites.check_heads(name, s.heads, self.n_kv_heads)
+            self._site_cache[name] = s
+        return s
+
+    def parse_site(self, site: str) -> tuple[str, int | None]:
+        """(kind, layer) of a site name; see ``site`` for the parsed value."""
+        s = self.site(site)
+        return s.kind, s.layer
+
+    def expand_sites(self, spec: str | Sequence[str], heads=None) -> list[Site]:
+        """'resid_post.*', 'resid_post.10:20', 'resid_post.3,mlp_out.4' or a list -> parsed
+        Site values (each a str). ``heads`` selects heads of every headed site."""
         items = [spec] if isinstance(spec, str) else list(spec)
-        items = [s.strip() for it in items for s in it.split(",") if s.strip()]
-        out: list[str] = []
+        items = [s.strip() for it in items
+                 for s in (it.split(",") if not isinstance(it, Site) and "[" not in it else [it])
+                 if s.strip()]
+        out: list[Site] = []
         for s in items:
             m = re.match(r"^(\w+)\.(-?\d*):(-?\d*)$", s)
             if m:
                 idx = range(self.n_layers)[slice(int(m.group(2)) if m.group(2) else None,
                                                  int(m.group(3)) if m.group(3) else None)]
                 names = [f"{m.group(1)}.{i}" for i in idx]
-            elif any(c in s for c in "*?["):
+            elif any(c in s for c in "*?") and not s.startswith("module:"):
                 names = fnmatch.filter(self.sites, s)
                 names.sort(key=self.sites.index)
             else:
@@ -123,20 +147,24 @@ class LM:
                 raise ValueError(f"site pattern {s!r} matches nothing; valid sites look like "
                                  f"resid_post.0..resid_post.{self.n_layers - 1}")
             for n in names:
-                self.parse_site(n)
-                if n not in out:
-                    out.append(n)
+                site = self.site(n)
+                if heads is not None and site.kind in _sites.HEADED:
+                    hs = (heads,) if isinstance(heads, int) else tuple(heads)
+                    _sites.check_heads(site, hs, self.n_kv_heads if site.kind in ("k", "v")
+                                       else self.n_heads)
+                    site = site.with_heads(hs)
+                if site not in out:
+                    out.append(site)
         return out
 
     def site_depth(self, site: str) -> float:
         """Order of sites along the forward pass (used for early stopping)."""
-        kind, L = self.parse_site(site)
-        if kind == "embed":
+        s = self.site(site)
+        if s.kind == "embed":
             return -1
-        if kind == "final_norm":
+        if s.kind in ("final_norm", "module"):
             return self.n_layers
-        return L + {"resid_pre": 0.0, "attn_out": 0.3, "resid_mid": 0.4,
-                    "mlp_out": 0.7, "resid_post": 0.9}[kind]
+        return s.layer + _sites.DEPTH[s.kind]
 
     def module(self, path: str) -> torch.nn.Module:
         return self.model.get_submodule(path)
