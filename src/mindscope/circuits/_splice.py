@@ -24,11 +24,12 @@ from ._transcoders import Transcoders
 def mlp_module(lm, layer: int) -> torch.nn.Module:
     """The MLP module of ``layer`` (its input is mlp_in.L, its output mlp_out.L)."""
     fam = lm.family_spec
-    if getattr(fam, "parallel", False) or fam.mlp_out.split(".")[-1] not in ("mlp", "feed_forward"):
-        raise BadInputError(lm.name, f"family {lm.family!r} wraps its MLP in extra norms or runs "
-                                     "it in parallel; circuits supports llama-style blocks",
+    if fam.parallel or fam.moe or fam.mlp_out != fam.mlp:
+        raise BadInputError(lm.name, f"family {lm.family!r} wraps its MLP in extra norms, runs "
+                                     "it in parallel or routes it (MoE); circuits supports "
+                                     "llama-style blocks",
                             "use a llama/mistral/qwen2-family model (e.g. SmolLM2)")
-    return lm.block_part(layer, fam.mlp_out)
+    return lm.block_part(layer, fam.mlp)
 
 
 def check_transcoders(lm, tc: Transcoders) -> None:

@@ -207,7 +207,7 @@ def _train(store, out, cfg, st, ins, outs, progress) -> Transcoders:
         opt.step()
         rows += x.shape[0]
         if (s + 1) % 10 == 0 or s + 1 == st.steps:
-            history.append({"step": s + 1, "loss": float(terms["loss"]),
+            history.append({"step": s + 1, "loss": float(terms["loss"].detach()),
                             "fvu": terms["fvu"].tolist(), "l0": terms["l0"].tolist()})
             bar.set_postfix({"tok/s": f"{rows / (time.perf_counter() - t0):,.0f}",
                              "fvu": f"{float(terms['fvu'].mean()):.3f}",
