@@ -35,6 +35,7 @@ from ..sae import jumprelu, step
 KINDS = ("plt", "clt")
 ACTIVATIONS = ("topk", "jumprelu", "relu")
 FORMAT = "mindscope-transcoders/1"
+KEY_PREFIX = "mindscope_tc."
 
 
 @dataclass
@@ -228,7 +229,8 @@ class Transcoders(nn.Module):
     # ---- files -----------------------------------------------------------------------------
     def save(self, path) -> Path:
         path = Path(path)
-        t = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        # prefixed names, so that no peer loader reading bare W_enc/W_dec can mistake this file
+        t = {KEY_PREFIX + k: v.detach().contiguous() for k, v in self.state_dict().items()}
         atomic_save_tensors(path / "transcoders.safetensors", t, metadata={"format": FORMAT})
         atomic_write_json(path / "cfg.json", {"format": FORMAT, **self.cfg.to_dict()})
         return path
@@ -250,7 +252,8 @@ class Transcoders(nn.Module):
         except (TypeError, ValueError) as e:
             raise BadInputError(cj, f"has a bad field ({e})", "retrain or restore it") from None
         fix = "the file is damaged or the training diverged: retrain the transcoders"
-        t = load_safetensors(st, "transcoder weights", fix)
+        t = {k[len(KEY_PREFIX):] if k.startswith(KEY_PREFIX) else k: v
+             for k, v in load_safetensors(st, "transcoder weights", fix).items()}
         tc = cls(cfg)
         want = tc.state_dict()
         if set(t) != set(want):

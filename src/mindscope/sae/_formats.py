@@ -24,7 +24,7 @@ import torch
 from ..core._files import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
                            load_safetensors, need, need_int, read_json, safetensors_header)
 from ._config import SAEConfig
-from ._sae import SAE, PathLike
+from ._sae import KEY_PREFIX, SAE, PathLike
 
 log = logging.getLogger(__name__)
 _FLOATS = ("F32", "F16", "BF16", "F64")
@@ -127,7 +127,10 @@ def load_ours(path: PathLike, device: str = "cpu") -> SAE:
     if cfg.arch == "batchtopk":
         want["threshold"] = (n,)
     w_p = path / "sae.safetensors"
-    sd = _weights(w_p, want, kind="mindscope")
+    pre = KEY_PREFIX if any(k.startswith(KEY_PREFIX) for k in
+                            safetensors_header(w_p, "mindscope SAE weights", _FIX)[0]) else ""
+    sd = {k[len(pre):] if k.startswith(pre) else k: v for k, v in
+          _weights(w_p, {pre + k: s for k, s in want.items()}, kind="mindscope").items()}
     extra = sorted(set(sd) - set(want))
     if extra:
         raise BadInputError(w_p, f"holds unexpected tensor(s) {extra[:5]} for a {cfg.arch} SAE",

@@ -31,6 +31,7 @@ from ._config import SAEConfig
 from ._kernels import jumprelu, sparse_decode, step, topk_encode
 
 log = logging.getLogger(__name__)
+KEY_PREFIX = "mindscope_sae."  # tensor names in sae.safetensors (files before it: bare names)
 PathLike = Union[str, os.PathLike]
 
 
@@ -182,7 +183,9 @@ class SAE(nn.Module):
     def save(self, path: PathLike) -> Path:
         """Write ``cfg.json`` + ``sae.safetensors`` into folder ``path`` (atomically, each file)."""
         path = Path(path)
-        tensors = {k: v for k, v in self.state_dict().items()}
+        # prefixed names: peers that read bare W_enc/W_dec/b_enc/b_dec (circuit-tracer's ReLU
+        # loader) must not silently accept this file and drop TopK, the scales and b_dec
+        tensors = {KEY_PREFIX + k: v for k, v in self.state_dict().items()}
         atomic_save_tensors(path / "sae.safetensors", tensors, metadata={"format": "mindscope-sae"})
         atomic_write_json(path / "cfg.json", {"format": "mindscope-sae", **self.cfg.to_dict()})
         return path
