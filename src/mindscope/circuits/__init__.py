@@ -21,3 +21,12 @@ from ._prune import Pruned, graph_scores, prune, total_effects  # noqa: E402
 
 __all__ += ["Graph", "GraphConfig", "attribute", "influence", "LinearModel", "capture",
             "memory_estimate", "Pruned", "prune", "graph_scores", "total_effects"]
+from ._export import (check_interventions, graph_json, intervene, load_graph,  # noqa: E402
+                      pearson_ci, save_graph)
+from ._graph import prepare_ids  # noqa: E402
+
+__all__ += ["check_interventions", "graph_json", "intervene", "load_graph", "pearson_ci",
+            "save_graph", "prepare_ids"]
+from ._tracer import export_circuit_tracer  # noqa: E402
+
+__all__ += ["export_circuit_tracer"]

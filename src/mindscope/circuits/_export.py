@@ -167,5 +167,3 @@ def pearson_ci(x: torch.Tensor, y: torch.Tensor, n_boot: int = 2000, seed: int =
     return r, float(rs[int(0.025 * len(rs))]), float(rs[int(0.975 * len(rs)) - 1])
 
 
-def graph_json_text(d: dict) -> str:
-    return json.dumps(d, indent=1)

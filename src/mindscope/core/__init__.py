@@ -2,8 +2,8 @@
 from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
-from ._files import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
-                     load_safetensors, read_json)
+from ._files import (BadInputError, atomic_save_tensors, atomic_write_json, atomic_write_text,
+                     check_finite, load_safetensors, read_json)
 from ._generate import Generation
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
@@ -16,5 +16,5 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json",
-           "atomic_save_tensors", "atomic_write_json", "check_finite", "load_safetensors", "run_lock",
+           "atomic_save_tensors", "atomic_write_json", "atomic_write_text", "check_finite", "load_safetensors", "run_lock",
            "RunLockedError"]
