@@ -72,6 +72,8 @@ def test_circuit_tracer_export_matches_its_formulas(tiny, tmp_path, act, skip):
     tc = random_transcoders(lm, activation=act, skip=skip)
     tc.set_scales([1.5, 0.7, 2.0, 1.1], [0.5, 1.3, 0.9, 2.2])
     export_circuit_tracer(tc, lm, tmp_path / "ct")
+    export_circuit_tracer(tc, lm, tmp_path / "nn", backend="nnsight")
+    assert "mlp.hook_in" in (tmp_path / "nn" / "config.yaml").read_text()
     cfg = (tmp_path / "ct" / "config.yaml").read_text()
     assert "model_kind: transcoder_set" in cfg and "ln2.hook_normalized" in cfg
     x = torch.randn(5, 64)                                            # residual before the norm
@@ -86,6 +88,12 @@ def test_circuit_tracer_export_matches_its_formulas(tiny, tmp_path, act, skip):
             mlp_in = norm(x)
             ours = tc.decode_layer([None] * l + [tc.encode_layer(mlp_in, l)], mlp_in, l)
         assert torch.allclose(y, ours, atol=1e-4, rtol=1e-4)
+        # the nnsight layout reads mlp_in itself (the norm's output, weight included)
+        t2 = load_file(str(tmp_path / "nn" / f"layer_{l}.safetensors"))
+        z2 = torch.nn.functional.linear(mlp_in, t2["W_enc"], t2["b_enc"])
+        a2 = z2 * (z2 > t2["activation_function.threshold"]) if act == "jumprelu" else z2.relu()
+        y2 = a2 @ t2["W_dec"] + t2["b_dec"] + (mlp_in @ t2["W_skip"].T if skip else 0)
+        assert torch.allclose(y2, ours, atol=1e-4, rtol=1e-4)
         assert set(t) == {"W_enc", "W_dec", "b_enc", "b_dec"} | (
             {"activation_function.threshold"} if act == "jumprelu" else set()) | (
             {"W_skip"} if skip else set())

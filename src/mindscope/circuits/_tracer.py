@@ -26,8 +26,13 @@ from ._splice import check_transcoders
 from ._transcoders import Transcoders
 
 
-def export_circuit_tracer(tc: Transcoders, lm, out, scan: str = "") -> Path:
-    """Write ``tc`` (transcoders of ``lm``) into folder ``out`` in circuit-tracer's layout."""
+def export_circuit_tracer(tc: Transcoders, lm, out, scan: str = "",
+                          backend: str = "transformerlens") -> Path:
+    """Write ``tc`` (transcoders of ``lm``) into folder ``out`` in circuit-tracer's layout, for
+    its TransformerLens backend (input hook ``ln2.hook_normalized``, the norm weight folded in)
+    or its nnsight backend (``mlp.hook_in`` = the post-attention norm's output = our mlp_in)."""
+    if backend not in ("transformerlens", "nnsight"):
+        raise ValueError("backend must be 'transformerlens' or 'nnsight'")
     check_transcoders(lm, tc)
     c = tc.cfg
     if c.activation not in ("relu", "jumprelu"):
@@ -41,7 +46,8 @@ def export_circuit_tracer(tc: Transcoders, lm, out, scan: str = "") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     L = c.n_layers
-    w = [lm.block(l).post_attention_layernorm.weight.detach().float() for l in range(L)]
+    w = [lm.block(l).post_attention_layernorm.weight.detach().float() if backend ==
+         "transformerlens" else torch.ones(c.d_model) for l in range(L)]
     th = tc.thresholds()
     with torch.no_grad():
         enc = [tc.encoder_vectors(l) * w[l] for l in range(L)]      # (n, d) each
@@ -68,7 +74,9 @@ def export_circuit_tracer(tc: Transcoders, lm, out, scan: str = "") -> Path:
     kind = "transcoder_set" if c.kind == "plt" else "cross_layer_transcoder"
     lines = [f"model_name: {c.model}", f"model_kind: {kind}",
              f"scan: {scan or 'mindscope-' + c.kind}",
-             "feature_input_hook: ln2.hook_normalized", "feature_output_hook: hook_mlp_out"]
+             "feature_input_hook: " + ("ln2.hook_normalized" if backend == "transformerlens"
+                                       else "mlp.hook_in"),
+             "feature_output_hook: hook_mlp_out"]
     if files:
         lines.append("transcoders:")
         lines += [f"  - {out.resolve() / f}" for f in files]
