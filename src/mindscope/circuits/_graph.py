@@ -120,10 +120,16 @@ class Graph:
         return graph_scores(self)
 
 
-def prepare_ids(lm, prompt: str) -> torch.Tensor:
+def prepare_ids(lm, prompt) -> torch.Tensor:
     """Token ids of ``prompt`` with a special token in front (the BOS-like position 0 that
-    gets no feature nodes), as circuit-tracer does."""
+    gets no feature nodes), as circuit-tracer does; a list/tensor of ids is taken as is."""
     tok = lm.tokenizer
+    if not isinstance(prompt, str):
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+        if ids.numel() < 2:
+            raise BadInputError("prompt", "needs at least 2 token ids (position 0 gets no nodes)",
+                                "give a longer prompt")
+        return ids
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if not ids:
         raise BadInputError("prompt", f"{prompt[:40]!r} tokenizes to nothing", "give some text")
@@ -334,6 +340,8 @@ def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec
     final = lin.resid_final[-1] * lin.nf[-1]                          # (d,) final-norm output
     target[n_nodes - len(tidx):] = tvec @ final
     tok = lm.tokenizer
+    if not isinstance(prompt, str):
+        prompt = tok.decode(ids.tolist())
     return Graph(prompt=prompt, tokens=ids.tolist(),
                  token_strs=[tok.decode([t]) for t in ids.tolist()], features=feats,
                  activations=src.acts[sel], logit_tokens=tidx.tolist(),
