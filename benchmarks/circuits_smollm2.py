@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--skip", action="store_true")
     ap.add_argument("--name", default="plt")
     ap.add_argument("--T", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(2)
     import mindscope as ms
@@ -66,7 +67,7 @@ def main():
     elif args.stage == "train":
         cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k,
                                  activation=args.arch, skip=args.skip)
-        st = C.TrainSettings(steps=args.steps, batch_size=512, lr=1e-3 if args.arch != "topk"
+        st = C.TrainSettings(steps=args.steps, batch_size=args.batch, lr=1e-3 if args.arch != "topk"
                              else None, sparsity_coef=3e-3, checkpoint_every=25)
         t = time.perf_counter()
         C.train_transcoders(store, root / args.name, cfg, st)

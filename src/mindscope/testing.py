@@ -45,41 +45,63 @@ def tiny_tokenizer():
 
 
 def tiny_config(family: str, vocab_size: int, **over):
+    """A 4-layer, d_model-64 config of ``family``, built from its entry in the family table."""
     import transformers as tf
 
+    from .core import FAMILIES
+
+    if family == "gemma3":  # the text model; tiny_vlm("gemma3") builds the multimodal one
+        family = "gemma3_text"
+    if family not in FAMILIES or FAMILIES[family].tiny[0] == "Gemma3Config":
+        raise ValueError(f"no tiny config for {family!r}; families: {', '.join(sorted(FAMILIES))}")
+    cls_name, extra = FAMILIES[family].tiny
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    common = dict(**ids, vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=256)
-    if family in ("llama", "mistral", "qwen2", "qwen3"):
-        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
-               "qwen3": tf.Qwen3Config}[family]
-        cfg = cls(**common, num_key_value_heads=2, **over)
-    elif family == "gemma3":
-        cfg = tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16,
-                                  sliding_window=8, **over)
-    elif family == "gemma2":
-        cfg = tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16, sliding_window=8, **over)
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=4, n_head=4,
-                            n_positions=256, **ids, **over)
-    elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(**common, **over)
+    if cls_name == "GPT2Config":
+        kw = dict(vocab_size=vocab_size, n_embd=64, n_layer=4, n_head=4, n_positions=256, **ids)
     else:
-        raise ValueError(f"no tiny config for {family!r}")
-    return cfg
+        kw = dict(**ids, vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=256)
+    kw.update(dict(extra))
+    kw.update(over)
+    return getattr(tf, cls_name)(**kw)
 
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "gpt_neox")
+"""The families most tests run on (every family of the table has a tiny config)."""
 
 
-def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32, **over) -> LM:
-    """A random model of ``family`` (4 layers, d_model 64) with the tiny tokenizer."""
+def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32,
+            attn_implementation: str = "eager", **over) -> LM:
+    """A random model of ``family`` (4 layers, d_model 64) with the tiny tokenizer. Eager
+    attention by default (exact reference numerics under padding)."""
     from transformers import AutoModelForCausalLM
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
     cfg = tiny_config(family, len(tok), **over)
-    cfg._attn_implementation = "eager"  # exact reference numerics under padding
+    cfg._attn_implementation = attn_implementation
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     model.generation_config.eos_token_id = tok.eos_token_id
     return LM.from_hf(model, tok, name=f"tiny-{family}")
+
+
+def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
+    """A random vision-language model (Gemma3ForConditionalGeneration) whose language model is
+    the tiny gemma3 text config; the LM wraps the whole model and reads its text part."""
+    import transformers as tf
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    if family != "gemma3":
+        raise ValueError(f"no tiny vision-language model for {family!r} (have: gemma3)")
+    text = tiny_config("gemma3_text", len(tok)).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=28, patch_size=14)
+    n = len(tok)
+    cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=n - 1, boi_token_index=n - 3, eoi_token_index=n - 2,
+                          **over)
+    cfg._attn_implementation = "eager"
+    model = tf.Gemma3ForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm")

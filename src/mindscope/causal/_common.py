@@ -145,32 +145,26 @@ def unembed_matrix(lm) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 
 # ---- attention heads --------------------------------------------------------------------------
-# Path (inside a block) of the linear map whose input is the concatenated head outputs and whose
-# output is added to the residual as attn_out. Families whose attn_out passes a norm after that
-# projection (Gemma 2/3, OLMo 2) cannot be split into additive heads and are left out.
-HEAD_PROJ = {"llama": "self_attn.o_proj", "mistral": "self_attn.o_proj",
-             "qwen2": "self_attn.o_proj", "qwen3": "self_attn.o_proj", "gemma": "self_attn.o_proj",
-             "gpt2": "attn.c_proj", "gpt_neox": "attention.dense"}
-
-
+# The linear map whose input is the concatenated head outputs is the family table's ``o_proj``.
+# Families whose attn_out passes a norm after that projection (Gemma 2/3, OLMo 2:
+# ``heads_additive=False``) cannot be split into additive heads and are left out.
 def n_heads(lm) -> int:
-    cfg = lm.model.config
-    return int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+    return lm.n_heads
 
 
 def head_proj(lm, layer: int) -> torch.nn.Module:
-    if lm.family not in HEAD_PROJ:
+    if not lm.family_spec.heads_additive:
         raise ValueError(f"per-head outputs are not available for family {lm.family!r}: its "
-                         "attention output passes a norm after the output projection (or the "
-                         f"family is not in HEAD_PROJ); supported: {', '.join(sorted(HEAD_PROJ))}")
-    return lm.block_part(layer, HEAD_PROJ[lm.family])
+                         "attention output passes a norm after the output projection (read "
+                         "'head_out.L' for the heads before that norm)")
+    return lm.block_part(layer, lm.family_spec.o_proj)
 
 
 def head_weights(lm, layer: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """-> W (H, hd, d_out) with head h's output = z_h @ W[h], and the projection bias or None."""
     mod, H = head_proj(lm, layer), n_heads(lm)
     w = mod.weight
-    w = w if type(mod).__name__ == "Conv1D" else w.T  # (H*hd, d_out)
+    w = w if lm.family_spec.conv1d else w.T  # (H*hd, d_out)
     return w.reshape(H, w.shape[0] // H, w.shape[1]), getattr(mod, "bias", None)
 
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ._common import (HEAD_PROJ, answer_ids, freeze_final_norm, head_proj, head_weights, n_heads,
+from ._common import (answer_ids, freeze_final_norm, head_proj, head_weights, n_heads,
                       unembed, unembed_matrix)
 
 
@@ -62,14 +62,14 @@ def direct_logit_attribution(lm, prompts, answers, heads: bool = True,
     """Split ``logit[correct] - logit[wrong]`` at each prompt's last token into components.
 
     ``answers``: a (correct, wrong) pair of single-token strings/ids for every prompt, or one
-    pair per prompt. ``heads``: also split attention outputs per head (families in
-    ``HEAD_PROJ``; silently skipped for others)."""
+    pair per prompt. ``heads``: also split attention outputs per head (families whose heads
+    add up to attn_out, ``Family.heads_additive``; silently skipped for others)."""
     batch = lm.tokenize(prompts, chat=chat)
     B, L = len(batch), lm.n_layers
     ans = answer_ids(lm, answers, B)  # (B, 2)
     last = f"resid_post.{L - 1}"
     sites = ["embed"] + [f"{k}.{i}" for i in range(L) for k in ("attn_out", "mlp_out")] + [last]
-    heads = heads and lm.family in HEAD_PROJ
+    heads = heads and lm.family_spec.heads_additive
     z: dict[int, torch.Tensor] = {}
     handles = []
     if heads:

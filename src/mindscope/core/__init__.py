@@ -1,5 +1,6 @@
 """mindscope.core: model loading, sites, interventions, capture, generate, chat spans."""
-from ._capture import Captured, Monitor
+from ._capture import Captured
+from ._record import Monitor, Recorder
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
 from ._files import (BadInputError, atomic_save_tensors, atomic_write_json, atomic_write_text,
@@ -10,11 +11,12 @@ from ._lm import LM, Batch
 from ._load import ALIASES, list_models, load
 from ._lock import RunLockedError, run_lock
 from ._positions import role, span
+from ._sites import Site
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json",
-           "atomic_save_tensors", "atomic_write_json", "atomic_write_text", "check_finite", "load_safetensors", "run_lock",
-           "RunLockedError"]
+           "atomic_save_tensors", "atomic_write_json", "atomic_write_text", "check_finite",
+           "load_safetensors", "run_lock", "RunLockedError", "Site", "Recorder"]

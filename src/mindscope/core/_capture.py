@@ -3,8 +3,7 @@
 storing activations)."""
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -47,7 +46,7 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
     ``heads`` (an int or list) selects heads of every headed site (like ``z.3[1]``)."""
     names = self.expand_sites(sites, heads=heads)
     deepest = max(names, key=self.site_depth)
-    early = stop_early and deepest != "final_norm"
+    early = stop_early and self.site_depth(deepest) < self.n_layers
     batch = self.tokenize(prompts, chat=chat)
     out: dict[str, list] = {s: [] for s in names}
     rows, poss, toks, logits = [], [], [], []
@@ -60,7 +59,7 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
             m = run.mask(positions).to(h.device)
             x = unpad_keys(h, run) if keys_axis else h
             chunk[site] = x[m].detach().to(device=device, dtype=dtype or h.dtype)
-            if early and site == deepest:
+            if early and len(chunk) == len(names):  # every site read: skip the rest
                 raise StopForward
         return fn
 
@@ -82,9 +81,10 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
                     pass
                 run.begin_call(past=0, T=b.input_ids.shape[1])
                 m = run.mask(positions)
+                u = run.unpadded()
             bi, ti = m.nonzero(as_tuple=True)
             rows.append(bi + a)
-            poss.append((ti - b.pad[bi]))
+            poss.append(u[bi, ti])
             toks.append(b.input_ids[bi, ti])
             for s in names:
                 out[s].append(chunk[s])
@@ -117,50 +117,21 @@ def _cat(chunks: list) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-@dataclass
-class Monitor:
-    """Projections of sites onto directions, recorded at every forward call (prompt and each
-    generated token). ``projections[site]``: (B, T_total, k) in padded coordinates, or use
-    ``per_row(site)`` for unpadded rows."""
-
-    lm: object
-    directions: dict[str, torch.Tensor]
-    normalize: bool = True
-    projections: dict[str, torch.Tensor] = field(default_factory=dict)
-    pads: Optional[torch.Tensor] = None
-    _keys: list = field(default_factory=list)
-    _parts: dict = field(default_factory=dict)
-
-    def _fn(self, site, D):
-        def fn(h, run):
-            d = D.to(h.device, h.dtype)
-            if self.normalize:
-                d = d / d.norm(dim=-1, keepdim=True)
-            if run.past == 0:
-                self._parts[site] = []
-                self.pads = run.pad.clone()
-            self._parts[site].append((h @ d.T).float().cpu())  # (B, T_call, k)
-            self.projections[site] = torch.cat(self._parts[site], dim=1)
-        return fn
-
-    def __enter__(self):
-        for site, D in self.directions.items():
-            D = D if D.dim() == 2 else D.unsqueeze(0)
-            for s in self.lm.expand_sites(site):
-                self._keys.append((s, self.lm._hooks.add(s, self._fn(s, D), priority=1)))
-        return self
-
-    def __exit__(self, *exc):
-        for s, k in self._keys:
-            self.lm._hooks.remove(s, k)
-        self._keys.clear()
-        return False
-
-    def per_row(self, site: str) -> list[torch.Tensor]:
-        P = self.projections[site]
-        return [P[b, int(self.pads[b]):] for b in range(P.shape[0])]
+def monitor(self, directions: dict[str, torch.Tensor], normalize: bool = True,
+            max_tokens: int | None = None, callback=None) -> "Monitor":
+    """``with lm.monitor({"resid_post.15": dirs (k, d)}) as mon: lm.generate(...)``: the
+    projections at every token (prompt and generated), rows kept across generate's batches,
+    each row stopping at its EOS. ``max_tokens`` bounds the tokens kept per row (the latest);
+    ``callback(site, rows, values, mask)`` is called at every forward call (streaming)."""
+    from ._record import Monitor
+    return Monitor(self, directions, normalize, max_tokens=max_tokens, callback=callback)
 
 
-def monitor(self, directions: dict[str, torch.Tensor], normalize: bool = True) -> Monitor:
-    """``with lm.monitor({"resid_post.15": dirs (k, d)}) as mon: lm.generate(...)``."""
-    return Monitor(self, directions, normalize)
+def record(self, sites, positions="all", max_tokens: int | None = None, callback=None,
+           dtype: torch.dtype | None = None, heads=None) -> "Recorder":
+    """``with lm.record("resid_post.3", positions="generated") as rec: lm.generate(...)``:
+    capture during generation (or any forward); ``rec.per_row(site)`` -> one (n_b, ...) tensor
+    per prompt. Same streaming options as ``monitor``."""
+    from ._record import Recorder
+    return Recorder(self, self.expand_sites(sites, heads=heads), positions=positions,
+                    max_tokens=max_tokens, callback=callback, dtype=dtype)

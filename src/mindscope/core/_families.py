@@ -8,8 +8,8 @@ Every site is defined by *where its value lives* in the HF module tree:
   (for Gemma's sandwich norms that is the post-norm, not the attention module itself).
 - ``resid_mid.L = resid_pre.L + attn_out.L`` (not a module output; computed in the attn hook).
 - ``mlp_in.L``: input of ``mlp``; ``mlp_post.L``: input of ``mlp_down`` (the neurons).
-- ``q``/``k``/``v``: outputs of the projections (after a q/k-norm where the family has one,
-  before rotary embeddings); ``z``: input of ``o_proj``; ``head_out``: ``o_proj`` split by head.
+- ``q``/``k``/``v``: outputs of the projections (before any q/k-norm and rotary embedding,
+  like TransformerLens' ``hook_q``); ``z``: input of ``o_proj``; ``head_out``: ``o_proj`` split by head.
 - ``final_norm``: output of the final norm.
 
 Causal analysis (per-head projections), weight baking (residual writers) and the tiny test
@@ -71,6 +71,11 @@ class Family:
     """MoE: the experts module inside a block."""
     shared_expert: Optional[str] = None
     """MoE: an always-on expert added to the routed experts' sum (Qwen2-MoE)."""
+    resid_scale: Optional[str] = None
+    """Config attribute scaling attn/MLP outputs before they are added (Granite); attn_out and
+    mlp_out are the scaled values (what the residual receives)."""
+    embed_scale: Optional[str] = None
+    """Config attribute scaling the embedding module's output (Granite); ``embed`` is scaled."""
     tiny: tuple = ("LlamaConfig", ())
     """Tiny test config: a transformers config class name and extra (key, value) pairs."""
 
@@ -95,7 +100,9 @@ FAMILIES: dict[str, Family] = {
     "qwen3": replace(_LLAMA, tiny=("Qwen3Config", _KV)),
     "smollm3": replace(_LLAMA, tiny=("SmolLM3Config", _KV)),
     "granite": replace(_LLAMA, no_bake="residual and embedding multipliers outside the modules",
-                       tiny=("GraniteConfig", _KV)),
+                       resid_scale="residual_multiplier", embed_scale="embedding_multiplier",
+                       tiny=("GraniteConfig", _KV + (("residual_multiplier", 0.5),
+                                                     ("embedding_multiplier", 3.0)))),
     "phi3": replace(_LLAMA, q=None, k=None, v=None, qkv="self_attn.qkv_proj",
                     tiny=("Phi3Config", _KV + (("pad_token_id", 0),))),
     "olmo2": replace(_LLAMA, **_SANDWICH, tiny=("Olmo2Config", _KV)),
@@ -120,8 +127,11 @@ FAMILIES: dict[str, Family] = {
                        q=None, k=None, v=None, qkv="attention.query_key_value", qkv_layout="heads",
                        embeds=("gpt_neox.embed_in",), tiny=("GPTNeoXConfig", ())),
 }
-FAMILIES["gemma3"] = FAMILIES["gemma3_text"]  # Gemma3ForConditionalGeneration: its text part
-"""model_type -> Family. ``gemma3`` (multimodal) maps to its language model."""
+FAMILIES["gemma3"] = replace(  # Gemma3ForConditionalGeneration: its language model
+    FAMILIES["gemma3_text"], layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens", final_norm="model.language_model.norm",
+    embeds=("model.language_model.embed_tokens",), tiny=("Gemma3Config", ()))
+"""model_type -> Family."""
 
 _warned: set = set()
 

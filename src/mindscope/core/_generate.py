@@ -75,7 +75,8 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = True, tempera
             new = torch.empty((B, 0), dtype=torch.long)
             lps = torch.empty((B, 0))
             done = torch.zeros(B, dtype=torch.bool)
-            with self._running(b, row_offset=a):
+            with self._running(b, row_offset=a) as run:
+                run.finished = done  # readers skip rows that have produced EOS
                 res = self._call(ids, mask, use_cache=True)
                 cache = getattr(res, ckw, None) or getattr(res, "past_key_values", None)
                 pos = self.position_ids(mask)[:, -1:]  # (B, 1)

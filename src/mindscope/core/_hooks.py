@@ -87,7 +87,8 @@ class Dispatcher:
         kind, layer, fam, hs = s.kind, s.layer, self.lm.family_spec, []
         part = (lambda path: self.lm.block_part(layer, path))
         if kind == "embed":
-            hs.append(self.lm.module(fam.embed).register_forward_hook(self._out_hook(site)))
+            hs.append(self.lm.module(fam.embed).register_forward_hook(
+                self._out_hook(site, self._scale(fam.embed_scale))))
         elif kind == "final_norm":
             hs.append(self.lm.module(fam.final_norm).register_forward_hook(self._out_hook(site)))
         elif kind == "module":
@@ -99,7 +100,8 @@ class Dispatcher:
                 self._pre_hook(site), with_kwargs=True))
         elif kind in ("attn_out", "mlp_out"):
             path = fam.attn_out if kind == "attn_out" else fam.mlp_out
-            hs.append(part(path).register_forward_hook(self._out_hook(site)))
+            hs.append(part(path).register_forward_hook(
+                self._out_hook(site, self._scale(fam.resid_scale))))
         elif kind == "resid_mid":
             # resid_mid = resid_pre + attn_out: remember resid_pre, edit through attn_out.
             hs.append(self.lm.block(layer).register_forward_pre_hook(
@@ -148,13 +150,23 @@ class Dispatcher:
             # A raw HF call (no lm.forward/generate around it): derive the run from the mask.
             pad = (torch.zeros(B, dtype=torch.long) if not isinstance(mask, torch.Tensor)
                    else (mask.cumsum(-1) == 0).sum(-1).cpu())
-            self.run, self._auto_run = Run(pad=pad, prompt_len=T), True
+            self.run = Run(pad=pad, prompt_len=T,
+                           mask=mask.cpu() if isinstance(mask, torch.Tensor) and mask.dim() == 2
+                           and mask.shape[1] == T else None)
+            self._auto_run = True
         self.run.begin_call(past=past, T=T)
 
-    def _out_hook(self, site):
+    def _scale(self, attr) -> float:
+        return 1.0 if attr is None else float(getattr(self.lm.text_config, attr))
+
+    def _out_hook(self, site, scale: float = 1.0):
+        """The module's (first) output; ``scale``: the factor applied to it outside the module
+        (the site is the scaled value the residual receives)."""
         def hook(module, args, output):
-            new = self._dispatch(site, _first(output))
-            return None if new is None else _replace_first(output, new)
+            h = _first(output)
+            new = self._dispatch(site, h if scale == 1.0 else h * scale)
+            return None if new is None else _replace_first(output, new / scale if scale != 1.0
+                                                           else new)
         return hook
 
     def _pre_hook(self, site):
@@ -172,11 +184,13 @@ class Dispatcher:
         return hook
 
     def _mid_hook(self, site, layer):
+        scale = self._scale(self.lm.family_spec.resid_scale)
+
         def hook(module, args, output):
             a = _first(output)
             pre = self._pre_resid.pop(layer)
-            new = self._dispatch(site, pre + a)
-            return None if new is None else _replace_first(output, new - pre)
+            new = self._dispatch(site, pre + a * scale)
+            return None if new is None else _replace_first(output, (new - pre) / scale)
         return hook
 
 
@@ -189,14 +203,12 @@ class Dispatcher:
                 new = self._dispatch(site, part)
                 return None if new is None else _replace_first(output, put(new))
             return lm.block_part(layer, fam.qkv).register_forward_hook(fused)
-        attn = lm.block_part(layer, fam.attn)
-        norm = getattr(attn, f"{kind}_norm", None) if kind in ("q", "k") else None
-        mod = norm if isinstance(norm, torch.nn.Module) else lm.block_part(layer, getattr(fam, kind))
+        mod = lm.block_part(layer, getattr(fam, kind))  # the projection (before q/k-norm, rotary)
         n = H if kind == "q" else Hkv
 
         def hook(module, args, output):
             out = _first(output)
-            h = out.view(*out.shape[:2], n, -1)  # (B, T, n, dh)
+            h = out.reshape(*out.shape[:2], n, -1)  # (B, T, n, dh)
             new = self._dispatch(site, h)
             return None if new is None else _replace_first(output, new.reshape(out.shape))
         return mod.register_forward_hook(hook)

@@ -133,9 +133,23 @@ class Cap(Intervention):
 
 @dataclass(frozen=True)
 class Replace(Intervention):
-    """Any function of the selected vectors: ``fn(h (n, d)) -> (n, d)``."""
+    """Any function of the selected vectors: ``fn(h (n, d)) -> (n, d)``; with ``full=True``
+    ``fn`` takes the whole site value (B, T, d) (TransformerLens-style hook functions) and its
+    result is kept at the selected positions."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]
+    full: bool = False
+    """If True, call ``fn`` on the full (B, T, ...) tensor of each forward call."""
+
+    def apply_full(self, h: torch.Tensor, mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """h (B, T, ...), mask (B, T) -> h with ``fn(h)`` at the masked positions."""
+        out = self.fn(h)
+        if out is None or out.shape != h.shape:
+            raise ValueError(f"Replace(full=True) at {self.site}: fn returned "
+                             f"{None if out is None else tuple(out.shape)}, expected "
+                             f"{tuple(h.shape)} (return the edited tensor)")
+        m = mask.to(h.device).view(*mask.shape, *([1] * (h.dim() - 2)))
+        return torch.where(m, out.to(h.dtype), h)
 
     def apply_rows(self, h, rows):
         out = self.fn(h)

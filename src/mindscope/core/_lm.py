@@ -43,6 +43,23 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def right_padded(self) -> bool:
+        """True if some row has padding after a real token."""
+        m = self.attention_mask.long()
+        return bool((m[:, 1:] < m[:, :-1]).any())
+
+    def left_padded(self) -> "Batch":
+        """This batch with every row's real tokens moved to the right end (left padding), the
+        layout mindscope's loops assume; unchanged if already so. Logged when it moves rows."""
+        if not self.right_padded:
+            return self
+        m = self.attention_mask.bool()
+        order = torch.sort((~m).long() * -1, dim=1, stable=True).indices  # pads first, in order
+        log.info("right-padded batch: moved the padding to the left of each row")
+        return Batch(self.input_ids.gather(1, order), self.attention_mask.gather(1, order),
+                     self.meta)
+
     def slice(self, a: int, b: int) -> "Batch":
         ids, m = self.input_ids[a:b], self.attention_mask[a:b]
         keep = int(m.sum(0).nonzero().min()) if bool(m.any()) else 0  # drop all-pad columns
@@ -58,6 +75,7 @@ class LM:
         self.name = name
         self.family = model.config.model_type
         cfg = getattr(model.config, "text_config", None) or model.config  # VLMs: the text part
+        self.text_config = cfg
         self.family_spec: Family = family_for(self.family, model)
         self.n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
         self.d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
@@ -129,7 +147,7 @@ class LM:
         Site values (each a str). ``heads`` selects heads of every headed site."""
         items = [spec] if isinstance(spec, str) else list(spec)
         items = [s.strip() for it in items
-                 for s in (it.split(",") if not isinstance(it, Site) and "[" not in it else [it])
+                 for s in ([it] if isinstance(it, Site) else re.split(r",(?![^\[]*\])", it))
                  if s.strip()]
         out: list[Site] = []
         for s in items:
@@ -162,7 +180,10 @@ class LM:
         s = self.site(site)
         if s.kind == "embed":
             return -1
-        if s.kind in ("final_norm", "module"):
+        if s.kind == "module":  # inside block L: L + 0.95, else after the last block
+            m = re.match(re.escape(self.family_spec.layers) + r"\.(\d+)\.", s.path + ".")
+            return int(m.group(1)) + 0.95 if m else self.n_layers
+        if s.kind == "final_norm":
             return self.n_layers
         return s.layer + _sites.DEPTH[s.kind]
 
@@ -204,7 +225,7 @@ class LM:
         """Tokenize and LEFT-pad. Chat prompts are rendered with the chat template (whose text
         already holds any BOS); plain text gets the tokenizer's default special tokens."""
         if isinstance(prompts, Batch):
-            return prompts
+            return prompts.left_padded()
         texts, roles = self._texts(prompts, chat)
         if not texts:
             raise ValueError("no prompts given")
@@ -240,7 +261,8 @@ class LM:
         ``forward``, ``capture`` and ``generate`` do this themselves. Yields the ``Run``; the
         previous binding is restored on exit, even on error."""
         prev = self._hooks.run, self._hooks._auto_run
-        self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset)
+        self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset,
+                              batch.attention_mask)
         self._hooks._auto_run = False
         try:
             yield self._hooks.run
@@ -314,6 +336,8 @@ class LM:
     @staticmethod
     def _handler(iv: Intervention):
         def fn(h, run):
+            if getattr(iv, "full", False):
+                return iv.apply_full(h, run.mask(iv.positions))
             return masked_apply(h, run.mask(iv.positions), iv.apply_rows, run.row_offset)
         return fn
 
@@ -321,5 +345,5 @@ class LM:
         """Emergency reset: drop every mindscope hook on this model."""
         self._hooks.remove_all()
 
-    from ._capture import capture, monitor  # noqa: E402  (methods defined in their own module)
+    from ._capture import capture, monitor, record  # noqa: E402  (methods defined in their own module)
     from ._generate import generate  # noqa: E402

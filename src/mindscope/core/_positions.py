@@ -1,8 +1,9 @@
 """Token positions: which tokens of each row an intervention or a capture touches.
 
 A position spec is resolved per forward call into a boolean mask ``(B, T)`` over the tokens of
-that call. Every row is stored left-padded; a row's *unpadded* index ``u`` counts from its first
-real token (``u = 0``). During KV-cached generation each call sees only the new tokens, so the
+that call. Rows are left-padded by ``lm.tokenize``; right-padded input (a raw HF call, a Batch
+built by hand) is resolved from its attention mask. A row's *unpadded* index ``u`` counts from
+its first real token (``u = 0``). During KV-cached generation each call sees only the new tokens, so the
 resolver knows how many tokens came before (``past``) and how long the prompt was.
 
 >>> import torch
@@ -60,14 +61,20 @@ class Run:
     """The state of one batched forward (or one generation) used to resolve positions."""
 
     def __init__(self, pad: torch.Tensor, prompt_len: int, meta: list[RowMeta] | None = None,
-                 row_offset: int = 0):
-        self.pad = pad.long()  # (B,) left padding per row
+                 row_offset: int = 0, mask: torch.Tensor | None = None):
+        self.pad = pad.long()  # (B,) left padding per row (leading zeros of the mask)
         self.prompt_len = int(prompt_len)  # padded prompt length
         self.meta = meta
         self.row_offset = row_offset  # global index of row 0 (for per-row values split in chunks)
         self.past = 0
         self.T = prompt_len
         self._cache: dict = {}
+        # Any padding (right-padded rows included): the prompt's real tokens and their count.
+        if mask is None or mask.shape[1] != self.prompt_len:
+            j = torch.arange(self.prompt_len).unsqueeze(0)
+            mask = j >= self.pad.unsqueeze(1)
+        self.valid = mask.bool().cpu()  # (B, prompt_len)
+        self.n_real = self.valid.sum(-1)  # (B,) real prompt tokens per row
 
     @property
     def B(self) -> int:
@@ -81,7 +88,15 @@ class Run:
         return torch.arange(self.past, self.past + self.T).unsqueeze(0).expand(self.B, -1)  # (B, T)
 
     def unpadded(self) -> torch.Tensor:
-        return self._abs() - self.pad.unsqueeze(1)  # (B, T); < 0 on padding
+        """(B, T) index of each token among its row's real tokens; < 0 on padding. Prompt
+        padding may sit on either side; generated tokens follow the row's last real token."""
+        j = self._abs()
+        P = self.prompt_len
+        rank = self.valid.long().cumsum(-1) - 1  # (B, P)
+        rank = torch.where(self.valid, rank, torch.full_like(rank, -1))
+        inside = rank.gather(1, j.clamp(max=P - 1))
+        after = self.n_real.unsqueeze(1) + (j - P)
+        return torch.where(j < P, inside, after)
 
     def mask(self, spec: PositionSpec) -> torch.Tensor:
         if isinstance(spec, slice):
@@ -104,13 +119,13 @@ class Run:
             if spec == "generated":
                 return j >= self.prompt_len
             if spec == "last":
-                return j == self.prompt_len - 1
+                return (u == self.n_real.unsqueeze(1) - 1) & (j < self.prompt_len)
             raise ValueError(f"unknown position {spec!r}; use one of {NAMED}, a slice, "
                              "ms.span(text), ms.role(name) or a boolean mask (B, T)")
         if isinstance(spec, slice):
             if spec.step not in (None, 1):
                 raise ValueError("position slices take no step")
-            n = (self.prompt_len - self.pad).unsqueeze(1)  # (B, 1) prompt length per row
+            n = self.n_real.unsqueeze(1)  # (B, 1) prompt length per row
             lo = 0 if spec.start is None else spec.start
             lo = torch.as_tensor(lo) + (n if lo < 0 else 0)
             if spec.stop is None:

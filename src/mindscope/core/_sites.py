@@ -71,9 +71,20 @@ class Site(str):
         return (Site, (self.kind, self.layer, self.heads, self.path))
 
 
-def translate(name: str) -> str:
-    """A TransformerLens/nnsight hook name -> mindscope site name (unchanged if not one)."""
-    if name in ("hook_embed", "embed.hook_embed"):
+_NN_RE = re.compile(r"^(?:model\.)?([\w.\[\]]+)\.output$")
+
+
+def translate(name: str, model=None) -> str:
+    """A TransformerLens hook name or an nnsight ``<module path>.output`` -> mindscope site
+    name (unchanged if neither)."""
+    nn = _NN_RE.match(name) if name.endswith(".output") else None
+    if nn:
+        path = re.sub(r"\[(\d+)\]", r".\1", nn.group(1))
+        if model is not None and path not in dict(model.named_modules()):
+            full = re.sub(r"\[(\d+)\]", r".\1", name[: -len(".output")])
+            path = full if full in dict(model.named_modules()) else path
+        out = f"module:{path}"
+    elif name in ("hook_embed", "embed.hook_embed"):
         out = "embed"
     elif name in ("ln_final.hook_normalized",):
         out = "final_norm"
@@ -89,7 +100,7 @@ def translate(name: str) -> str:
         out = f"{kind}.{m.group(1)}"
     if name not in _noted:
         _noted.add(name)
-        log.warning("site %r read as %r (TransformerLens name translated)", name, out)
+        log.warning("site %r read as %r (TransformerLens/nnsight name translated)", name, out)
     return out
 
 
@@ -99,7 +110,7 @@ def parse(name: str, n_layers: int, n_heads: int, kinds=KINDS, model=None,
     reasons for kinds it lacks (shown in the error); ``model``: checks ``module:`` paths."""
     if isinstance(name, Site):
         return name
-    name = translate(name.strip())
+    name = translate(name.strip(), model)
     if name in ("embed", "final_norm"):
         return Site(name)
     if name.startswith("module:"):

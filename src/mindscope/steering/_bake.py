@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import LM
+from ..core import FAMILIES, LM, Family
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +38,23 @@ class Writers:
     conv1d: bool = False
     """GPT-2 style Conv1D: weight stored (in, out)."""
 
+    @classmethod
+    def of(cls, fam: Family) -> "Writers":
+        return cls(fam.embeds, fam.o_proj, fam.mlp_down, fam.conv1d)
 
-_LLAMA = Writers(("model.embed_tokens",), "self_attn.o_proj", "mlp.down_proj")
-WRITERS = {
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
-    "gpt2": Writers(("transformer.wte", "transformer.wpe"), "attn.c_proj", "mlp.c_proj", True),
-    "gpt_neox": Writers(("gpt_neox.embed_in",), "attention.dense", "mlp.dense_4h_to_h"),
-}
-_WHY = {"gemma2": "sandwich norms", "gemma3": "sandwich norms", "gemma3_text": "sandwich norms",
-        "olmo2": "post-norms", "gemma": "the embedding is rescaled outside its module"}
+
+WRITERS = {name: Writers.of(f) for name, f in FAMILIES.items() if f.no_bake is None}
+"""Families whose residual writes can be baked (read from the core family table)."""
 
 
 def _writers(lm) -> Writers:
-    if lm.family not in WRITERS:
-        why = _WHY.get(lm.family, "no entry in steering._bake.WRITERS")
+    fam = lm.family_spec
+    if fam.no_bake is not None:
         raise NotImplementedError(
-            f"cannot bake into a {lm.family} model ({why}): the residual write passes through a "
-            "norm after the writing matrix, so no weight edit equals the hooked intervention. "
-            "Apply it with hooks (lm.intervene) instead.")
-    return _validated(lm, WRITERS[lm.family])
+            f"cannot bake into a {lm.family} model ({fam.no_bake}): the residual write passes "
+            "through something after the writing matrix, so no weight edit equals the hooked "
+            "intervention. Apply it with hooks (lm.intervene) instead.")
+    return _validated(lm, Writers.of(fam))
 
 
 def _validated(lm, w: Writers) -> Writers:
