@@ -3,8 +3,9 @@ from ._capture import Captured
 from ._record import Monitor, Recorder
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
-from ._files import (BadInputError, atomic_save_tensors, atomic_write_json, atomic_write_text,
-                     check_finite, load_safetensors, read_json)
+from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write_bytes,
+                     atomic_write_json, atomic_write_text, check_finite, load_safetensors,
+                     read_json)
 from ._generate import Generation
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
@@ -17,6 +18,6 @@ from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
-           "load_vector", "pca", "data_hash", "BadInputError", "read_json",
-           "atomic_save_tensors", "atomic_write_json", "atomic_write_text", "check_finite",
-           "load_safetensors", "run_lock", "RunLockedError", "Site", "Recorder"]
+           "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
+           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
+           "atomic_dir", "check_finite", "load_safetensors", "RunLockedError", "Site", "Recorder"]

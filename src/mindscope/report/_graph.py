@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from ._html import CSS, esc
+from ..runs import CSS, esc
 from ._server import HTTPError, _one
 
 _JS = r"""
