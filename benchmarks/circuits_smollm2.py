@@ -38,6 +38,42 @@ def _save(root: Path, key: str, val) -> None:
     (root / "results.json").write_text(json.dumps(r, indent=1))
 
 
+def plot_graph(d: dict, path: Path, n_layers: int) -> None:
+    """The pruned graph as a PNG: x = token position, y = layer (E at the bottom, logits on
+    top), edge width ~ |weight| (blue +, red -), features orange, errors grey, logits purple."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    toks = d["metadata"]["prompt_tokens"]
+    pos = {}
+    cells: dict = {}
+    for n in d["nodes"]:
+        y = -1 if n["layer"] == "E" else int(n["layer"])
+        k = (n["ctx_idx"], y)
+        cells[k] = cells.get(k, 0) + 1
+        pos[n["node_id"]] = (n["ctx_idx"] + 0.12 * (cells[k] - 1), y, n["feature_type"])
+    fig, ax = plt.subplots(figsize=(max(8, len(toks) * 0.9), 7))
+    wmax = max((abs(link["weight"]) for link in d["links"]), default=1.0)
+    for link in d["links"]:
+        s, t = pos[link["source"]], pos[link["target"]]
+        ax.plot([s[0], t[0]], [s[1], t[1]], color="#2b6cb0" if link["weight"] > 0 else "#c53030",
+                lw=0.3 + 2.5 * abs(link["weight"]) / wmax, alpha=0.5, zorder=1)
+    colors = {"cross layer transcoder": "#f6ad55", "mlp reconstruction error": "#a0aec0",
+              "embedding": "#68d391", "logit": "#9f7aea"}
+    for x, y, kind in pos.values():
+        ax.scatter([x], [y], s=30 if kind != "logit" else 60, c=colors[kind],
+                   marker="s" if kind == "mlp reconstruction error" else "o", zorder=2,
+                   edgecolors="#333", linewidths=0.4)
+    ax.set_xticks(range(len(toks)), [t.replace("\n", "\\n") for t in toks], rotation=45, ha="right")
+    ax.set_yticks([-1, 0, n_layers // 2, n_layers - 1, n_layers + 1],
+                  ["emb", "L0", f"L{n_layers // 2}", f"L{n_layers - 1}", "logit"])
+    ax.set_title(d["metadata"]["prompt"][:80])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("stage")
@@ -87,6 +123,7 @@ def main():
         pr = C.prune(g, 0.8, 0.98)
         d = C.graph_json(g, pr, slug="capital")
         (root / f"graph_{args.name}" / "capital.json").write_text(json.dumps(d))
+        plot_graph(d, root / f"graph_{args.name}" / "capital.png", lm.n_layers)
         ids = C.prepare_ids(lm, PROMPT)
         checks = {m: C.check_interventions(lm, tc, g, ids, n=20, mode=m) for m in ("zero", "clamp")}
         out = {"stats": g.stats, "scores": g.scores(), "n_nodes": g.n_nodes,
