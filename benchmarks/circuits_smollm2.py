@@ -118,7 +118,7 @@ def main():
         print([round(x["fvu"], 3) for x in m["layers"]])
     elif args.stage == "graph":
         tc = C.Transcoders.load(root / args.name)
-        g = C.attribute(lm, tc, PROMPT, C.GraphConfig(batch_size=64))
+        g = C.attribute(lm, tc, PROMPT, C.GraphConfig(batch_size=64, max_feature_nodes=1024))
         C.save_graph(g, root / f"graph_{args.name}")
         pr = C.prune(g, 0.8, 0.98)
         d = C.graph_json(g, pr, slug="capital")
