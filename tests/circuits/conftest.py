@@ -23,12 +23,3 @@ def random_transcoders(lm, kind="plt", activation="topk", skip=False, n=32, k=4,
 def rand_tc():
     return random_transcoders
 
-
-@pytest.fixture(scope="session")
-def text_corpus(tmp_path_factory):
-    """A small folder of .txt documents (~4k tiny tokens)."""
-    d = tmp_path_factory.mktemp("corpus")
-    words = "the quick brown fox jumps over the lazy dog alice met bob in the garden".split()
-    for i in range(8):
-        (d / f"doc{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(150)))
-    return d

@@ -7,11 +7,8 @@ from typer.testing import CliRunner
 from mindscope.cli.circuits import app
 
 
-def test_harvest_train_graph_export(tiny, tmp_path, text_corpus):
-    lm = tiny("llama")
-    model = tmp_path / "model"
-    lm.model.save_pretrained(model)
-    lm.tokenizer.save_pretrained(model)
+def test_harvest_train_graph_export(tiny_dir, tmp_path, text_corpus):
+    model = tiny_dir
     r = CliRunner()
     res = r.invoke(app, ["harvest", "-o", str(tmp_path / "acts"), "-m", str(model), "--tokens",
                          "1536", "--corpus", str(text_corpus), "--dtype", "float32", "-q"])

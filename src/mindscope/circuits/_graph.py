@@ -251,8 +251,11 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
         tidx, tprob, tvec = _logit_targets(lm, lin.logits, cfg)
     n_logit = len(tidx)
     L, n_f = lin.L, src.n_f
-    enc = torch.stack([tc.encoder_vectors(int(l))[int(i)].detach() for l, _, i in
-                       src.features.tolist()]) if n_f else torch.zeros(0, lin.d)
+    enc = torch.zeros(n_f, lin.d)                                     # encoder rows (raw units)
+    with torch.no_grad():
+        for l in range(L):
+            sel = (src.features[:, 0] == l).nonzero().squeeze(1)
+            enc[sel] = tc.encoder_vectors(l)[src.features[sel, 2]]
     r_all, c_all, v_all = [], [], []
     # row ids in the source-column space: feature j -> j, logit i -> n_src + i
 
