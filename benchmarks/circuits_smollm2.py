@@ -54,11 +54,13 @@ def plot_graph(d: dict, path: Path, n_layers: int) -> None:
         cells[k] = cells.get(k, 0) + 1
         pos[n["node_id"]] = (n["ctx_idx"] + 0.12 * (cells[k] - 1), y, n["feature_type"])
     fig, ax = plt.subplots(figsize=(max(8, len(toks) * 0.9), 7))
+    from matplotlib.collections import LineCollection
+
     wmax = max((abs(link["weight"]) for link in d["links"]), default=1.0)
-    for link in d["links"]:
-        s, t = pos[link["source"]], pos[link["target"]]
-        ax.plot([s[0], t[0]], [s[1], t[1]], color="#2b6cb0" if link["weight"] > 0 else "#c53030",
-                lw=0.3 + 2.5 * abs(link["weight"]) / wmax, alpha=0.5, zorder=1)
+    segs = [[pos[k["source"]][:2], pos[k["target"]][:2]] for k in d["links"]]
+    ax.add_collection(LineCollection(
+        segs, colors=["#2b6cb0" if k["weight"] > 0 else "#c53030" for k in d["links"]],
+        linewidths=[0.2 + 2.5 * abs(k["weight"]) / wmax for k in d["links"]], alpha=0.4, zorder=1))
     colors = {"cross layer transcoder": "#f6ad55", "mlp reconstruction error": "#a0aec0",
               "embedding": "#68d391", "logit": "#9f7aea"}
     for x, y, kind in pos.values():
@@ -72,6 +74,22 @@ def plot_graph(d: dict, path: Path, n_layers: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _check(lm, tc, g, d, pr, root, name):
+    from mindscope import circuits as C
+
+    plot_graph(d, root / f"graph_{name}" / "capital.png", lm.n_layers)
+    ids = C.prepare_ids(lm, PROMPT)
+    checks = {m: C.check_interventions(lm, tc, g, ids, n=20, mode=m) for m in ("zero", "clamp")}
+    out = {"stats": g.stats, "scores": g.scores(), "n_nodes": g.n_nodes,
+           "pruned_nodes": int(pr.nodes.sum()), "pruned_edges": int(pr.edges.sum()),
+           "logits": list(zip(g.logit_strs, g.logit_probs.tolist())),
+           "interventions": {m: {k: v for k, v in c.items() if k != "rows"}
+                             for m, c in checks.items()},
+           "intervention_rows": {m: c["rows"] for m, c in checks.items()}}
+    _save(root, f"graph_{name}", out)
+    print(json.dumps({k: v for k, v in out.items() if k != "intervention_rows"}, indent=1))
 
 
 def main():
@@ -123,17 +141,12 @@ def main():
         pr = C.prune(g, 0.8, 0.98)
         d = C.graph_json(g, pr, slug="capital")
         (root / f"graph_{args.name}" / "capital.json").write_text(json.dumps(d))
-        plot_graph(d, root / f"graph_{args.name}" / "capital.png", lm.n_layers)
-        ids = C.prepare_ids(lm, PROMPT)
-        checks = {m: C.check_interventions(lm, tc, g, ids, n=20, mode=m) for m in ("zero", "clamp")}
-        out = {"stats": g.stats, "scores": g.scores(), "n_nodes": g.n_nodes,
-               "pruned_nodes": int(pr.nodes.sum()), "pruned_edges": int(pr.edges.sum()),
-               "logits": list(zip(g.logit_strs, g.logit_probs.tolist())),
-               "interventions": {m: {k: v for k, v in c.items() if k != "rows"}
-                                 for m, c in checks.items()},
-               "intervention_rows": {m: c["rows"] for m, c in checks.items()}}
-        _save(root, f"graph_{args.name}", out)
-        print(json.dumps({k: v for k, v in out.items() if k != "intervention_rows"}, indent=1))
+        _check(lm, tc, g, d, pr, root, args.name)
+    elif args.stage == "check":  # plot + interventions of a saved graph
+        tc = C.Transcoders.load(root / args.name)
+        g = C.load_graph(root / f"graph_{args.name}")
+        d = json.loads((root / f"graph_{args.name}" / "capital.json").read_text())
+        _check(lm, tc, g, d, C.prune(g, 0.8, 0.98), root, args.name)
     elif args.stage == "memory":  # one fresh process per length: peak RSS is per process
         if args.T:
             tc = C.Transcoders.load(root / args.name)
@@ -143,7 +156,7 @@ def main():
             prompt = lm.tokenizer.decode(ids)
             import resource
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=2048),
+            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=128),
                             progress=False)
             print(json.dumps({"T": g.T, "seconds": g.stats["seconds"],
                               "peak_rss": g.stats["peak_rss_bytes"], "rss_before": before,
@@ -151,7 +164,7 @@ def main():
                               "features": g.stats["active_features"]}))
             return
         rows = []
-        for T in (16, 32, 64, 128):
+        for T in (8, 32, 96):
             r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
                                 args.name, "--root", str(root)], capture_output=True, text=True)
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))

@@ -240,15 +240,15 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     ids = prepare_ids(lm, prompt)
     T = ids.shape[0]
     est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges)
-    if est > cfg.max_memory_gb * 2 ** 30:
-        raise BadInputError("prompt", f"of {T} tokens needs about {est / 2 ** 30:.1f} GiB for its "
-                                      f"graph (attention patterns grow with T^2), over the "
-                                      f"budget of {cfg.max_memory_gb:g} GiB",
-                            "shorten the prompt, or raise --max-memory")
+    _budget(est, T, cfg, "")
     with torch.no_grad():
         lin = capture(lm, tc, ids)
         src = _Sources(lin, tc)
         tidx, tprob, tvec = _logit_targets(lm, lin.logits, cfg)
+    # again with the real number of active features, before the expensive sweeps
+    est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges,
+                          n_feat=src.n_f)
+    _budget(est, T, cfg, f" and {src.n_f} active features")
     n_logit = len(tidx)
     L, n_f = lin.L, src.n_f
     enc = torch.zeros(n_f, lin.d)                                     # encoder rows (raw units)
@@ -300,6 +300,16 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
                    "estimate_bytes": est, "active_features": n_f, "T": T,
                    "config": asdict(cfg), "edges": int(graph.weights.numel())}
     return graph
+
+
+def _budget(est: int, T: int, cfg: GraphConfig, more: str) -> None:
+    if est > cfg.max_memory_gb * 2 ** 30:
+        raise BadInputError("prompt", f"of {T} tokens{more} needs about {est / 2 ** 30:.2f} GiB "
+                                      f"for its graph (attention patterns grow with T^2, sources "
+                                      f"with the active features), over the budget of "
+                                      f"{cfg.max_memory_gb:g} GiB",
+                            "shorten the prompt, or raise --max-memory (--max-features and "
+                            "--batch-size also lower it)")
 
 
 def _start(n_src: int, probs: torch.Tensor) -> torch.Tensor:

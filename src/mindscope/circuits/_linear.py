@@ -188,7 +188,7 @@ def capture(lm, tc, ids: torch.Tensor) -> LinearModel:
 
 
 def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
-                    max_row_edges: int) -> int:
+                    max_row_edges: int, n_feat: Optional[int] = None) -> int:
     """Bytes an attribution graph of a T-token prompt needs beyond the model weights: attention
     patterns (L H T^2), recorded activations, one batch of cotangents and dense rows, the
     decoder vectors of the active features and the sparse adjacency (rows x kept edges)."""
@@ -196,7 +196,7 @@ def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
     H = lm.block(0).self_attn.config.num_attention_heads
     c = tc.cfg
     per_tok = c.k if c.activation == "topk" else min(c.n_latents, 64)
-    n_feat = L * T * per_tok
+    n_feat = L * T * per_tok if n_feat is None else n_feat  # known after the forward
     dec_slots = (L + 1) / 2 if c.kind == "clt" else 1
     rows = min(n_feat, max_feature_nodes) + 16
     n_src = n_feat + (L + 1) * T
