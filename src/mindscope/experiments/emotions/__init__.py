@@ -33,9 +33,9 @@ from .._protocol import protocol
 from .data import load_story_jsonl, load_table, load_tasks, model_stories, shipped_stories
 from .prefs import misaligned_choices, preferences
 from .report import (build_report, plot_geometry, plot_intensity, plot_misaligned,
-                               plot_preferences, plot_tracking)
+                     plot_preferences, plot_tracking)
 from .vectors import (classify_heldout, geometry, intensity, neutral_acts, story_means,
-                                track_tokens, vectors_from_means)
+                      track_tokens, vectors_from_means)
 
 log = logging.getLogger(__name__)
 PARTS = ("classify", "geometry", "intensity", "tracking", "preferences", "misaligned")

@@ -35,7 +35,7 @@ from ...runs import RunDir, save_html, save_png
 from .._common import at_least_one, choose, one_of
 from .._protocol import protocol
 from .axis import (assistant_axis, axis_vectorset, generate_responses, keep_rows,
-                            persona_space, response_acts, role_vectors, token_thresholds)
+                   persona_space, response_acts, role_vectors, token_thresholds)
 from .data import load_drift, load_roles, role_prompts
 from .effects import capability, drift, jailbreaks, steer_axis
 from .report import build_report, plot_drift, plot_space, plot_steering
@@ -202,7 +202,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     res.axis = axis_vectorset(lm, axis, sites, {"n_roles": len(names), "n_default": len(D),
                                                 "role_filter": cfg.role_filter})
     res.axis.save(out / "assistant_axis.safetensors")
-    from ...core._vector import VectorSet
+    from ...core import VectorSet
     res.role_vectors = VectorSet(R[:, layer], names=names, site=sites[layer], model=lm.name,
                                  method="response_mean")
     res.role_vectors.save(out / "role_vectors.safetensors")
