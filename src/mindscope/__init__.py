@@ -6,10 +6,10 @@
 >>> # with lm.intervene(ms.Add("resid_post.15", v, scale=4.0)): lm.generate(["Tell me a story"])
 """
 from .core import (ALIASES, LM, Ablate, Add, Batch, Cap, Captured, ChatPrompt, Clamp, Generation,
-                   Intervention, Monitor, Replace, Splice, Vector, VectorSet, list_models, load,
-                   load_vector, role, span)
+                   ImagePrompt, Intervention, Monitor, Recorder, Replace, Site, Splice, Vector,
+                   VectorSet, list_models, load, load_vector, role, span)
 
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "ALIASES", "LM", "Batch", "Captured", "Monitor", "ChatPrompt",
            "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap", "Replace", "Splice",
-           "span", "role", "Vector", "VectorSet", "load_vector", "__version__"]
+           "span", "role", "Site", "Recorder", "ImagePrompt", "Vector", "VectorSet", "load_vector", "__version__"]

@@ -52,7 +52,8 @@ def tiny_config(family: str, vocab_size: int, **over):
 
     if family == "gemma3":  # the text model; tiny_vlm("gemma3") builds the multimodal one
         family = "gemma3_text"
-    if family not in FAMILIES or FAMILIES[family].tiny[0] == "Gemma3Config":
+    if family not in FAMILIES or FAMILIES[family].tiny[0] in ("Gemma3Config", "Qwen2VLConfig",
+                                                              "Qwen2_5_VLConfig"):
         raise ValueError(f"no tiny config for {family!r}; families: {', '.join(sorted(FAMILIES))}")
     cls_name, extra = FAMILIES[family].tiny
     ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=0)
@@ -85,23 +86,52 @@ def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32,
     return LM.from_hf(model, tok, name=f"tiny-{family}")
 
 
+IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_vlm_tokenizer():
+    """The tiny tokenizer plus Gemma 3's image tokens (boi, eoi, image soft token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *IMAGE_TOKENS]
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        extra_special_tokens=dict(zip(("boi_token", "eoi_token", "image_token"), IMAGE_TOKENS)))
+    fast.chat_template = CHATML
+    return fast
+
+
 def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
-    """A random vision-language model (Gemma3ForConditionalGeneration) whose language model is
-    the tiny gemma3 text config; the LM wraps the whole model and reads its text part."""
+    """A random vision-language model (Gemma3ForConditionalGeneration: a 2-layer vision tower
+    on 28x28 images, 4 image tokens, the tiny gemma3 language model) with a processor."""
     import transformers as tf
 
-    tok = tiny_tokenizer()
-    torch.manual_seed(seed)
     if family != "gemma3":
         raise ValueError(f"no tiny vision-language model for {family!r} (have: gemma3)")
+    tok = tiny_vlm_tokenizer()
+    torch.manual_seed(seed)
+    boi, eoi, img = tok.convert_tokens_to_ids(list(IMAGE_TOKENS))
     text = tiny_config("gemma3_text", len(tok)).to_dict()
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=28, patch_size=14)
-    n = len(tok)
     cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
-                          image_token_index=n - 1, boi_token_index=n - 3, eoi_token_index=n - 2,
-                          **over)
+                          image_token_index=img, boi_token_index=boi, eoi_token_index=eoi, **over)
     cfg._attn_implementation = "eager"
     model = tf.Gemma3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # HF initialises the projector to zero: every image would look alike
+        w = model.model.multi_modal_projector.mm_input_projection_weight
+        w.normal_(std=w.shape[0] ** -0.5)
     model.generation_config.eos_token_id = tok.eos_token_id
-    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm")
+    from transformers.models.gemma3 import Gemma3ImageProcessorPil
+    proc = tf.Gemma3Processor(image_processor=Gemma3ImageProcessorPil(
+        size={"height": 28, "width": 28}), tokenizer=tok, image_seq_length=4)
+    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm", processor=proc)

@@ -141,3 +141,18 @@ def test_save_and_heatmap(tiny, pairs, tmp_path):
     assert torch.equal(load_file(str(tmp_path / "r" / "scores.safetensors"))["scores"], res.scores)
     meta = json.loads((tmp_path / "r" / "patch.json").read_text())
     assert meta["rows"] == [f"attn_out.{i}" for i in range(lm.n_layers)] and meta["mode"] == "denoise"
+
+
+def test_patching_the_new_sites_agrees_with_attn_out(tiny, pairs):
+    """Patching every head (z, head_out) or the whole pattern-and-values path of a layer equals
+    patching attn_out there; one head of z equals that head's head_out."""
+    lm = tiny("llama")
+    clean, corrupt, ans = pairs
+    res = mc.activation_patch(lm, clean, corrupt, ans, positions="all",
+                              sites="attn_out.2,z.2,head_out.2,z.2[1],head_out.2[1],mlp_post.1,mlp_out.1")
+    s = dict(zip(res.rows, res.scores.tolist()))
+    assert abs(s["z.2"] - s["attn_out.2"]) < 1e-4 and abs(s["head_out.2"] - s["attn_out.2"]) < 1e-4
+    assert abs(s["z.2[1]"] - s["head_out.2[1]"]) < 1e-4
+    assert abs(s["mlp_post.1"] - s["mlp_out.1"]) < 1e-4  # the down projection is linear
+    each = mc.activation_patch(lm, clean, corrupt, ans, sites="attn_pattern.2")
+    assert each.scores.shape[0] == 1 and bool(torch.isfinite(each.scores).all())

@@ -16,7 +16,8 @@ MOE = ["mixtral", "qwen2_moe", "qwen3_moe"]
 
 
 def test_every_table_family_has_a_tiny_model():
-    assert set(FAMILIES) - {"gemma3", "gemma3_text"} <= set(TINY_FAMILIES) | set(NEW)
+    vl = {"gemma3", "gemma3_text", "qwen2_vl", "qwen2_5_vl"}  # built by tiny_vlm / below
+    assert set(FAMILIES) - vl <= set(TINY_FAMILIES) | set(NEW)
 
 
 def _check_against_hf(lm, texts=TEXTS, L=1):
@@ -105,3 +106,21 @@ def test_gemma3_multimodal_text_part():
     _check_against_hf(lm)
     gens = lm.generate(TEXTS[:2], max_new_tokens=3)
     assert all(len(g.token_ids) <= 3 for g in gens)
+
+
+def test_qwen2_vl_text_part():
+    tok = tiny_tokenizer()
+    text = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, intermediate_size=128, bos_token_id=0, eos_token_id=2,
+                pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                 "mrope_section": [2, 3, 3]})
+    vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2)
+    cfg = tf.Qwen2VLConfig(text_config=text, vision_config=vision)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    lm = ms.LM.from_hf(tf.Qwen2VLForConditionalGeneration(cfg).eval(), tok)
+    assert lm.family_spec is FAMILIES["qwen2_vl"]
+    _check_against_hf(lm)
+    with pytest.raises(NotImplementedError, match="3-D rotary positions"):
+        from mindscope.core._vision import encode
+        encode(lm, ms.ImagePrompt("x", [object()]), "x", [])

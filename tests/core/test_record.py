@@ -77,3 +77,15 @@ def test_record_during_generate_equals_capture(tiny):
         torch.testing.assert_close(rec.per_row("z.2[1]")[r], _ref(lm, ids, "z.2[1]")[-n:], **TOL)
     with pytest.raises(KeyError, match="not recorded"):
         rec.per_row("resid_post.3")
+
+
+def test_record_attention_pattern_during_generate(tiny):
+    lm = tiny("llama")
+    with lm.record("attn_pattern.1") as rec:
+        gens = lm.generate(PROMPTS[:2], max_new_tokens=3, stop_at_eos=False)
+    for r, (p, g) in enumerate(zip(PROMPTS[:2], gens)):
+        ids = _fed(lm, p, g)
+        ref = _ref(lm, ids, "attn_pattern.1")  # (n, H, n)
+        got = rec.per_row("attn_pattern.1")[r]
+        assert got.shape[0] == len(ids)
+        torch.testing.assert_close(got[..., : ref.shape[-1]], ref, **TOL)

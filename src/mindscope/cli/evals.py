@@ -57,13 +57,15 @@ def eval_cmd(
     corrected_calibration: bool = typer.Option(False, help="Headline calibration error includes the "
                                                "remainder bin (official loop drops it)."),
     dtype: str = typer.Option("float32", help="Model dtype."),
+    images: bool = typer.Option(False, "--images", help="Keep image items (for a vision-language "
+                                "model); by default they are skipped and counted."),
 ) -> None:
     """Evaluate a model on HLE-format items; with interventions, baseline and steered side by side."""
     from mindscope import evals
 
     if task not in TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; available: {', '.join(TASKS)}")
-    items = evals.load_items(file, categories=category or None, limit=limit)
+    items = evals.load_items(file, categories=category or None, limit=limit, images=images)
     cfg = evals.EvalConfig(batch_size=batch_size, workers=workers, prompt_style=prompt_style,
                            corrected_calibration=corrected_calibration)
     if model_url:

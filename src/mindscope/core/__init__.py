@@ -12,6 +12,8 @@ from ._load import ALIASES, list_models, load
 from ._lock import RunLockedError, run_lock
 from ._positions import role, span
 from ._sites import Site
+from ._vision import ImagePrompt
+from ._vision import placeholder as image_placeholder
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
@@ -19,7 +21,7 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
            "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
-           "atomic_dir", "RunLockedError", "Site", "Recorder"]
+           "atomic_dir", "RunLockedError", "Site", "Recorder", "ImagePrompt", "image_placeholder"]
 
 # Used by other mindscope packages: public here so no package imports another's private module.
 from ._files import (check_finite, inside, load_safetensors, loads_checked, need, need_int,

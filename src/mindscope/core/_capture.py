@@ -74,7 +74,8 @@ def capture(self, prompts, sites, positions="all", stop_early: bool = True, batc
             chunk.clear()
             with self._running(b, row_offset=a) as run, torch.no_grad():
                 try:
-                    res = self._call(b.input_ids, b.attention_mask, use_cache=False)
+                    res = self._call(b.input_ids, b.attention_mask, use_cache=False,
+                                     **b.model_inputs())
                     if not early:
                         logits.append(res.logits.to(device))
                 except StopForward:

@@ -131,6 +131,11 @@ FAMILIES["gemma3"] = replace(  # Gemma3ForConditionalGeneration: its language mo
     FAMILIES["gemma3_text"], layers="model.language_model.layers",
     embed="model.language_model.embed_tokens", final_norm="model.language_model.norm",
     embeds=("model.language_model.embed_tokens",), tiny=("Gemma3Config", ()))
+_VL_TEXT = dict(layers="model.language_model.layers", embed="model.language_model.embed_tokens",
+                final_norm="model.language_model.norm", embeds=("model.language_model.embed_tokens",),
+                no_bake="vision-language model")
+for _name, _cfg in (("qwen2_vl", "Qwen2VLConfig"), ("qwen2_5_vl", "Qwen2_5_VLConfig")):
+    FAMILIES[_name] = replace(_LLAMA, **_VL_TEXT, tiny=(_cfg, ()))  # text prompts (see _vision)
 """model_type -> Family."""
 
 _warned: set = set()

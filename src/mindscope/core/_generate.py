@@ -77,7 +77,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = True, tempera
             done = torch.zeros(B, dtype=torch.bool)
             with self._running(b, row_offset=a) as run:
                 run.finished = done  # readers skip rows that have produced EOS
-                res = self._call(ids, mask, use_cache=True)
+                res = self._call(ids, mask, use_cache=True, **b.model_inputs())
                 cache = getattr(res, ckw, None) or getattr(res, "past_key_values", None)
                 pos = self.position_ids(mask)[:, -1:]  # (B, 1)
                 logits = res.logits[:, -1]

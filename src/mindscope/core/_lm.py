@@ -21,6 +21,10 @@ from ._hooks import Dispatcher, masked_apply
 from ._interventions import Intervention
 from ._positions import RowMeta, Run
 from ._sites import Site
+from ._vision import ImagePrompt, image_token_id
+from ._vision import placeholder as image_placeholder
+from ._vision import encode as encode_image_prompt
+from ._vision import model_inputs as vision_inputs
 from . import _sites
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,12 @@ class Batch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     meta: list[RowMeta] | None = None
+    extras: list[dict] | None = None
+    """Per-row model inputs besides the tokens (images: ``pixel_values``...), see _vision."""
+
+    def model_inputs(self) -> dict:
+        """Extra keyword inputs for the model call (images), batched for this padding."""
+        return vision_inputs(self.extras, self.attention_mask)
 
     @property
     def pad(self) -> torch.Tensor:
@@ -58,21 +68,25 @@ class Batch:
         order = torch.sort((~m).long() * -1, dim=1, stable=True).indices  # pads first, in order
         log.info("right-padded batch: moved the padding to the left of each row")
         return Batch(self.input_ids.gather(1, order), self.attention_mask.gather(1, order),
-                     self.meta)
+                     self.meta, self.extras)
 
     def slice(self, a: int, b: int) -> "Batch":
         ids, m = self.input_ids[a:b], self.attention_mask[a:b]
         keep = int(m.sum(0).nonzero().min()) if bool(m.any()) else 0  # drop all-pad columns
-        return Batch(ids[:, keep:], m[:, keep:], None if self.meta is None else self.meta[a:b])
+        return Batch(ids[:, keep:], m[:, keep:], None if self.meta is None else self.meta[a:b],
+                     None if self.extras is None else self.extras[a:b])
 
 
 class LM:
     """A causal LM with named sites. Build with ``ms.load(spec)`` or ``LM.from_hf(model, tok)``."""
 
-    def __init__(self, model, tokenizer, name: str = "model"):
+    def __init__(self, model, tokenizer, name: str = "model", processor=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.processor = processor
+        """A transformers processor for image + text prompts (vision-language models)."""
+        self.image_token_id = image_token_id(model)
         self.family = model.config.model_type
         cfg = getattr(model.config, "text_config", None) or model.config  # VLMs: the text part
         self.text_config = cfg
@@ -91,8 +105,9 @@ class LM:
             p.requires_grad_(False)
 
     @classmethod
-    def from_hf(cls, model, tokenizer, name: str | None = None) -> "LM":
-        return cls(model, tokenizer, name or getattr(model.config, "_name_or_path", "") or "model")
+    def from_hf(cls, model, tokenizer, name: str | None = None, processor=None) -> "LM":
+        return cls(model, tokenizer, name or getattr(model.config, "_name_or_path", "") or "model",
+                   processor)
 
     def __repr__(self) -> str:
         return (f"LM({self.name!r}, family={self.family}, layers={self.n_layers}, "
@@ -201,11 +216,18 @@ class LM:
              system: str | None = None) -> ChatPrompt:
         return render_chat(self.tokenizer, messages, prefill, add_generation_prompt, system)
 
-    def _texts(self, prompts, chat: bool) -> tuple[list[str], list[list]]:
-        if isinstance(prompts, (str, ChatPrompt)):
+    def _texts(self, prompts, chat: bool) -> tuple[list[str], list[list], list]:
+        if isinstance(prompts, (str, ChatPrompt, ImagePrompt)):
             prompts = [prompts]
-        texts, roles = [], []
+        texts, roles, images = [], [], []
         for p in prompts:
+            img = p if isinstance(p, ImagePrompt) else None
+            images.append(img)
+            if img is not None:
+                p = img.text
+                if isinstance(p, str) and self.processor is not None:
+                    mark = image_placeholder(self.processor)
+                    p = p if mark in p else (mark + "\n") * len(img.images) + p
             if isinstance(p, list):  # a conversation
                 p = self.chat(p)
             elif isinstance(p, str) and chat:
@@ -217,8 +239,9 @@ class LM:
                 texts.append(p)
                 roles.append([])
             else:
-                raise TypeError(f"a prompt must be str, ChatPrompt or a message list; got {type(p)}")
-        return texts, roles
+                raise TypeError(f"a prompt must be str, ChatPrompt, ImagePrompt or a message list; "
+                                f"got {type(p)}")
+        return texts, roles, images
 
     def tokenize(self, prompts, chat: bool = False, add_special_tokens: bool | None = None,
                  max_length: int | None = None) -> Batch:
@@ -226,12 +249,21 @@ class LM:
         already holds any BOS); plain text gets the tokenizer's default special tokens."""
         if isinstance(prompts, Batch):
             return prompts.left_padded()
-        texts, roles = self._texts(prompts, chat)
+        texts, roles, images = self._texts(prompts, chat)
         if not texts:
             raise ValueError("no prompts given")
         is_chat = [bool(r) or chat for r in roles]
-        rows, meta = [], []
-        for text, r, c in zip(texts, roles, is_chat):
+        rows, meta, extras = [], [], []
+        for text, r, c, img in zip(texts, roles, is_chat, images):
+            if img is not None:  # through the processor (it adds the image tokens)
+                src = img if isinstance(img.text, ChatPrompt) or not r else ImagePrompt(
+                    ChatPrompt(text, r), img.images)
+                ids, m, ex = encode_image_prompt(self, src, text, r)
+                rows.append(ids)
+                meta.append(m)
+                extras.append(ex)
+                continue
+            extras.append({})
             special = (not c) if add_special_tokens is None else add_special_tokens
             enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
             ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
@@ -248,7 +280,7 @@ class LM:
         for i, r in enumerate(rows):
             ids[i, T - len(r):] = torch.tensor(r)
             mask[i, T - len(r):] = 1
-        return Batch(ids, mask, meta)
+        return Batch(ids, mask, meta, extras if any(extras) else None)
 
     # ---- forward -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -262,7 +294,8 @@ class LM:
         previous binding is restored on exit, even on error."""
         prev = self._hooks.run, self._hooks._auto_run
         self._hooks.run = Run(batch.pad, batch.input_ids.shape[1], batch.meta, row_offset,
-                              batch.attention_mask)
+                              batch.attention_mask, image=None if self.image_token_id is None
+                              else batch.input_ids == self.image_token_id)
         self._hooks._auto_run = False
         try:
             yield self._hooks.run
@@ -296,7 +329,8 @@ class LM:
         """Logits (B, T, V) of a left-padded batch; padding never changes real rows."""
         b = self.tokenize(prompts, chat=chat)
         with self.run_context(b, row_offset):
-            return self.call(b.input_ids, b.attention_mask, use_cache=False).logits
+            return self.call(b.input_ids, b.attention_mask, use_cache=False,
+                             **b.model_inputs()).logits
 
     def loss(self, prompts, chat: bool = False, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy over real tokens. ``reduction='none'`` -> (B, T-1) with 0 on

@@ -185,6 +185,10 @@ def load(spec: str = DEFAULT_MODEL, dtype="float32", device=None, allow_download
     offline = {} if allow_download else {"local_files_only": True}
     tok = AutoTokenizer.from_pretrained(str(src), **offline)
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dt, **offline).to(dev)
-    lm = LM(model, tok, name)
+    proc = None
+    if any((Path(src) / f).exists() for f in ("preprocessor_config.json", "processor_config.json")):
+        from transformers import AutoProcessor  # a vision-language model: images via its processor
+        proc = AutoProcessor.from_pretrained(str(src), **offline)
+    lm = LM(model, tok, name, processor=proc)
     log.info("loaded %r", lm)
     return lm

@@ -39,7 +39,8 @@ class span:
 @dataclass(frozen=True)
 class role:
     """The tokens of every chat turn with this role (``"user"``, ``"assistant"``, ``"system"``).
-    For ``"assistant"``, generated tokens count too."""
+    For ``"assistant"``, generated tokens count too. ``role("image")``: the image tokens of a
+    vision-language model's prompt."""
 
     name: str
 
@@ -61,7 +62,8 @@ class Run:
     """The state of one batched forward (or one generation) used to resolve positions."""
 
     def __init__(self, pad: torch.Tensor, prompt_len: int, meta: list[RowMeta] | None = None,
-                 row_offset: int = 0, mask: torch.Tensor | None = None):
+                 row_offset: int = 0, mask: torch.Tensor | None = None,
+                 image: torch.Tensor | None = None):
         self.pad = pad.long()  # (B,) left padding per row (leading zeros of the mask)
         self.prompt_len = int(prompt_len)  # padded prompt length
         self.meta = meta
@@ -75,6 +77,7 @@ class Run:
             mask = j >= self.pad.unsqueeze(1)
         self.valid = mask.bool().cpu()  # (B, prompt_len)
         self.n_real = self.valid.sum(-1)  # (B,) real prompt tokens per row
+        self.image = None if image is None else image.bool().cpu()  # (B, prompt_len) image tokens
 
     @property
     def B(self) -> int:
@@ -133,6 +136,11 @@ class Run:
             else:
                 hi = torch.as_tensor(spec.stop) + (n if spec.stop < 0 else 0)
             return real & (u >= lo) & (u < hi)
+        if isinstance(spec, role) and spec.name == "image":
+            if self.image is None:
+                raise ValueError("role('image') needs a vision-language model and the prompt's "
+                                 "tokens: run through lm.forward/capture/generate")
+            return self.image.gather(1, j.clamp(max=self.prompt_len - 1)) & (j < self.prompt_len)
         if isinstance(spec, (span, role)):
             return self._text_mask(spec, u, j)
         if isinstance(spec, list):

@@ -15,6 +15,10 @@ from typing import Callable, Optional
 
 import torch
 
+from ._capture import _cat as join
+from ._capture import unpad_keys
+from ._sites import PATTERN
+
 
 class Recorder:
     """Site values at ``positions`` of every forward call while the context is open."""
@@ -30,7 +34,9 @@ class Recorder:
         self._joined: dict = {}
         self._keys: list = []
 
-    def _value(self, site, h: torch.Tensor) -> torch.Tensor:
+    def _value(self, site, h: torch.Tensor, run) -> torch.Tensor:
+        if getattr(site, "kind", None) in PATTERN:  # key 0 = the row's first real token
+            h = unpad_keys(h, run)
         return h.detach().to("cpu", self.dtype or h.dtype)  # (B, T, ...)
 
     def _fn(self, site):
@@ -39,7 +45,7 @@ class Recorder:
             fin = getattr(run, "finished", None)
             if fin is not None:
                 m &= ~fin.to(m.device).unsqueeze(1)  # a row that produced EOS records no more
-            x = self._value(site, h)
+            x = self._value(site, h, run)
             rows = torch.arange(run.row_offset, run.row_offset + run.B)
             if self.callback is not None:
                 self.callback(site, rows, x, m)
@@ -86,7 +92,7 @@ class Recorder:
                 raise KeyError(f"{site!r} was not recorded; recorded: {[str(s) for s in self.sites]}")
             rows = self._rows.get(site, {})
             empty = next((c[0][:0] for c in rows.values() if c), torch.empty(0))
-            self._joined[site] = [torch.cat(list(rows[r])) if rows.get(r) else empty
+            self._joined[site] = [join(list(rows[r])) if rows.get(r) else empty
                                   for r in range(self.n_rows)]
         return self._joined[site]
 
@@ -113,7 +119,7 @@ class Monitor(Recorder):
                 self._dirs[s] = D
         super().__init__(lm, sites, **kw)
 
-    def _value(self, site, h):
+    def _value(self, site, h, run):
         d = self._dirs[site].to(h.device, h.dtype)
         if self.normalize:
             d = d / d.norm(dim=-1, keepdim=True)

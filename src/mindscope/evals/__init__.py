@@ -12,7 +12,7 @@ from ..judges import (JUDGE_PROMPT, ChatClient, ChatError, ClientStats, HTTPJudg
                       judge_prompt, make_judge, normalize, parse_choices, parse_confidence,
                       parse_response, parse_verdict_text)
 from ._compare import build_interventions, compare_variants, comparison_table, load_direction, parse_spec
-from ._items import ANSWER_TYPES, SAMPLE_PATH, Item, ItemSet, load_items
+from ._items import ANSWER_TYPES, SAMPLE_PATH, Item, ItemSet, load_image, load_items
 from ._metrics import (CalibrationError, accuracy, bin_edges, calibration_error, per_category,
                        reliability_bins, reliability_diagram)
 from ._prompts import SYSTEM_EXACT_ANSWER, SYSTEM_MC, format_messages, system_prompt
@@ -22,7 +22,7 @@ from ._store import RunStore, write_json_atomic
 
 __all__ = [
     # items and prompts
-    "Item", "ItemSet", "load_items", "SAMPLE_PATH", "ANSWER_TYPES", "SYSTEM_EXACT_ANSWER",
+    "Item", "ItemSet", "load_items", "load_image", "SAMPLE_PATH", "ANSWER_TYPES", "SYSTEM_EXACT_ANSWER",
     "SYSTEM_MC", "system_prompt", "format_messages", "ParsedResponse", "parse_response",
     "parse_confidence",
     # judges

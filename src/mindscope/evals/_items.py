@@ -48,6 +48,9 @@ class Item:
     """Why the answer is right (never shown to the model)."""
     raw_subject: Optional[str] = None
     """Finer subject label (HLE ``raw_subject``)."""
+    image: Optional[str] = None
+    """The item's image (HLE: a ``data:image/...;base64,`` URI; or a file path), kept only when
+    loaded with ``images=True``; answered by a vision-language model (``load_image``)."""
 
     def __post_init__(self) -> None:
         if self.answer_type not in ANSWER_TYPES:
@@ -126,17 +129,37 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def load_image(ref: str):
+    """An item's image -> PIL image: a ``data:`` URI, bare base64, or a file path."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image
+
+    s = str(ref).strip()
+    if s.startswith("data:"):
+        s = s.split(",", 1)[-1]
+    elif Path(s).exists():
+        return Image.open(s).convert("RGB")
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(s, validate=False))).convert("RGB")
+    except (binascii.Error, OSError, ValueError) as e:
+        raise BadInputError("item image", f"is neither a data URI, base64 image nor a file "
+                                          f"({str(e)[:80]})") from None
+
+
+def _read_parquet(path: Path, images: bool = False) -> list[dict]:
     import pyarrow as pa
 
     try:
-        return _read_parquet_raw(path)
+        return _read_parquet_raw(path, images)
     except (pa.ArrowException, OSError) as e:
         raise BadInputError(path, f"is not a readable items table ({str(e)[:160]})",
                             "give an HLE-layout parquet or a .jsonl of items") from None
 
 
-def _read_parquet_raw(path: Path) -> list[dict]:
+def _read_parquet_raw(path: Path, images: bool = False) -> list[dict]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -149,7 +172,7 @@ def _read_parquet_raw(path: Path) -> list[dict]:
                                   "answer_type, ...)")
     cols = [c for c in want if c in schema.names]
     table = pq.read_table(path, columns=cols + (["image"] if "image" in schema.names else []))
-    if "image" in table.column_names:  # keep only a flag; images can be hundreds of MB of base64
+    if "image" in table.column_names and not images:  # a flag; images are MBs of base64
         has_img = pc.fill_null(pc.greater(pc.utf8_length(table["image"]), 0), False)
         table = table.drop_columns(["image"]).append_column("image", has_img)
     rows = table.to_pylist()
@@ -159,10 +182,12 @@ def _read_parquet_raw(path: Path) -> list[dict]:
 
 
 def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[str]] = None,
-               answer_types: Optional[Sequence[str]] = None, limit: Optional[int] = None) -> ItemSet:
+               answer_types: Optional[Sequence[str]] = None, limit: Optional[int] = None,
+               images: bool = False) -> ItemSet:
     """Load items from JSONL or Parquet (``None`` -> the bundled sample).
 
-    Image items are skipped and counted in ``skipped_images``; ``categories`` / ``answer_types``
+    Image items are skipped and counted in ``skipped_images`` unless ``images`` (for a
+    vision-language model: ``Item.image`` holds the image); ``categories`` / ``answer_types``
     keep only matching items; ``limit`` keeps the first N after filtering.
     """
     path = SAMPLE_PATH if path is None or str(path) in ("sample", "hle-sample") else Path(path)
@@ -173,7 +198,7 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
     if suffix in (".jsonl", ".json"):
         recs = _read_jsonl(path)
     elif suffix in (".parquet", ".pq"):
-        recs = _read_parquet(path)
+        recs = _read_parquet(path, images)
     else:
         raise BadInputError(path, f"unknown item format {suffix!r}; use .jsonl or .parquet")
     if answer_types:
@@ -183,7 +208,7 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
     n_img = n_filt = 0
     for r in recs:
         where = r.pop("_where")
-        if _has_image(r):
+        if _has_image(r) and not images:
             n_img += 1
             continue
         for k in ("id", "question", "answer"):
@@ -195,7 +220,8 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
             it = Item(id=str(r["id"]), question=str(r["question"]), answer=str(r["answer"]).strip(),
                       answer_type=_norm_type(r.get("answer_type"), where),
                       category=_opt(r, "category"), rationale=_opt(r, "rationale"),
-                      raw_subject=_opt(r, "raw_subject"))
+                      raw_subject=_opt(r, "raw_subject"),
+                      image=str(r["image"]) if images and _has_image(r) else None)
         except BadInputError:
             raise
         except ValueError as e:

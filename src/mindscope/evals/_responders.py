@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from ..core import ImagePrompt, image_placeholder
 from ..judges import ChatClient, ChatError
-from ._items import Item
+from ._items import Item, load_image
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,30 @@ class LMResponder(Responder):
                 "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
                 "seed": self.seed, "batch_size": self.batch_size}
 
+    def _prompts(self, items: Sequence[Item], messages: Sequence[list[dict]]) -> list:
+        """Messages as given; an item with an image -> an ImagePrompt (its image placeholder at
+        the start of the user turn) for a vision-language model."""
+        out = []
+        for it, msgs in zip(items, messages):
+            if getattr(it, "image", None) is None:
+                out.append(msgs)
+                continue
+            proc = getattr(self.lm, "processor", None)
+            if proc is None:
+                raise ValueError(f"item {it.id!r} has an image but {self.name} is not a "
+                                 "vision-language model with a processor; load items without "
+                                 "images=True or answer with a VLM")
+            mark = image_placeholder(proc)
+            msgs = [dict(m, content=f"{mark}\n{m['content']}") if m["role"] == "user" else m
+                    for m in msgs]
+            out.append(ImagePrompt(self.lm.chat(msgs), [load_image(it.image)]))
+        return out
+
     def respond(self, items: Sequence[Item], messages: Sequence[list[dict]]) -> list[Reply]:
+        prompts = self._prompts(items, messages)
         t0 = time.perf_counter()
         try:
-            gens = self.lm.generate(list(messages), max_new_tokens=self.max_new_tokens, chat=True,
+            gens = self.lm.generate(prompts, max_new_tokens=self.max_new_tokens, chat=True,
                                     temperature=self.temperature, seed=self.seed,
                                     interventions=self.interventions, batch_size=self.batch_size,
                                     progress=False)

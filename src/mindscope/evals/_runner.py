@@ -82,6 +82,8 @@ def _items_hash(items: Sequence[Item]) -> str:
     h = hashlib.sha256()
     for it in items:
         h.update(f"{it.id}\x00{it.question}\x00{it.answer}\x00{it.answer_type}\n".encode())
+        if getattr(it, "image", None):  # an image item differs from its text-only twin
+            h.update(b"img\x00" + hashlib.sha256(it.image.encode()).digest())
     return h.hexdigest()[:16]
 
 
