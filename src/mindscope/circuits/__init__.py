@@ -10,9 +10,9 @@ transcoder folders).
 """
 from ._splice import check_transcoders, mlp_module, splice, spliced_loss, transcoder_metrics
 from ._train import TrainSettings, check_store, harvest_mlp, mlp_sites, train_transcoders
-from ._transcoders import ACTIVATIONS, KINDS, TranscoderConfig, Transcoders
+from ._transcoders import ACTIVATIONS, TRANSCODER_KINDS, TranscoderConfig, Transcoders
 
-__all__ = ["Transcoders", "TranscoderConfig", "KINDS", "ACTIVATIONS", "TrainSettings",
+__all__ = ["Transcoders", "TranscoderConfig", "TRANSCODER_KINDS", "ACTIVATIONS", "TrainSettings",
            "train_transcoders", "harvest_mlp", "mlp_sites", "check_store", "splice",
            "spliced_loss", "transcoder_metrics", "check_transcoders", "mlp_module"]
 from ._graph import Graph, GraphConfig, attribute, influence  # noqa: E402

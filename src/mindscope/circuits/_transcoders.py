@@ -32,7 +32,7 @@ from ..core import (BadInputError, atomic_save_tensors, atomic_write_json, check
                     load_safetensors, read_json)
 from ..sae import jumprelu, step
 
-KINDS = ("plt", "clt")
+TRANSCODER_KINDS = ("plt", "clt")
 ACTIVATIONS = ("topk", "jumprelu", "relu")
 FORMAT = "mindscope-transcoders/1"
 KEY_PREFIX = "mindscope_tc."
@@ -72,8 +72,8 @@ class TranscoderConfig:
     """Provenance: tokens trained, store, metrics."""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"TranscoderConfig.kind={self.kind!r} is not one of {KINDS}")
+        if self.kind not in TRANSCODER_KINDS:
+            raise ValueError(f"TranscoderConfig.kind={self.kind!r} is not one of {TRANSCODER_KINDS}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"TranscoderConfig.activation={self.activation!r} is not one of "
                              f"{ACTIVATIONS}")

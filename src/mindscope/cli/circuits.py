@@ -149,7 +149,8 @@ def graph_cmd(
         save_graph(g, out)
         d = graph_json(g, prune(g, node_threshold, edge_threshold), slug=slug,
                        node_threshold=node_threshold, edge_threshold=edge_threshold)
-        (out / f"{slug}.json").write_text(json.dumps(d))
+        from mindscope.core import atomic_write_json
+        atomic_write_json(out / f"{slug}.json", d)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     s = d["metadata"]["info"]["scores"]
