@@ -164,7 +164,7 @@ def main():
                               "features": g.stats["active_features"]}))
             return
         rows = []
-        for T in (8, 32, 96):
+        for T in (8, 24, 48):
             r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
                                 args.name, "--root", str(root)], capture_output=True, text=True)
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))

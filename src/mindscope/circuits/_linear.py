@@ -201,6 +201,7 @@ def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
     rows = min(n_feat, max_feature_nodes) + 16
     n_src = n_feat + (L + 1) * T
     b = 4 * (L * H * T * T + 8 * L * T * d + 4 * batch_size * T * d + batch_size * n_src
-             + n_feat * d * dec_slots + L * T * c.n_latents // L)
+             + n_feat * d * (2 + 2 * dec_slots) + L * T * c.n_latents // L)  # enc rows,
+    # scaled decoder rows and their position-sorted copy (measured on SmolLM2: see docs)
     b += 12 * rows * min(max_row_edges, n_src)
     return int(b)
