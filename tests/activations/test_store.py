@@ -97,3 +97,29 @@ def test_truncated_and_corrupt_shards_are_clear(store, tmp_path):
     with pytest.raises(CorruptStoreError, match="sha256"):
         list(s.reader(64, site="resid_post.1", verify="sha256"))
     assert len(list(s.reader(64, site="resid_post.2", verify="sha256"))) > 0
+
+
+def test_paired_reader_keeps_rows_aligned_shuffled_and_bounded(store):
+    a, b = store.activations("resid_post.1"), store.activations("resid_post.2")  # (N, d) each
+    pair_of = {tuple(x): tuple(y) for x, y in zip(a.numpy().round(6).tolist(),
+                                                   b.numpy().round(6).tolist())}
+    r = store.paired_reader(50, "resid_post.1", "resid_post.2", split="all", buffer_rows=256,
+                            seed=1)
+    got = list(r)
+    x = torch.cat([g[0] for g in got])
+    y = torch.cat([g[1] for g in got])
+    assert x.shape == y.shape == a.shape
+    assert not torch.equal(x, a)  # shuffled
+    # every row of x is paired with its own row of y, and each row appears exactly once
+    assert all(pair_of[tuple(r_)] == tuple(s_) for r_, s_ in
+               zip(x.numpy().round(6).tolist(), y.numpy().round(6).tolist()))
+    assert _row_keys(x) == _row_keys(a)
+    assert r.peak_buffer_rows < 256 // 2 + 50 + 32  # buffer rows / 2 sites + one chunk
+    # lists of sites give (B, n, d) stacks in the order asked
+    xs, ys = next(iter(store.paired_reader(8, ["resid_post.2", "resid_post.1"], ["resid_post.1"],
+                                           shuffle=False, split="all")))
+    assert xs.shape == (8, 2, 64) and ys.shape == (8, 1, 64)
+    assert torch.equal(xs[:, 0], b[:8]) and torch.equal(xs[:, 1], a[:8])
+    assert torch.equal(ys[:, 0], a[:8])
+    with pytest.raises(KeyError, match="not in this store"):
+        store.paired_reader(8, "mlp_in.1", "resid_post.1")

@@ -131,7 +131,7 @@ def test_load_checks_files_like_load_ours(tmp_path):
     with pytest.raises(FileNotFoundError, match="load_any"):  # SAE.load's own hint is kept
         SAE.load(tmp_path)
     w = load_file(str(tmp_path / "s" / "sae.safetensors"))
-    w["W_dec"][0, 0] = float("nan")
+    w["mindscope_sae.W_dec"][0, 0] = float("nan")
     save_file(w, str(tmp_path / "s" / "sae.safetensors"))
     with pytest.raises(BadInputError, match="NaN"):  # load_ours' checks now apply here too
         SAE.load(tmp_path / "s")
@@ -142,3 +142,23 @@ def test_load_checks_files_like_load_ours(tmp_path):
     (tmp_path / "s" / "cfg.json").write_text(json.dumps({**cfg, "n_latents": 1 << 40}))
     with pytest.raises(BadInputError, match="n_latents"):  # refused before allocating
         SAE.load(tmp_path / "s")
+
+
+def test_saved_names_cannot_be_misread_by_bare_key_loaders_and_old_files_load(tmp_path):
+    """circuit-tracer's ReLU transcoder loader reads bare W_enc/W_dec/b_enc/b_dec and would
+    silently drop TopK, the scales and the decoder bias; our files use prefixed names, and
+    files written before the rename (bare names) still load."""
+    from safetensors.torch import save_file
+
+    sae = _random_sae("topk")
+    sae.save(tmp_path / "new")
+    w = load_file(str(tmp_path / "new" / "sae.safetensors"))
+    assert not {"W_enc", "W_dec", "b_enc", "b_dec"} & set(w)
+    assert all(k.startswith("mindscope_sae.") for k in w)
+    sae.save(tmp_path / "old")
+    save_file({k.split(".", 1)[1]: v for k, v in w.items()},
+              str(tmp_path / "old" / "sae.safetensors"))
+    for d in ("new", "old"):
+        again = SAE.load(tmp_path / d)
+        x = torch.randn(4, sae.cfg.d_in)
+        assert torch.equal(again(x), sae(x))

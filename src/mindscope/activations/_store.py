@@ -263,6 +263,25 @@ class ActivationStore:
         """Batches (batch_size, d) float32. See ``StoreReader`` for the other options."""
         return StoreReader(self, batch_size, self._site(site), shuffle, seed, split, epochs, **kw)
 
+    def paired_reader(self, batch_size: int, inputs, outputs, shuffle: bool = True,
+                      seed: int = 0, split: str = "train", epochs: int = 1,
+                      **kw) -> "StoreReader":
+        """Batches ``(x, y)`` of the same token rows at input and output sites, shuffled together
+        (for transcoders): x is (B, d) for one input site or (B, n_in, d) for a list, y likewise
+        for ``outputs``. Memory is bounded as in ``reader`` (the buffer holds every site).
+
+        >>> # for x, y in store.paired_reader(4096, "mlp_in.3", "mlp_out.3"): ...  # (4096, d) each
+        >>> # for x, y in store.paired_reader(4096, ins, outs): ...  # (4096, n_layers, d) each
+        """
+        groups = []
+        for g in (inputs, outputs):
+            one = isinstance(g, str)
+            names = [g] if one else list(g)
+            if not names:
+                raise ValueError("paired_reader needs at least one input and one output site")
+            groups.append((one, [self._site(x) for x in names]))
+        return StoreReader(self, batch_size, groups, shuffle, seed, split, epochs, **kw)
+
 
 def pa_errors():
     import pyarrow as pa
@@ -271,10 +290,12 @@ def pa_errors():
 
 
 class StoreReader:
-    """Iterates (B, d) float32 batches over the shards of one site.
+    """Iterates (B, d) float32 batches over the shards of one site, or ``(x, y)`` pairs of
+    several sites read at the same rows (``ActivationStore.paired_reader``).
 
     - shuffle: shard order is permuted per epoch; rows pass through a shuffle buffer of
-      ``buffer_rows`` rows (memory stays ~``buffer_rows * d * 4`` bytes whatever the store size).
+      ``buffer_rows`` rows (memory stays ~``buffer_rows * d * 4`` bytes whatever the store size;
+      with several sites the buffer holds ``buffer_rows / n_sites`` rows of every site).
     - split: 'train' or 'heldout', by document (``split_by="document"``, default: a document's
       rows are all on one side) or by shard; ``heldout_fraction`` of documents/shards, chosen by a
       fixed hash, so every run and every reader agree.
@@ -297,6 +318,9 @@ class StoreReader:
         if verify not in ("size", "sha256"):
             raise ValueError(f"verify must be 'size' or 'sha256', not {verify!r}")
         self.store, self.batch_size, self.site = store, batch_size, site
+        # paired mode: site = [(single?, [sites]), (single?, [sites])]; rows read at every site
+        self.groups = site if isinstance(site, list) else None
+        self.all_sites = ([x for _, g in self.groups for x in g] if self.groups else [site])
         self.shuffle, self.seed, self.split, self.epochs = shuffle, seed, split, epochs
         self.buffer_rows = max(int(buffer_rows), batch_size)
         self.heldout_fraction, self.split_by = heldout_fraction, split_by
@@ -345,27 +369,37 @@ class StoreReader:
         return per * self.epochs
 
     def _chunks(self, order, rng) -> Iterator[torch.Tensor]:
+        """(n, S, d) chunks: the same rows at each of the S sites of ``all_sites``."""
         dtype = self.store.manifest["dtype"]
-        chunk = max(self.batch_size, self.buffer_rows // 4)
+        per_row = len(self.all_sites)
+        chunk = max(self.batch_size, self.buffer_rows // (4 * per_row))  # rows of every site
         for k in order:
             idx = self.rows()[k]
             if len(idx) == 0:
                 continue
-            arr = self.store.load(self.site, k, verify=(self.verify == "sha256"
-                                                        and k not in self._verified))
+            verify = self.verify == "sha256" and k not in self._verified
+            arrs = [self.store.load(s, k, verify=verify) for s in self.all_sites]
             self._verified.add(k)
-            if arr.shape[0] != self.store.shards[k]["rows"]:
-                raise CorruptStoreError(f"shard {k} of {self.site} has {arr.shape[0]} rows, the "
-                                        f"manifest says {self.store.shards[k]['rows']}")
             starts = list(range(0, len(idx), chunk))
             if self.shuffle:
                 rng.shuffle(starts)
             for a in starts:
-                yield self.store._finite(to_float32(arr[idx[a:a + chunk]], dtype), self.site,
-                                         k, int(idx[a]) if len(idx) else 0)  # (n, d)
+                yield torch.stack([self.store._finite(to_float32(arr[idx[a:a + chunk]], dtype), s,
+                                                      k, int(idx[a]))
+                                   for s, arr in zip(self.all_sites, arrs)], 1)  # (n, S, d)
+
+    def _out(self, x: torch.Tensor):
+        """A batch (B, S, d) as the caller sees it: (B, d), or (x, y) in paired mode."""
+        x = x.to(self.device)
+        if self.groups is None:
+            return x[:, 0]
+        (one_in, ins), (one_out, _) = self.groups
+        a, b = x[:, :len(ins)], x[:, len(ins):]
+        return (a[:, 0] if one_in else a, b[:, 0] if one_out else b)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        B, cap = self.batch_size, self.buffer_rows
+        B = self.batch_size
+        cap = max(B, self.buffer_rows // len(self.all_sites))  # rows x sites <= buffer_rows
         for epoch in range(self.epochs):
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(len(self.store.shards)) if self.shuffle else \
@@ -384,7 +418,7 @@ class StoreReader:
                     keep = cap // 2 if self.shuffle else 0
                     n_out = max(0, (n - keep) // B * B)
                     for a in range(0, n_out, B):
-                        yield data[a:a + B].to(self.device)
+                        yield self._out(data[a:a + B])
                     buf, n = [data[n_out:]], n - n_out
             if n:
                 data = torch.cat(buf)
@@ -392,4 +426,4 @@ class StoreReader:
                     data = data[torch.randperm(n, generator=gen)]
                 for a in range(0, n, B):
                     if a + B <= n or not self.drop_last:
-                        yield data[a:a + B].to(self.device)
+                        yield self._out(data[a:a + B])

@@ -50,6 +50,8 @@ _GROUPS = [
     ("audit", "organism_app", "organism", "Hidden-objective model organism: build, eval."),
     ("audit", "audit_app", "audit", "Auditor's toolkit, audit log and the auditing game."),
     ("protocols", "protocols_cmd", "protocols", "List the registered protocols and their settings."),
+    ("circuits", "app", "circuits",
+     "Circuit tracing: transcoders for every layer, attribution graphs, the graph browser."),
 ]
 
 

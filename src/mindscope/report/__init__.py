@@ -9,8 +9,10 @@ True
 from ..runs import CSS, Page, bars_svg, esc, fmt, link, png, table, tokens
 from ._browser import feature_page, index_page, map_svg
 from ._export import export_html, export_neuronpedia, neuronpedia_feature
+from ._graph import GraphServer, graph_page
 from ._server import FeatureServer, HTTPError, safe_path, serve
 
 __all__ = ["Page", "table", "png", "tokens", "esc", "fmt", "link", "bars_svg", "CSS",
            "FeatureServer", "serve", "safe_path", "HTTPError", "export_html", "export_neuronpedia",
-           "neuronpedia_feature", "index_page", "feature_page", "map_svg"]
+           "neuronpedia_feature", "index_page", "feature_page", "map_svg", "GraphServer",
+           "graph_page"]

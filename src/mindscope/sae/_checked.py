@@ -16,6 +16,7 @@ from ._config import SAEConfig
 PathLike = Union[str, os.PathLike]
 log = logging.getLogger(__name__)
 _FLOATS = ("F32", "F16", "BF16", "F64")
+KEY_PREFIX = "mindscope_sae."  # tensor names in sae.safetensors (files before it: bare names)
 _FIX = "the folder is damaged or incomplete: save, export or download the SAE again"
 _MAX_D, _MAX_N = 1 << 20, 1 << 26
 
@@ -110,7 +111,11 @@ def read_ours(path: PathLike) -> tuple[SAEConfig, dict]:
     want = {"W_enc": (n, d_in), "b_enc": (n,), "W_dec": (n, d_out), "b_dec": (d_out,),
             **{k: shape for k, (shape, _) in cfg.spec.tensors(cfg).items()}}
     w_p = path / "sae.safetensors"
-    sd = _weights(w_p, want, kind="mindscope")
+    # files from SAE.save carry prefixed names (KEY_PREFIX); older files bare ones
+    pre = KEY_PREFIX if any(k.startswith(KEY_PREFIX) for k in
+                            safetensors_header(w_p, "mindscope SAE weights", _FIX)[0]) else ""
+    sd = {k[len(pre):] if k.startswith(pre) else k: v for k, v in
+          _weights(w_p, {pre + k: s for k, s in want.items()}, kind="mindscope").items()}
     extra = sorted(set(sd) - set(want))
     if extra:
         raise BadInputError(w_p, f"holds unexpected tensor(s) {extra[:5]} for a {cfg.arch} SAE",

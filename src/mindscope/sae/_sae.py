@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..core import atomic_save_tensors, atomic_write_json
-from ._checked import PathLike, read_ours
+from ._checked import KEY_PREFIX, PathLike, read_ours
 from ._config import SAEConfig
 from ._kernels import sparse_decode, topk_encode
 
@@ -136,7 +136,9 @@ class SAE(nn.Module):
     def save(self, path: PathLike) -> Path:
         """Write ``cfg.json`` + ``sae.safetensors`` into folder ``path`` (atomically, each file)."""
         path = Path(path)
-        tensors = {k: v for k, v in self.state_dict().items()}
+        # prefixed names: peers that read bare W_enc/W_dec/b_enc/b_dec (circuit-tracer's ReLU
+        # loader) must not silently accept this file and drop TopK, the scales and b_dec
+        tensors = {KEY_PREFIX + k: v for k, v in self.state_dict().items()}
         atomic_save_tensors(path / "sae.safetensors", tensors, metadata={"format": "mindscope-sae"})
         atomic_write_json(path / "cfg.json", {"format": "mindscope-sae", **self.cfg.to_dict()})
         return path

@@ -1,0 +1,176 @@
+"""The worked example of docs/circuits.md on SmolLM2-135M-Instruct, stage by stage (each stage
+resumes or skips when its output exists):
+
+    python benchmarks/circuits_smollm2.py harvest   # all layers' mlp_in/mlp_out, one pass
+    python benchmarks/circuits_smollm2.py train     # per-layer transcoders (all 30 layers)
+    python benchmarks/circuits_smollm2.py metrics   # FVU per layer, CE spliced, replacement
+    python benchmarks/circuits_smollm2.py graph     # graph of the capital-city prompt + checks
+    python benchmarks/circuits_smollm2.py memory    # peak memory vs prompt length
+
+Outputs go to --root (default /work/runs_circuits); results.json collects the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PROMPT = "Fact: the capital of the state containing Dallas is"
+TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin.",
+         "Alice went to the market to buy bread, milk and eggs for breakfast.",
+         "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+         "The mitochondria is the powerhouse of the cell; it makes ATP from glucose."]
+
+
+def _results(root: Path) -> dict:
+    p = root / "results.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _save(root: Path, key: str, val) -> None:
+    r = _results(root)
+    r[key] = val
+    (root / "results.json").write_text(json.dumps(r, indent=1))
+
+
+def plot_graph(d: dict, path: Path, n_layers: int) -> None:
+    """The pruned graph as a PNG: x = token position, y = layer (E at the bottom, logits on
+    top), edge width ~ |weight| (blue +, red -), features orange, errors grey, logits purple."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    toks = d["metadata"]["prompt_tokens"]
+    pos = {}
+    cells: dict = {}
+    for n in d["nodes"]:
+        y = -1 if n["layer"] == "E" else int(n["layer"])
+        k = (n["ctx_idx"], y)
+        cells[k] = cells.get(k, 0) + 1
+        pos[n["node_id"]] = (n["ctx_idx"] + 0.12 * (cells[k] - 1), y, n["feature_type"])
+    fig, ax = plt.subplots(figsize=(max(8, len(toks) * 0.9), 7))
+    from matplotlib.collections import LineCollection
+
+    wmax = max((abs(link["weight"]) for link in d["links"]), default=1.0)
+    segs = [[pos[k["source"]][:2], pos[k["target"]][:2]] for k in d["links"]]
+    ax.add_collection(LineCollection(
+        segs, colors=["#2b6cb0" if k["weight"] > 0 else "#c53030" for k in d["links"]],
+        linewidths=[0.2 + 2.5 * abs(k["weight"]) / wmax for k in d["links"]], alpha=0.4, zorder=1))
+    colors = {"cross layer transcoder": "#f6ad55", "mlp reconstruction error": "#a0aec0",
+              "embedding": "#68d391", "logit": "#9f7aea"}
+    for x, y, kind in pos.values():
+        ax.scatter([x], [y], s=30 if kind != "logit" else 60, c=colors[kind],
+                   marker="s" if kind == "mlp reconstruction error" else "o", zorder=2,
+                   edgecolors="#333", linewidths=0.4)
+    ax.set_xticks(range(len(toks)), [t.replace("\n", "\\n") for t in toks], rotation=45, ha="right")
+    ax.set_yticks([-1, 0, n_layers // 2, n_layers - 1, n_layers + 1],
+                  ["emb", "L0", f"L{n_layers // 2}", f"L{n_layers - 1}", "logit"])
+    ax.set_title(d["metadata"]["prompt"][:80])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _check(lm, tc, g, d, pr, root, name):
+    from mindscope import circuits as C
+
+    plot_graph(d, root / f"graph_{name}" / "capital.png", lm.n_layers)
+    ids = C.prepare_ids(lm, PROMPT)
+    checks = {m: C.check_interventions(lm, tc, g, ids, n=20, mode=m) for m in ("zero", "clamp")}
+    out = {"stats": g.stats, "scores": g.scores(), "n_nodes": g.n_nodes,
+           "pruned_nodes": int(pr.nodes.sum()), "pruned_edges": int(pr.edges.sum()),
+           "logits": list(zip(g.logit_strs, g.logit_probs.tolist())),
+           "interventions": {m: {k: v for k, v in c.items() if k != "rows"}
+                             for m, c in checks.items()},
+           "intervention_rows": {m: c["rows"] for m, c in checks.items()}}
+    _save(root, f"graph_{name}", out)
+    print(json.dumps({k: v for k, v in out.items() if k != "intervention_rows"}, indent=1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("stage")
+    ap.add_argument("--root", type=Path, default=Path("/work/runs_circuits"))
+    ap.add_argument("--tokens", type=int, default=80_000)
+    ap.add_argument("--latents", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--arch", default="jumprelu")
+    ap.add_argument("--skip", action="store_true")
+    ap.add_argument("--name", default="plt")
+    ap.add_argument("--T", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=256)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    import mindscope as ms
+    from mindscope import circuits as C
+
+    root = args.root
+    root.mkdir(parents=True, exist_ok=True)
+    lm = ms.load("smollm2-135m-instruct")
+    store = root / "acts"
+    if args.stage == "harvest":
+        t = time.perf_counter()
+        C.harvest_mlp(lm, store, n_tokens=args.tokens, store_dtype="bfloat16")
+        _save(root, "harvest", {"tokens": args.tokens, "seconds": time.perf_counter() - t})
+    elif args.stage == "train":
+        cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k,
+                                 activation=args.arch, skip=args.skip)
+        st = C.TrainSettings(steps=args.steps, batch_size=args.batch, lr=1e-3 if args.arch != "topk"
+                             else None, sparsity_coef=3e-3, checkpoint_every=25)
+        t = time.perf_counter()
+        C.train_transcoders(store, root / args.name, cfg, st)
+        _save(root, f"train_{args.name}", {"cfg": cfg.to_dict(), "settings": vars(st),
+                                           "seconds": time.perf_counter() - t})
+    elif args.stage == "metrics":
+        from mindscope.activations import ActivationStore
+        tc = C.Transcoders.load(root / args.name)
+        m = C.transcoder_metrics(lm, tc, TEXTS, store=ActivationStore.open(store))
+        _save(root, f"metrics_{args.name}", m)
+        print(json.dumps({k: v for k, v in m.items() if k != "layers"}, indent=1))
+        print([round(x["fvu"], 3) for x in m["layers"]])
+    elif args.stage == "graph":
+        tc = C.Transcoders.load(root / args.name)
+        g = C.attribute(lm, tc, PROMPT, C.GraphConfig(batch_size=64, max_feature_nodes=1024))
+        C.save_graph(g, root / f"graph_{args.name}")
+        pr = C.prune(g, 0.8, 0.98)
+        d = C.graph_json(g, pr, slug="capital")
+        (root / f"graph_{args.name}" / "capital.json").write_text(json.dumps(d))
+        _check(lm, tc, g, d, pr, root, args.name)
+    elif args.stage == "check":  # plot + interventions of a saved graph
+        tc = C.Transcoders.load(root / args.name)
+        g = C.load_graph(root / f"graph_{args.name}")
+        d = json.loads((root / f"graph_{args.name}" / "capital.json").read_text())
+        _check(lm, tc, g, d, C.prune(g, 0.8, 0.98), root, args.name)
+    elif args.stage == "memory":  # one fresh process per length: peak RSS is per process
+        if args.T:
+            tc = C.Transcoders.load(root / args.name)
+            base = C.capture  # noqa: F841
+            text = " ".join(TEXTS * 20)
+            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:args.T - 1]
+            prompt = lm.tokenizer.decode(ids)
+            import resource
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=128),
+                            progress=False)
+            print(json.dumps({"T": g.T, "seconds": g.stats["seconds"],
+                              "peak_rss": g.stats["peak_rss_bytes"], "rss_before": before,
+                              "estimate": g.stats["estimate_bytes"], "edges": g.stats["edges"],
+                              "features": g.stats["active_features"]}))
+            return
+        rows = []
+        for T in (8, 24, 48):
+            r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
+                                args.name, "--root", str(root)], capture_output=True, text=True)
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+        _save(root, f"memory_{args.name}", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""Attribution graphs: the direct linear effects between transcoder features, error nodes, token
+embeddings and output logits of one prompt in its local replacement model (``_linear``),
+computed with batched transposed sweeps and kept sparse.
+
+Nodes, in circuit-tracer's order: [features (layer, pos, latent) | errors (layer-major,
+n_layers x T) | tokens (T) | logits]. ``A[t, s]`` = the direct effect of source s on target t:
+
+    A[t, s] = a_s * sum_{l} <d target_t / d mlp_out.l [pos_s], W_dec,s->l>   (features)
+    A[t, s] = <d target_t / d mlp_out.l [p], error_l[p]>                      (errors)
+    A[t, s] = <d target_t / d embed [p], embed[p]>                             (tokens)
+
+where a target is a feature's pre-activation minus its bias (encoder row . mlp_in) or a logit
+minus the mean logit (de-meaned unembedding row . final-norm output). Position 0 (the BOS) has
+no feature or error nodes, as in circuit-tracer. Rows are stored sparse: per row, the largest
+edges that hold ``keep_mass`` of its absolute mass (at most ``max_row_edges``), so memory grows
+with nodes x kept edges, never with nodes squared.
+
+>>> # g = attribute(lm, tc, "The capital of France is"); g.n_nodes, g.scores()
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core import BadInputError
+from ._linear import LinearModel, Target, capture, memory_estimate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GraphConfig:
+    max_n_logits: int = 10
+    """At most this many logit nodes."""
+    desired_logit_prob: float = 0.95
+    """Take the most likely next tokens until their probabilities sum to this."""
+    batch_size: int = 64
+    """Targets per transposed sweep."""
+    max_feature_nodes: int = 4096
+    """At most this many feature nodes (rows); chosen by influence as they are computed."""
+    keep_mass: float = 0.9999
+    """Per row, keep the largest edges holding this fraction of its absolute mass."""
+    max_row_edges: int = 4096
+    """Per row, keep at most this many edges."""
+    max_memory_gb: float = 6.0
+    """Refuse prompts whose estimated memory exceeds this (the estimate is in the error)."""
+
+    def __post_init__(self):
+        for f in ("max_n_logits", "batch_size", "max_feature_nodes", "max_row_edges"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"GraphConfig.{f} must be positive")
+        if not 0 < self.desired_logit_prob <= 1 or not 0 < self.keep_mass <= 1:
+            raise ValueError("GraphConfig.desired_logit_prob and keep_mass must be in (0, 1]")
+
+
+@dataclass
+class Graph:
+    prompt: str
+    tokens: list            # token ids (T,)
+    token_strs: list
+    features: torch.Tensor  # (n_f, 3) layer, pos, latent of the feature nodes
+    activations: torch.Tensor  # (n_f,)
+    logit_tokens: list      # vocab ids of the logit nodes
+    logit_strs: list
+    logit_probs: torch.Tensor  # (n_logits,)
+    n_layers: int
+    edges: torch.Tensor     # (2, E) target, source node indices
+    weights: torch.Tensor   # (E,)
+    target_values: torch.Tensor = None  # (n_nodes,) value of each row's target (0 for sources)
+    model: str = ""
+    transcoders: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def T(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_features + (self.n_layers + 1) * self.T + len(self.logit_tokens)
+
+    def error_index(self, layer: int, pos: int) -> int:
+        return self.n_features + layer * self.T + pos
+
+    def token_index(self, pos: int) -> int:
+        return self.n_features + self.n_layers * self.T + pos
+
+    def logit_index(self, i: int) -> int:
+        return self.n_features + (self.n_layers + 1) * self.T + i
+
+    def node_kind(self, i: int) -> str:
+        if i < self.n_features:
+            return "feature"
+        if i < self.token_index(0):
+            return "error"
+        return "token" if i < self.logit_index(0) else "logit"
+
+    def dense(self) -> torch.Tensor:
+        """The (n_nodes, n_nodes) adjacency (tests and small graphs only)."""
+        A = torch.zeros(self.n_nodes, self.n_nodes)
+        A[self.edges[0], self.edges[1]] = self.weights
+        return A
+
+    def logit_weights(self) -> torch.Tensor:
+        w = torch.zeros(self.n_nodes)
+        w[self.logit_index(0):] = self.logit_probs
+        return w
+
+    def scores(self) -> dict:
+        from ._prune import graph_scores
+        return graph_scores(self)
+
+
+def prepare_ids(lm, prompt) -> torch.Tensor:
+    """Token ids of ``prompt`` with a special token in front (the BOS-like position 0 that
+    gets no feature nodes), as circuit-tracer does; a list/tensor of ids is taken as is."""
+    tok = lm.tokenizer
+    if not isinstance(prompt, str):
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+        if ids.numel() < 2:
+            raise BadInputError("prompt", "needs at least 2 token ids (position 0 gets no nodes)",
+                                "give a longer prompt")
+        return ids
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise BadInputError("prompt", f"{prompt[:40]!r} tokenizes to nothing", "give some text")
+    special = set(tok.all_special_ids)
+    if ids[0] not in special:
+        bos = next(t for t in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id,
+                               *tok.all_special_ids) if t is not None)
+        ids = [bos] + ids
+    return torch.tensor(ids)
+
+
+def _logit_targets(lm, logits: torch.Tensor, cfg: GraphConfig):
+    probs = logits.softmax(-1)
+    p, idx = probs.topk(min(cfg.max_n_logits, probs.numel()))
+    n = int(torch.searchsorted(p.cumsum(0), torch.tensor(cfg.desired_logit_prob))) + 1
+    p, idx = p[:n], idx[:n]
+    W = lm.model.get_output_embeddings().weight.float().detach()     # (V, d)
+    vecs = W[idx] - W.mean(0)                                         # (k, d) de-meaned
+    return idx, p, vecs
+
+
+class _Sources:
+    """Active features, error vectors and token embeddings; fills dense rows from gradients."""
+
+    def __init__(self, lin: LinearModel, tc):
+        L, T = lin.L, lin.T
+        feats, vals, rec = [], [], []
+        acts_all = []
+        for l in range(L):
+            a = tc.encode_layer(lin.mlp_in[l], l).detach()            # (T, n)
+            a[0] = 0                                                  # no nodes at the BOS
+            acts_all.append(a)
+            p, i = a.nonzero(as_tuple=True)
+            feats.append(torch.stack([torch.full_like(p, l), p, i], 1))
+            vals.append(a[p, i])
+        self.features = torch.cat(feats)                              # (n_f, 3)
+        self.acts = torch.cat(vals)                                   # (n_f,)
+        recon = torch.stack([tc.decode_layer(acts_all, lin.mlp_in[l], l).detach()
+                             for l in range(L)])                      # (L, T, d)
+        self.error = lin.mlp_out - recon                              # (L, T, d)
+        self.error[:, 0] = 0
+        self.recon = recon
+        self.embed = lin.embed                                        # (T, d)
+        self.n_f, self.L, self.T = self.features.shape[0], L, T
+        # per output layer: (columns, positions, scaled decoder vectors) sorted by position
+        self.per_layer: list = [[] for _ in range(L)]
+        for l in range(L):
+            sel = (self.features[:, 0] == l).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            dec = tc.decoder_vectors(l).detach()[self.features[sel, 2]]  # (n, L-l|1, d)
+            for m in range(dec.shape[1]):
+                self.per_layer[l + m].append((sel, self.features[sel, 1],
+                                              dec[:, m] * self.acts[sel, None]))
+        for l in range(L):
+            if self.per_layer[l]:
+                cols = torch.cat([c for c, _, _ in self.per_layer[l]])
+                pos = torch.cat([p for _, p, _ in self.per_layer[l]])
+                vec = torch.cat([v for _, _, v in self.per_layer[l]])
+                o = pos.argsort()
+                cols, pos, vec = cols[o], pos[o], vec[o]
+                bounds = torch.searchsorted(pos, torch.arange(T + 1))
+                self.per_layer[l] = [(int(p), cols[bounds[p]:bounds[p + 1]],
+                                      vec[bounds[p]:bounds[p + 1]])
+                                     for p in range(T) if bounds[p + 1] > bounds[p]]
+        self.n_src = self.n_f + (L + 1) * T
+
+    def reader(self, rows: torch.Tensor):
+        def read(l: int, g: torch.Tensor):                            # g (B, T, d)
+            for p, cols, vec in self.per_layer[l]:
+                rows[:, cols] += g[:, p] @ vec.T                      # (B, n_p)
+            a = self.n_f + l * self.T
+            rows[:, a:a + self.T] = (g * self.error[l]).sum(-1)       # (B, T)
+        return read
+
+
+def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int):
+    """Per row, the largest |entries| holding ``keep_mass`` of the row's mass (at most cap)."""
+    a = rows.abs()
+    v, i = a.sort(-1, descending=True)                                # (B, n)
+    c = v.cumsum(-1)
+    tot = c[:, -1:].clamp(min=1e-30)
+    k = ((c / tot) < keep_mass).sum(-1) + 1                           # (B,)
+    k = k.clamp(max=min(cap, rows.shape[1]))
+    k = torch.where(tot[:, 0] > 1e-30, k, torch.zeros_like(k))
+    keep = torch.arange(rows.shape[1])[None] < k[:, None]             # (B, n)
+    r, j = keep.nonzero(as_tuple=True)
+    cols = i[r, j]
+    return r, cols, rows[r, cols]
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
+              progress: bool = True) -> Graph:
+    """The attribution graph of ``prompt`` (unpruned, sparse rows); see the module docstring."""
+    cfg = cfg or GraphConfig()
+    t0 = time.perf_counter()
+    ids = prepare_ids(lm, prompt)
+    T = ids.shape[0]
+    est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges)
+    _budget(est, T, cfg, "")
+    with torch.no_grad():
+        lin = capture(lm, tc, ids)
+        src = _Sources(lin, tc)
+        tidx, tprob, tvec = _logit_targets(lm, lin.logits, cfg)
+    # again with the real number of active features, before the expensive sweeps
+    est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges,
+                          n_feat=src.n_f)
+    _budget(est, T, cfg, f" and {src.n_f} active features")
+    n_logit = len(tidx)
+    L, n_f = lin.L, src.n_f
+    enc = torch.zeros(n_f, lin.d)                                     # encoder rows (raw units)
+    with torch.no_grad():
+        for l in range(L):
+            sel = (src.features[:, 0] == l).nonzero().squeeze(1)
+            enc[sel] = tc.encoder_vectors(l)[src.features[sel, 2]]
+    r_all, c_all, v_all = [], [], []
+    # row ids in the source-column space: feature j -> j, logit i -> n_src + i
+
+    def run(layers, pos, vecs, row_ids):
+        rows = torch.zeros(len(row_ids), src.n_src)
+        with torch.no_grad():
+            g = lin.backward(Target(layers, pos, vecs), src.reader(rows))
+            rows[:, src.n_f + L * T:] = (g * src.embed).sum(-1)      # tokens
+        r, c, v = _sparsify(rows, cfg.keep_mass, cfg.max_row_edges)
+        r_all.append(row_ids[r])
+        c_all.append(c)
+        v_all.append(v)
+
+    B = cfg.batch_size
+    for a in range(0, n_logit, B):
+        k = tidx[a:a + B].numel()
+        run(torch.full((k,), L), torch.full((k,), T - 1), tvec[a:a + B],
+            src.n_src + torch.arange(a, a + k))
+    n_rows = min(n_f, cfg.max_feature_nodes)
+    visited = torch.zeros(n_f, dtype=torch.bool)
+    bar = tqdm(total=n_rows, desc="attribution", unit="row", disable=not progress)
+    done = 0
+    while done < n_rows:
+        if n_rows == n_f:
+            pending = torch.arange(n_f)
+        else:  # the most influential unvisited features given the rows so far
+            infl = influence(torch.cat(r_all), torch.cat(c_all), torch.cat(v_all),
+                             src.n_src + n_logit, _start(src.n_src, tprob))[:n_f]
+            order = infl.argsort(descending=True)
+            pending = order[~visited[order]][:min(4 * B, n_rows - done)]
+        for a in range(0, len(pending), B):
+            sel = pending[a:a + B]
+            f = src.features[sel]
+            run(f[:, 0], f[:, 1], enc[sel], sel)
+            visited[sel] = True
+            done += len(sel)
+            bar.update(len(sel))
+    bar.close()
+    graph = _assemble(lm, tc, prompt, ids, lin, src, visited, torch.cat(r_all),
+                      torch.cat(c_all), torch.cat(v_all), tidx, tprob, tvec, enc)
+    graph.stats = {"seconds": time.perf_counter() - t0, "peak_rss_bytes": _peak_rss(),
+                   "estimate_bytes": est, "active_features": n_f, "T": T,
+                   "config": asdict(cfg), "edges": int(graph.weights.numel())}
+    return graph
+
+
+def _budget(est: int, T: int, cfg: GraphConfig, more: str) -> None:
+    if est > cfg.max_memory_gb * 2 ** 30:
+        raise BadInputError("prompt", f"of {T} tokens{more} needs about {est / 2 ** 30:.2f} GiB "
+                                      f"for its graph (attention patterns grow with T^2, sources "
+                                      f"with the active features), over the budget of "
+                                      f"{cfg.max_memory_gb:g} GiB",
+                            "shorten the prompt, or raise --max-memory (--max-features and "
+                            "--batch-size also lower it)")
+
+
+def _start(n_src: int, probs: torch.Tensor) -> torch.Tensor:
+    w = torch.zeros(n_src + len(probs))
+    w[n_src:] = probs
+    return w
+
+
+def influence(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int,
+              w: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
+    """circuit-tracer's node influence on sparse edges: with N = |A| row-normalised,
+    w N + w N^2 + ... (the graph is acyclic, so the series ends)."""
+    a = vals.abs()
+    tot = torch.zeros(n).index_add_(0, rows, a).clamp(min=1e-10)
+    a = a / tot[rows]
+    x, out = w, torch.zeros(n)
+    for _ in range(max_iter):
+        x = torch.zeros(n).index_add_(0, cols, a * x[rows])
+        if not bool(x.any()):
+            return out
+        out += x
+    raise RuntimeError(f"influence did not converge after {max_iter} steps (a cycle?)")
+
+
+def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec,
+              enc) -> Graph:
+    n_f, n_src = src.n_f, src.n_src
+    sel = visited.nonzero().squeeze(1)
+    n_sel = sel.numel()
+    remap = torch.full((n_src + len(tidx),), -1, dtype=torch.long)
+    remap[sel] = torch.arange(n_sel)
+    rest = torch.arange(n_f, n_src + len(tidx))
+    remap[rest] = rest - n_f + n_sel
+    rr, cc = remap[r], remap[c]
+    ok = (rr >= 0) & (cc >= 0)
+    feats = src.features[sel]
+    n_nodes = n_sel + (n_src - n_f) + len(tidx)
+    target = torch.zeros(n_nodes)
+    if n_sel:
+        target[:n_sel] = (enc[sel] * lin.mlp_in[feats[:, 0], feats[:, 1]]).sum(-1)
+    final = lin.resid_final[-1] * lin.nf[-1]                          # (d,) final-norm output
+    target[n_nodes - len(tidx):] = tvec @ final
+    tok = lm.tokenizer
+    if not isinstance(prompt, str):
+        prompt = tok.decode(ids.tolist())
+    return Graph(prompt=prompt, tokens=ids.tolist(),
+                 token_strs=[tok.decode([t]) for t in ids.tolist()], features=feats,
+                 activations=src.acts[sel], logit_tokens=tidx.tolist(),
+                 logit_strs=[tok.decode([t]) for t in tidx.tolist()], logit_probs=tprob,
+                 n_layers=lin.L, edges=torch.stack([rr[ok], cc[ok]]), weights=v[ok],
+                 target_values=target, model=lm.name,
+                 transcoders=str(tc.cfg.meta.get("path", "")))
