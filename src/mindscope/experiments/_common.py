@@ -34,7 +34,7 @@ from ..core._lock import RunLock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["wilson", "write_json", "model_hash", "git_hash", "versions", "RunDir", "Report",
+__all__ = ["wilson", "mean_ci", "mcnemar", "seed_spread", "weights_note", "write_json", "model_hash", "git_hash", "versions", "RunDir", "Report",
            "figure_png", "heatmap_png", "to_jsonable", "choose", "one_of", "at_least_one",
            "shipped_json", "save_html", "save_png"]
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -104,6 +104,45 @@ def mean_ci(xs: Sequence[float], z: float = 1.96) -> dict:
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
     h = z * sd / math.sqrt(n)
     return {"mean": m, "lo": m - h, "hi": m + h, "n": n}
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test for paired binary outcomes (same trials under two conditions):
+    discordant counts b01 (a false, b true) and b10, two-sided binomial p on min(b01, b10).
+
+    >>> mcnemar([True, True, True, False], [False, False, False, False])["p"]
+    0.25
+    """
+    a, b = [bool(x) for x in a], [bool(x) for x in b]
+    if len(a) != len(b):
+        raise ValueError(f"mcnemar needs paired outcomes of equal length; got {len(a)} and {len(b)}")
+    n10 = sum(x and not y for x, y in zip(a, b))
+    n01 = sum(y and not x for x, y in zip(a, b))
+    n = n10 + n01
+    k = min(n10, n01)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"n_pairs": len(a), "a_only": n10, "b_only": n01, "p": p}
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Across-seed summary of one number: mean, sd (n-1), min, max, the values, and a t-based
+    95% interval of the mean (normal quantile for n > 30).
+
+    >>> seed_spread([1.0, 2.0, 3.0])["sd"]
+    1.0
+    """
+    xs = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    n = len(xs)
+    if n == 0:
+        return {"n_seeds": 0, "mean": None, "sd": None, "min": None, "max": None, "values": [],
+                "lo": None, "hi": None}
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306,
+         10: 2.262}.get(n, 1.96 if n > 30 else 2.2)
+    h = t * sd / math.sqrt(n) if n > 1 else None
+    return {"n_seeds": n, "mean": m, "sd": sd, "min": min(xs), "max": max(xs), "values": xs,
+            "lo": None if h is None else m - h, "hi": None if h is None else m + h}
 
 
 # ---- files ---------------------------------------------------------------------------------
@@ -196,6 +235,28 @@ def model_hash(lm, sample: int = 4096) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_note(lm) -> Optional[str]:
+    """How the model's weights were made, when it matters for the numbers: the bundled SmolLM2
+    is a Q4_1 GGUF dequantized to float (not the original bf16 checkpoint)."""
+    from ..core import ALIASES
+
+    name = getattr(lm, "name", "") or ""
+    if name in ALIASES:
+        return ALIASES[name].note
+    if str(name).lower().endswith(".gguf") or "q4" in str(name).lower():
+        return f"{name}: weights from a quantized GGUF, dequantized to float"
+    return None
+
+
+def _seeds(settings: Any) -> Optional[list]:
+    d = to_jsonable(settings)
+    if not isinstance(d, dict):
+        return None
+    if d.get("seeds") is not None:
+        return list(d["seeds"])
+    return [d["seed"]] if d.get("seed") is not None else None
+
+
 class RunDir:
     """A run folder. ``RunDir(out, settings, lm)`` writes ``run_config.json`` at once;
     ``save_results`` and ``save_report`` write the rest atomically."""
@@ -213,7 +274,9 @@ class RunDir:
                                                          "n_layers": lm.n_layers,
                                                          "d_model": lm.d_model,
                                                          "dtype": str(lm.dtype),
-                                                         "hash": model_hash(lm)},
+                                                         "hash": model_hash(lm),
+                                                         "weights": weights_note(lm)},
+                       "seeds": _seeds(settings),
                        "data_hash": data_hash,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.path / "run_config.json", self.config)

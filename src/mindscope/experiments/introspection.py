@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from ..core._files import atomic_write_bytes
 from ._common import RunDir, to_jsonable, write_json
 from ._introspection_cache import Stages, settings_key
-from ._introspection_detect import (PREAMBLE, QUESTION, concept_sets, injection_positions,
+from ._introspection_detect import (PREAMBLE, QUESTION, TRIAL_QUESTIONS, concept_sets, injection_positions,
                                     resolve_layers, run_detection, trial_messages, trial_prompt,
                                     yes_no_logodds)
 from ._introspection_grade import (Grade, JudgeGrader, RuleGrader, agreement, apologizes,
@@ -40,7 +40,7 @@ __all__ = ["Config", "Result", "run", "PROTOCOLS", "to_jsonable", "RuleGrader", 
            "make_grader", "agreement", "load_words", "load_grading_set", "trial_messages",
            "trial_prompt", "injection_positions", "concept_sets", "resolve_layers",
            "run_detection", "yes_no_logodds", "refusal_direction", "train_bias", "apologizes",
-           "PREAMBLE", "QUESTION", "CONTROL_VARIANTS"]
+           "PREAMBLE", "QUESTION", "TRIAL_QUESTIONS", "CONTROL_VARIANTS"]
 
 
 @dataclass
@@ -76,6 +76,10 @@ class Config:
     """Sampling seed."""
     trial: int = 1
     """The N in "Trial N"."""
+    trial_prompts: tuple = (0, 1, 2, 3, 4)
+    """Which trial wordings (indices into ``TRIAL_QUESTIONS``; 0 = the papers') the detection
+    rows cycle over; FPR and TPR are reported per wording (one prompt cannot support a
+    0%-false-positive claim)."""
     grader: str = "rule"
     """``rule`` | ``lm`` (the loaded model judges itself) | an OpenAI-compatible base URL."""
     judge_model: str = "default"
@@ -120,6 +124,11 @@ class Config:
                      "probe_max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        self.trial_prompts = tuple(int(w) for w in self.trial_prompts)
+        if not self.trial_prompts or any(not 0 <= w < len(TRIAL_QUESTIONS)
+                                         for w in self.trial_prompts):
+            raise ValueError(f"trial_prompts must be indices 0..{len(TRIAL_QUESTIONS) - 1}; "
+                             f"got {self.trial_prompts}")
         if not 0 < self.bias_train_frac < 1:
             raise ValueError(f"bias_train_frac must be in (0, 1); got {self.bias_train_frac}")
         if self.temperature < 0:
@@ -182,7 +191,8 @@ class Result:
     def load(cls, out_dir) -> "Result":
         out_dir = Path(out_dir)
         r = json.loads((out_dir / "results.json").read_text())
-        cfg = Config(**{k: tuple(v) if k in ("protocols", "layers", "strengths") else v
+        cfg = Config(**{k: tuple(v) if k in ("protocols", "layers", "strengths", "trial_prompts")
+                        else v
                         for k, v in r["config"].items() if k in Config.__dataclass_fields__})
         tr = out_dir / "trials.json"
         return cls(config=cfg, metrics=r["metrics"], out_dir=out_dir, runtime_s=r["runtime_s"],
