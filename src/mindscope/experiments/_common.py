@@ -34,7 +34,7 @@ from ..core._lock import RunLock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["wilson", "mean_ci", "mcnemar", "seed_spread", "weights_note", "write_json", "model_hash", "git_hash", "versions", "RunDir", "Report",
+__all__ = ["wilson", "mean_ci", "mcnemar", "seed_spread", "weights_note", "write_text", "write_json", "model_hash", "git_hash", "versions", "RunDir", "Report",
            "figure_png", "heatmap_png", "to_jsonable", "choose", "one_of", "at_least_one",
            "shipped_json", "save_html", "save_png"]
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -170,6 +170,13 @@ def write_json(path, obj: Any) -> Path:
     """Atomic JSON write (temp file + os.replace)."""
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=1) + "\n").encode())
+    return path
+
+
+def write_text(path, text: str) -> Path:
+    """Atomic text write (UTF-8)."""
+    path = Path(path)
+    atomic_write_bytes(path, text.encode())
     return path
 
 
