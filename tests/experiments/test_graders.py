@@ -46,8 +46,8 @@ def test_rule_grader_test_accuracy(name):
 
 @pytest.mark.parametrize("q", range(5))
 def test_echoed_trial_question_is_not_a_claim(q):
-    from mindscope.experiments._introspection_detect import TRIAL_QUESTIONS
-    from mindscope.experiments._introspection_grade import RuleGrader
+    from mindscope.experiments.introspection.detect import TRIAL_QUESTIONS
+    from mindscope.experiments.introspection.grade import RuleGrader
 
     g = RuleGrader()
     echo = TRIAL_QUESTIONS[q].format(n=1)

@@ -41,7 +41,7 @@ def _run(protocols: tuple, model: str, out: Path, quick: bool, n_prompts: Option
     t = Table(title=f"on-policy recognition: {lm.name}")
     t.add_column("measure")
     t.add_column("value")
-    from mindscope.experiments._onpolicy_report import _fmt
+    from mindscope.experiments.onpolicy.report import _fmt
     for k, v in res.summary():
         t.add_row(k, _fmt(v))
     console.print(t)

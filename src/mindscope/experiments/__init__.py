@@ -1,2 +1,4 @@
-"""mindscope.experiments: one module per protocol (Config dataclass + run() -> Result with
-.report()). Import the protocol module directly, e.g. ``from mindscope.experiments import binding``."""
+"""mindscope.experiments: one package per protocol (``introspection/``, ``onpolicy/``,
+``persona/``, ``emotions/``, ``binding/``), each with a Config dataclass + run() -> Result with
+.report() in its ``__init__`` and its steps in the modules beside it. Import the protocol package
+directly, e.g. ``from mindscope.experiments import binding``."""
