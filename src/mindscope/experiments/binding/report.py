@@ -86,8 +86,10 @@ def _plots(res, out: Path) -> dict:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(L, [g["entity"]["overlap"] for g in res.geometry], "o-", label="current vs prior entity")
     ax.plot(L, [g["attribute"]["overlap"] for g in res.geometry], "s-", label="current vs prior attribute")
-    ax.plot(L, [g["entity"]["random_overlap"] for g in res.geometry], ":", color="gray",
-            label="random subspaces")
+    ax.plot(L, [g["entity"]["null_overlap"] for g in res.geometry], "--", color="gray",
+            label="permuted-label probes (covariance-matched null)")
+    ax.plot(L, [g["entity"]["isotropic_overlap"] for g in res.geometry], ":", color="lightgray",
+            label="isotropic random subspaces (wrong null)")
     ax.set_xlabel("layer"), ax.set_ylabel("mean cos² of principal angles")
     ax.set_title("slot subspace overlap (0 = orthogonal)"), ax.legend(fontsize=7), fig.tight_layout()
     paths["geometry"] = out / "slot_geometry.png"
@@ -130,7 +132,8 @@ def _html(res, plots: dict) -> str:
             + [r["slots"]["prior"].get("control", float("nan")), r["joint"],
                r["slots"]["current"]["chance"]] for r in res.probes]
     grow = [[g["layer"], g["entity"]["min_angle_deg"], g["entity"]["overlap"],
-             g["attribute"]["overlap"], g["entity"]["random_overlap"]] for g in res.geometry]
+             str(g["entity"].get("bootstrap", {}).get("overlap_ci", "–")),
+             g["attribute"]["overlap"], g["entity"]["null_overlap"]] for g in res.geometry]
     tasks = list(res.causal["none"])
     crow = [[t, res.causal["none"][t]["chance"]] + [res.causal[c][t]["acc"] for c in res.causal]
             + [res.causal["none"][t]["n"]] for t in tasks]
@@ -150,7 +153,7 @@ Total {res.timings['total_s']:.0f} s.</p>
 <h2>Probes: held-out accuracy per slot</h2>{img(plots['probes'])}
 {_table(prow, ['layer', 'current', 'prior', 'cur attr', 'prior attr', 'prior control', 'joint (cur & prior & attrs)', 'chance'])}
 <h2>Slot geometry</h2>{img(plots['geometry'])}
-{_table(grow, ['layer', 'min angle cur/prior (deg)', 'overlap entity', 'overlap attr', 'random overlap'])}
+{_table(grow, ['layer', 'min angle cur/prior (deg)', 'overlap entity', 'entity overlap 95% CI (story bootstrap)', 'overlap attr', 'null overlap (permuted-label probes)'])}
 <h2>Causal tests (ablation on story tokens at layers {res.ablate_layers})</h2>{img(plots['causal'])}
 {_table(crow, ['task', 'chance'] + [f'ablate {c}' for c in res.causal] + ['n'])}
 <h2>Double binding on one token</h2>
@@ -163,7 +166,11 @@ def write_report(res, out) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes").mkdir(exist_ok=True)
+    from .._common import weights_note
+
     cfg = {"experiment": "binding", "config": res.config, "model": res.model,
+           "weights": weights_note(type("M", (), {"name": res.model})()),
+           "seeds": [res.config.get("seed")],
            "data_hash": res.data_hash, "git": _git_hash(), "versions": _versions()}
     _json(out / "run_config.json", cfg)
     _json(out / "results.json", res.to_json())
