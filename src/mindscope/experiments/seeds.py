@@ -139,10 +139,156 @@ def introspection_rows(r: dict) -> list[dict]:
     return rows
 
 
+def _ci(d: Optional[dict], key: str = "mean"):
+    """A bootstrap dict {key, ci: [lo, hi], n} -> (value, lo, hi, n)."""
+    if not d:
+        return None, None, None, None
+    ci = d.get("ci") or [None, None]
+    return d.get(key), ci[0], ci[1], d.get("n")
+
+
+def onpolicy_rows(r: dict) -> list[dict]:
+    rows = []
+    g = r.get("gap", {})
+    for cond, v in g.get("ratios", {}).items():
+        val, lo, hi, n = _ci(v, "ratio")
+        rows.append({"measure": f"off/on entropy ratio, {cond}", "paper": "3-4x in post-trained "
+                     "models", "value": val, "lo": lo, "hi": hi, "n": f"{n} prompts",
+                     "grader": "none (entropy, no grader)"})
+    su = r.get("surprise")
+    if su:
+        bs = su["best_site"]
+        rows.append({"measure": f"surprise probe held-out R² ({bs}; split by token source)",
+                     "paper": "a linear readout of s_t exists", "value": max(
+                         x for x in su["r2_test"] if x is not None), "n": f"{su['n_test']} test rows",
+                     "grader": "none"})
+        be = (su.get("beyond_entropy") or {}).get(bs)
+        if be:
+            rows.append({"measure": "R² of entropy at t-1 alone (= expected surprisal)", "paper": "–",
+                         "value": be["r2_prev_entropy"], "n": f"{su['n_test']} test rows",
+                         "grader": "none"})
+            rows.append({"measure": "partial R² the probe adds beyond entropy at t-1",
+                         "paper": "(not reported; needed to separate surprise from entropy)",
+                         "value": be["partial_r2"], "n": f"{su['n_test']} test rows",
+                         "grader": "none"})
+        st = su.get("steering", {})
+        for kind, lab in (("probe", "raw probe direction"), ("orth", "probe ⟂ entropy readout"),
+                          ("random", "variance-matched random")):
+            if kind in st:
+                sl = st[kind]["slope"]
+                rows.append({"measure": f"steering slope dH/d(surprise), {lab}", "paper": "surprise "
+                             "readout causally modulates next entropy",
+                             "value": sl["nats_entropy_per_nat_surprise"], "lo": sl["ci"][0],
+                             "hi": sl["ci"][1], "n": f"{st.get('n_texts')} texts", "grader": "none"})
+    it = r.get("intent")
+    if it:
+        rows.append({"measure": f"topic entropy per prompt, bits (text topics: {it.get('method')})",
+                     "paper": "post-trained models collapse topic uncertainty before output",
+                     "value": it["topic_entropy_bits"], "lo": it["null_ci"][0], "hi": it["null_ci"][1],
+                     "n": f"{it['n_prompts']} prompts x {it['samples']}", "grader": "interval = "
+                     "permutation null's 95% range"})
+        pf = it.get("prefill", {}).get("opening", {})
+        for key, lab in (("topic_effect", "topic effect H(diff topic) − H(same topic, other prompt)"),
+                         ("offpolicy_effect", "off-policy effect H(same topic, other prompt) − H(own)")):
+            if key in pf:
+                val, lo, hi, n = _ci(pf[key])
+                rows.append({"measure": f"prefill opening: {lab}", "paper": "different-topic "
+                             "prefill raises entropy", "value": val, "lo": lo, "hi": hi,
+                             "n": f"{n} prompts", "grader": "none"})
+    return rows
+
+
+def binding_rows(r: dict) -> list[dict]:
+    rows = []
+    probes = {p["layer"]: p for p in r.get("probes", [])}
+    if probes:
+        best = max(probes.values(), key=lambda p: p["slots"]["prior"]["test"])
+        for slot in ("current", "prior"):
+            v = best["slots"][slot]
+            rows.append({"measure": f"{slot}-entity probe held-out accuracy (layer {best['layer']})",
+                         "paper": "two linear slots per token", "value": v["test"],
+                         "n": f"{r.get('n_rows')} tokens", "grader": f"chance {v['chance']:.3f}; "
+                         f"control task {v.get('control', float('nan')):.3f}"})
+        geo = {g["layer"]: g for g in r.get("geometry", [])}
+        g = geo.get(best["layer"], {}).get("entity")
+        if g:
+            b = g.get("bootstrap", {})
+            ci = b.get("overlap_ci") or [None, None]
+            rows.append({"measure": f"current/prior slot overlap, mean cos² (layer {best['layer']})",
+                         "paper": "slots largely orthogonal", "value": g["overlap"], "lo": ci[0],
+                         "hi": ci[1], "n": f"{r['config'].get('n_stories')} stories (bootstrap)",
+                         "grader": "none"})
+            rows.append({"measure": "… covariance-matched null overlap (permuted-label probes)",
+                         "paper": "–", "value": g.get("null_overlap"),
+                         "n": f"{g.get('null', '')}", "grader": "none"})
+    for c, tasks in r.get("causal", {}).items():
+        for t in ("induction", "conflict"):
+            if t in tasks:
+                v = tasks[t]
+                rows.append({"measure": f"{t} accuracy, ablate {c}", "paper": "prior slot supports "
+                             "induction and conflict", "value": v["acc"],
+                             "lo": v["acc"] - 1.96 * v["sem"], "hi": v["acc"] + 1.96 * v["sem"],
+                             "n": v["n"], "grader": "answer-token log-probs (no grader)"})
+    b = r.get("binding", {})
+    for k in ("binding/double", "binding/single"):
+        if k in b:
+            v = b[k]
+            rows.append({"measure": f"{k} accuracy", "paper": "near chance on double bindings",
+                         "value": v["acc"], "lo": v["acc"] - 1.96 * v["sem"],
+                         "hi": v["acc"] + 1.96 * v["sem"], "n": v["n"], "grader": "log-probs"})
+    return rows
+
+
+def emotions_rows(r: dict) -> list[dict]:
+    rows = []
+    c = r.get("classify")
+    if c:
+        v, lo, hi, n = _w(c["accuracy"])
+        rows.append({"measure": "held-out story classification accuracy", "paper": "–",
+                     "value": v, "lo": lo, "hi": hi, "n": n, "grader": f"chance {c['chance']:.3f}"})
+    g = r.get("geometry")
+    if g:
+        for key, lab, paper in (("pc1_valence", "PC1 vs valence", "r ≈ 0.81 (human ratings)"),
+                                ("pc2_arousal", "PC2 vs arousal", "PC2 ≈ arousal")):
+            x = g.get(key)
+            if x:
+                rows.append({"measure": f"{lab}, Pearson r (AUTHOR ratings, not a published norm set)",
+                             "paper": paper, "value": x["r"], "lo": x.get("lo"), "hi": x.get("hi"),
+                             "n": f"{r.get('n_emotions')} emotions", "grader": "ratings written by "
+                             "the project authors"})
+    for ctx, t in (r.get("tracking_test") or {}).items():
+        if isinstance(t, dict) and "macro_auc" in t:
+            ci = t.get("auc_ci") or [None, None]
+            rows.append({"measure": f"tracking: macro AUC for the operative emotion, held-out "
+                         f"{ctx} passages" + (" (cross-context)" if ctx == "dialogue" else ""),
+                         "paper": "vectors track the operative emotion", "value": t["macro_auc"],
+                         "lo": ci[0], "hi": ci[1], "n": f"{t['n_passages']} passages, "
+                         f"{t['n_emotions']} emotions", "grader": "labels written with the passages"})
+            v, lo, hi, n = _w(t["top1"])
+            rows.append({"measure": f"tracking: top-1 accuracy, {ctx} passages",
+                         "paper": "–", "value": v, "lo": lo, "hi": hi, "n": n,
+                         "grader": f"chance {t['chance']:.3f}"})
+    for s in r.get("intensity", []):
+        rows.append({"measure": f"intensity '{s['name']}': Spearman rho", "paper": "rises with dose",
+                     "value": s["spearman_rho"], "n": len(s.get("projection", [])), "grader": "none"})
+    p = r.get("preferences")
+    if p:
+        x = p["r_probe_vs_steering"]
+        rows.append({"measure": "probe-preference r vs steering effect", "paper": "r ≈ 0.85",
+                     "value": x["r"], "n": f"{len(p.get('steering', {}))} emotions",
+                     "grader": "choice log-probs"})
+    return rows
+
+
 EXTRACT: dict[str, Callable[[dict], list[dict]]] = {"persona": persona_rows,
-                                                     "introspection": introspection_rows}
+                                                     "introspection": introspection_rows,
+                                                     "onpolicy": onpolicy_rows,
+                                                     "binding": binding_rows,
+                                                     "emotions": emotions_rows}
 PAPERS = {"persona": "The Assistant axis (2026)",
-          "introspection": "Emergent introspective awareness (2025) + mechanisms (2026)"}
+          "introspection": "Emergent introspective awareness (2025) + mechanisms (2026)",
+          "onpolicy": "On-policy recognition (2026)", "binding": "Multi-slot entity binding (2026)",
+          "emotions": "Emotion concepts (2026)"}
 
 
 # ---- running ----------------------------------------------------------------------------------

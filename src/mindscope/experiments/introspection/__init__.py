@@ -30,6 +30,7 @@ from .detect import (PREAMBLE, QUESTION, TRIAL_QUESTIONS, concept_sets, injectio
                                     yes_no_logodds)
 from .grade import (Grade, JudgeGrader, RuleGrader, agreement, apologizes,
                                    load_grading_set, load_json, load_words, make_grader)
+from .. import graders as G
 from .mech import refusal_direction, run_mechanisms, train_bias
 from .probes import CONTROL_VARIANTS, run_control, run_prefill, run_thoughts
 
@@ -108,6 +109,9 @@ class Config:
     """Fraction of concepts used to train the bias; the rest are held out."""
     batch_size: int = 32
     """Rows per forward / generate batch."""
+    second_opinion: bool = True
+    """Also grade the detection and prefill transcripts with the loaded model as a logit judge
+    (``graders.LogitJudge``) and report rule-vs-judge agreement (Cohen's kappa)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -200,6 +204,23 @@ class Result:
                    trials=json.loads(tr.read_text()) if tr.exists() else {})
 
 
+def second_opinion(lm, trials: dict, cfg, limit: int = 400) -> dict:
+    """The loaded model as a logit judge on this run's own transcripts (up to ``limit`` per
+    grader): rule-vs-judge agreement for detection claims and prefill apologies."""
+    judge = G.LogitJudge(lm, batch_size=min(cfg.batch_size, 16))
+    out = {"judge": judge.name}
+    det = [t for t in trials.get("detection", []) if t.get("response")][:limit]
+    if det:
+        lab = judge.yes_no([G.claims_question({"response": t["response"]}) for t in det])
+        out["claims"] = G.compare([t["claims"] for t in det], lab, cfg.seed)
+    pre = [t for t in trials.get("prefill", []) if t.get("response")][:limit]
+    if pre:
+        lab = judge.yes_no([G.apology_question({"word": t["word"], "text": t["response"]})
+                            for t in pre])
+        out["apology"] = G.compare([t["apology"] for t in pre], lab, cfg.seed)
+    return out
+
+
 def _partial(rd, cfg, metrics, trials, lm, t0) -> None:
     """Save what is done so far (a killed run keeps its finished protocols)."""
     if rd:
@@ -264,6 +285,10 @@ def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Resul
             save_file({"bias": b.contiguous()}, str(rd.path / "bias.safetensors"),
                       metadata={"site": f"mlp_out.{bias_L}", "model": lm.name})
     metrics["grader_agreement"] = agreement(grader) if isinstance(grader, RuleGrader) else None
+    metrics["grader_validation"] = {n: G.validate(n, "test")["rule"] for n in (
+        "introspection_detection", "introspection_identification", "introspection_apology")}
+    if cfg.second_opinion:
+        metrics["second_opinion"] = second_opinion(lm, trials, cfg)
     res = Result(config=cfg, metrics=metrics, trials=trials, out_dir=rd.path if rd else None,
                  runtime_s=time.time() - t0, model=lm.name,
                  grader=grader.describe())
