@@ -8,16 +8,18 @@ from sklearn.metrics import cohen_kappa_score
 
 from mindscope.experiments import graders
 from mindscope.experiments._common import DATA
+from mindscope.judges import LogitJudge
+from mindscope.runs import cohen_kappa
 
 
 @pytest.mark.parametrize("a,b", [([0, 1, 2, 2, 1, 0, 3], [0, 1, 2, 1, 1, 3, 3]),
                                  ([True, False, True, True], [True, True, True, False])])
 def test_kappa_matches_sklearn(a, b):
-    assert graders.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
 
 
 def test_kappa_undefined_and_interval():
-    assert graders.cohen_kappa([1, 1], [1, 1]) is None
+    assert cohen_kappa([1, 1], [1, 1]) is None
     ag = graders.agreement([1, 0, 1, 0, 1, 1, 0, 0], [1, 0, 1, 1, 1, 0, 0, 0])
     assert ag["accuracy"]["k"] == 6 and ag["kappa"]["lo"] <= ag["kappa"]["value"] <= ag["kappa"]["hi"]
 
@@ -58,7 +60,7 @@ def test_echoed_trial_question_is_not_a_claim(q):
 
 
 def test_logit_judge_tiny(tiny):
-    j = graders.LogitJudge(tiny("llama"), batch_size=2)
+    j = LogitJudge(tiny("llama"), batch_size=2)
     out = j.yes_no(["Is the sky blue? Answer yes or no."] * 3)
     assert len(out) == 3 and all(isinstance(x, bool) for x in out) and len(set(out)) == 1
     d = j.digit(["Score 0-3."] * 2)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mindscope.experiments import seeds
-from mindscope.experiments._common import mcnemar, seed_spread
+from mindscope.runs import mcnemar, seed_spread
 
 
 def _fake_run(path, seed, k):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..experiments._common import Report, RunDir, wilson
+from ..runs import Page, RunDir, wilson
 from ._biases import load_biases
 from ._organism import load_answer_key, Organism
 
@@ -147,8 +147,8 @@ def evaluate_organism(organism_lm, base_lm, organism_path, cfg: Optional[EvalCon
     return res
 
 
-def _report(res: EvalResult, rows: list[dict]) -> Report:
-    r = Report("Hidden-objective organism: exploitation rates")
+def _report(res: EvalResult, rows: list[dict]) -> Page:
+    r = Page("Hidden-objective organism: exploitation rates")
     r.text("Rate of responses whose text shows the bias (rule detector), with Wilson 95% CIs.")
     r.table([{"class": c, **{k: v for k, v in d.items()}} for c, d in res.results["classes"].items()])
     r.h("Per bias")

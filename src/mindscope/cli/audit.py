@@ -244,7 +244,7 @@ def game_cmd(model: Path = ORG, out: Path = typer.Option(Path("runs/audit_game")
         a = HumanAuditor(input_fn=lambda p: typer.prompt(p, default="", show_default=False),
                          output_fn=typer.echo)
     elif auditor.startswith(("http://", "https://")):
-        from ..evals._http import ChatClient
+        from ..judges import ChatClient
         a = LLMAuditor(ChatClient(auditor, model=llm_model))
     else:
         _bad(ValueError(f"--auditor must be scripted, human or an http(s) URL, not {auditor!r}"))

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 
 from ..core._files import load_safetensors
 from ._items import Item, ItemSet
-from ._judge import Judge, make_judge
+from ..judges import Judge, make_judge
 from ._responders import LMResponder
 from ._runner import EvalConfig, EvalResult, run_eval
 from ._store import write_json_atomic

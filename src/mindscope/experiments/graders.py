@@ -5,18 +5,16 @@ text). Each grader has a labelled set under ``mindscope/data/graders/<name>.json
 the protocol's definition before any model output of that protocol was read, split into
 ``dev`` (rules may be tuned on it) and ``test`` (only scored). ``validate(name)`` reports, on
 the test split: accuracy (Wilson 95% interval) and Cohen's kappa (bootstrap 95% interval over
-items), with the disagreements listed. ``LogitJudge`` is a cheap local-model judge (one forward
-pass per item: log P(yes) vs log P(no), or the most likely digit 0-3) used as a second opinion
-on the same items and on a run's transcripts; ``compare`` gives rule-vs-judge agreement.
+items), with the disagreements listed. ``judges.LogitJudge`` (a cheap local-model judge: one
+forward pass per item, log P(yes) vs log P(no), or the most likely digit 0-3) is the second
+opinion on the same items and on a run's transcripts; ``compare`` gives rule-vs-judge agreement.
 
 Regenerate the grader table of the docs::
 
     python -m mindscope.experiments.graders            # rule graders only (seconds)
     python -m mindscope.experiments.graders --judge lm # + SmolLM2 as the second opinion
 
->>> cohen_kappa([1, 1, 0, 0], [1, 1, 0, 0])
-1.0
->>> round(cohen_kappa([1, 0, 1, 0], [1, 1, 0, 0]), 3)
+>>> agreement([1, 0, 1, 0], [1, 1, 0, 0])["kappa"]["value"]
 0.0
 """
 from __future__ import annotations
@@ -29,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
-
-from ._common import shipped_json, wilson
+from ..judges import LogitJudge
+from ..runs import cohen_kappa, wilson
+from ._common import shipped_json
 
 log = logging.getLogger(__name__)
 SETS = ("persona_identity", "persona_role", "persona_jailbreak", "introspection_detection",
@@ -39,23 +37,6 @@ SETS = ("persona_identity", "persona_role", "persona_jailbreak", "introspection_
 
 
 # ---- agreement statistics ----------------------------------------------------------------------
-
-def cohen_kappa(a: Sequence, b: Sequence) -> Optional[float]:
-    """Cohen's kappa of two label sequences (any hashable labels); None when undefined
-    (no items, or both raters constant on the same label: expected agreement 1)."""
-    a, b = list(a), list(b)
-    if len(a) != len(b):
-        raise ValueError(f"cohen_kappa needs equal lengths; got {len(a)} and {len(b)}")
-    n = len(a)
-    if n == 0:
-        return None
-    po = sum(x == y for x, y in zip(a, b)) / n
-    labels = set(a) | set(b)
-    pe = sum((a.count(c) / n) * (b.count(c) / n) for c in labels)
-    if pe >= 1.0 - 1e-12:
-        return None
-    return (po - pe) / (1.0 - pe)
-
 
 def agreement(pred: Sequence, gold: Sequence, n_boot: int = 2000, seed: int = 0) -> dict:
     """Accuracy (Wilson CI) and Cohen's kappa (percentile bootstrap CI over items)."""
@@ -84,52 +65,6 @@ def fmt_agreement(a: Optional[dict]) -> str:
         f"κ {kap['value']:.2f}" + (f" [{kap['lo']:.2f}, {kap['hi']:.2f}]" if kap["lo"] is not None
                                    else ""))
     return f"acc {acc['rate']:.2f} [{acc['lo']:.2f}, {acc['hi']:.2f}], {ks} (n={a['n']})"
-
-
-# ---- a cheap local-model judge -----------------------------------------------------------------
-
-class LogitJudge:
-    """A judge model answering one question per item with a single forward pass: ``yes_no``
-    compares log P(yes-ish) with log P(no-ish) at the first answer token; ``digit`` returns the
-    most likely of the digits 0-3. Deterministic; ``lm`` is any ``ms.LM`` (chat template used).
-
-    A weak judge is a finding, not a failure: its agreement with the labels is reported."""
-
-    def __init__(self, lm, batch_size: int = 16):
-        self.lm, self.batch_size = lm, batch_size
-        self.name = f"lm-logit:{getattr(lm, 'name', 'model')}"
-
-    def _ids(self, words: Sequence[str]) -> list[int]:
-        out = set()
-        for w in words:
-            ids = self.lm.tokenizer(w, add_special_tokens=False)["input_ids"]
-            if ids:
-                out.add(ids[0])
-        return sorted(out)
-
-    def _last_logprobs(self, questions: Sequence[str]) -> torch.Tensor:
-        prompts = [self.lm.chat([{"role": "user", "content": q}]) for q in questions]
-        outs = []
-        for a in range(0, len(prompts), self.batch_size):
-            b = self.lm.tokenize(prompts[a:a + self.batch_size])
-            with torch.no_grad():
-                logits = self.lm.forward(b)[:, -1].float()  # (b, V)
-            outs.append(logits.log_softmax(-1).cpu())
-        return torch.cat(outs) if outs else torch.zeros(0)
-
-    def yes_no(self, questions: Sequence[str]) -> list[bool]:
-        if not questions:
-            return []
-        lp = self._last_logprobs(questions)  # (n, V)
-        yes, no = self._ids(["Yes", " Yes", "yes", " yes"]), self._ids(["No", " No", "no", " no"])
-        return (lp[:, yes].logsumexp(-1) > lp[:, no].logsumexp(-1)).tolist()
-
-    def digit(self, questions: Sequence[str], digits: str = "0123") -> list[int]:
-        if not questions:
-            return []
-        lp = self._last_logprobs(questions)
-        ids = [self._ids([d])[0] for d in digits]
-        return [int(digits[i]) for i in lp[:, ids].argmax(-1).tolist()]
 
 
 # ---- the graders and their judge questions ----------------------------------------------------
@@ -276,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = [validate(n, a.split, judge) for n in names]
     print(table(res))
     if a.out:
-        from ._common import write_json
+        from ..runs import write_json
         write_json(a.out, res)
     return 0
 

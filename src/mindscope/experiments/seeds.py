@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ._common import seed_spread, weights_note, write_json, write_text
+from ..runs import seed_spread, weights_note, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +313,7 @@ def run_protocol(name: str, lm, seed: int, quick: bool, over: dict, out: Path) -
     mod = importlib.import_module(f"mindscope.experiments.{name}")
     kw = {**over, "seed": seed}
     cfg = mod.Config.quick(**kw) if quick and hasattr(mod.Config, "quick") else mod.Config(**kw)
-    if name == "binding":
-        res = mod.run(cfg, lm=lm)
-        res.report(out)
-    else:
-        mod.run(lm, cfg, out)
+    mod.run(lm, cfg, out)
 
 
 def aggregate(name: str, out: Path, model: str = "") -> dict:

@@ -222,7 +222,8 @@ def test_cli_rejects_bad_parts():
 def test_auc_matches_sklearn_and_score_context():
     from sklearn.metrics import roc_auc_score
 
-    from mindscope.experiments.emotions.tracking import auc, score_context
+    from mindscope.experiments.emotions.tracking import score_context
+    from mindscope.runs import auc
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(1, 1, 30), rng.normal(0, 1, 40)

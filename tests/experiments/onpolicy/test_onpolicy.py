@@ -11,7 +11,8 @@ from mindscope.experiments import onpolicy
 from mindscope.experiments.onpolicy.core import (Seq, TokenStats, auc, auc_ci, entropy_surprisal,
                                                   load_offpolicy_jsonl, make_seq, pad_left,
                                                   per_position, ratio_ci,
-                                                  response_mask, shipped, token_stats, wilson)
+                                                  response_mask, shipped, token_stats,
+                                                  wilson_bounds)
 from mindscope.experiments.onpolicy.gap import build_conditions, derangement, entropy_gap
 from mindscope.experiments.onpolicy.surprise import (steer_dose_response, surprise_probes,
                                                       token_identity_r2)
@@ -95,7 +96,7 @@ def test_stats_against_references():
     assert abs(auc(p, q) - roc_auc_score(np.r_[np.ones(30), np.zeros(25)], np.r_[p, q])) < 1e-12
     r = ratio_ci(np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0]), n_boot=100)
     assert r["ratio"] == pytest.approx(2.0) and r["ci"] == pytest.approx([2.0, 2.0])
-    lo, hi = wilson(8, 10)  # reference values of the Wilson score interval
+    lo, hi = wilson_bounds(8, 10)  # reference values of the Wilson score interval
     assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
     a = auc_ci(np.arange(10.0) + 100, np.arange(10.0), n_boot=50)
     assert a["auc"] == 1.0 and a["ci"] == [1.0, 1.0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...probes import fit_multislot, orthonormal_basis, random_basis
+from .._protocol import protocol
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
                             induction_items, retrieval_items, token_labels)
 from .geometry import bootstrap_geometry, shuffled_overlap
@@ -85,6 +87,12 @@ class Config:
     """Folder with names.json / attributes.json / templates.json (None = bundled)."""
     progress: bool = True
     """Show progress bars."""
+
+    @classmethod
+    def quick(cls, **over) -> "Config":
+        """Tiny settings for a smoke run (minutes on CPU)."""
+        base = dict(n_stories=24, layers="0:30:6", n_items=4, batch_size=8)
+        return cls(**{**base, **over})
 
     def __post_init__(self):
         if self.n_stories < 8:
@@ -195,10 +203,29 @@ class Result:
     def best_layer(self, slot: str = "prior") -> int:
         return max(self.probes, key=lambda r: r["slots"][slot]["test"])["layer"]
 
-    def report(self, out) -> "object":
-        """Write report.html, results.json, run_config.json, plots and probe vectors to ``out``."""
+    out_dir: Optional[Path] = None
+    """Where ``run`` wrote the run folder (None when ``run`` had no ``out_dir``)."""
+
+    def summary_rows(self) -> list[dict]:
+        """Headline numbers: the best prior-entity layer and the ablation accuracies."""
+        Lp = self.best_layer("prior")
+        best = next(r for r in self.probes if r["layer"] == Lp)["slots"]
+        rows = [{"metric": "best prior-entity layer", "value": Lp}]
+        rows += [{"metric": f"layer {Lp} probe accuracy, {s}", "value": best[s]["test"]}
+                 for s in ("prior", "current")]
+        rows.append({"metric": "chance (majority)", "value": best["prior"]["chance"]})
+        for c, tasks in self.causal.items():
+            rows += [{"metric": f"ablate {c}: {t} accuracy", "value": v["acc"]}
+                     for t, v in tasks.items()]
+        return rows
+
+    def report(self, out=None) -> Path:
+        """Write report.html, results.json, run_config.json, plots and probe vectors to ``out``
+        (default: the ``out_dir`` given to ``run``)."""
         from .report import write_report
-        return write_report(self, out)
+        if out is None and self.out_dir is None:
+            raise ValueError("report() needs a folder: pass out=... or run(..., out_dir=...)")
+        return write_report(self, out if out is not None else self.out_dir)
 
 
 def _capture_labels(lm, stories, sites, name_ix, adj_ix, batch_size, progress):
@@ -212,8 +239,13 @@ def _capture_labels(lm, stories, sites, name_ix, adj_ix, batch_size, progress):
     return cap, labels
 
 
-def run(cfg: Config = None, lm=None) -> Result:
-    """Run the whole protocol; ``lm`` defaults to ``ms.load(cfg.model)``."""
+@protocol("binding")
+def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
+    """Run the whole protocol; ``lm`` defaults to ``ms.load(cfg.model)``; with ``out_dir`` the
+    run folder (report, results, probes) is written there. The older ``run(cfg, lm=lm)`` order
+    still works."""
+    if isinstance(lm, Config) or (cfg is not None and not isinstance(cfg, Config)):
+        lm, cfg = cfg, lm  # run(cfg, lm): the pre-registry argument order
     cfg = cfg or Config()
     t0, c0 = time.time(), time.process_time()
     if lm is None:
@@ -295,8 +327,8 @@ def run(cfg: Config = None, lm=None) -> Result:
     binding["first_name_rate"] = float(first)
     t_end = time.time()
 
-    from ...core._vector import data_hash
-    return Result(config=asdict(cfg), model=lm.name, names=d.names, adjectives=d.adjectives,
+    from ...core import data_hash
+    res = Result(config=asdict(cfg), model=lm.name, names=d.names, adjectives=d.adjectives,
                   layers=layers, probes=probes, geometry=geometry, ablate_layers=abl,
                   causal=causal, binding=binding, n_tokens=int(len(cap.row)),
                   n_rows=int(keep.sum()),
@@ -304,7 +336,11 @@ def run(cfg: Config = None, lm=None) -> Result:
                            "causal_s": t_causal - t_probe, "binding_s": t_end - t_causal,
                            "total_s": t_end - t0, "cpu_s": time.process_time() - c0},
                   data_hash=data_hash([s.text for s in stories], [it.prompt for it in items]),
-                  example=stories[0].text, multislot=fitted, lm_name=lm.name)
+                  example=stories[0].text, multislot=fitted, lm_name=lm.name,
+                  out_dir=Path(out_dir) if out_dir is not None else None)
+    if out_dir is not None:
+        res.report()
+    return res
 
 
 def _ablate_layers(spec: str, layers: list[int], n_layers: int) -> list[int]:

@@ -2,62 +2,13 @@
 report.html, and the slot probes as direction files (probes/L{layer}_{slot}.safetensors + .json)."""
 from __future__ import annotations
 
-import base64
-import html
-import json
-import os
-import platform
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ...probes import save_probe
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json(path: Path, obj) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2, default=_default) + "\n").encode())
-
-
-def _default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _git_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict:
-    import sklearn
-    import torch
-    import transformers
-
-    from ... import __version__
-    return {"mindscope": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "scikit-learn": sklearn.__version__,
-            "python": platform.python_version()}
+from ...runs import (Page, figure_png, git_hash, png, save_html, save_png, table, versions,
+                     weights_note, write_json)
 
 
 def _plots(res, out: Path) -> dict:
@@ -80,8 +31,7 @@ def _plots(res, out: Path) -> dict:
         ax.set_title(title), ax.set_xlabel("layer (resid_post)"), ax.legend(fontsize=7)
     axes[0].set_ylabel("held-out accuracy")
     fig.tight_layout()
-    paths["probes"] = out / "probe_accuracy.png"
-    fig.savefig(paths["probes"], dpi=110), plt.close(fig)
+    paths["probes"] = Path(save_png(out / "probe_accuracy.png", figure_png(fig)))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(L, [g["entity"]["overlap"] for g in res.geometry], "o-", label="current vs prior entity")
@@ -92,8 +42,7 @@ def _plots(res, out: Path) -> dict:
             label="isotropic random subspaces (wrong null)")
     ax.set_xlabel("layer"), ax.set_ylabel("mean cos² of principal angles")
     ax.set_title("slot subspace overlap (0 = orthogonal)"), ax.legend(fontsize=7), fig.tight_layout()
-    paths["geometry"] = out / "slot_geometry.png"
-    fig.savefig(paths["geometry"], dpi=110), plt.close(fig)
+    paths["geometry"] = Path(save_png(out / "slot_geometry.png", figure_png(fig)))
 
     tasks = list(res.causal["none"])
     fig, ax = plt.subplots(figsize=(8, 3.8))
@@ -107,26 +56,19 @@ def _plots(res, out: Path) -> dict:
     ax.set_xticks(np.arange(len(tasks)), tasks, fontsize=8), ax.set_ylabel("accuracy")
     ax.set_title(f"slot ablations at layers {res.ablate_layers} (dotted: chance)")
     ax.legend(fontsize=7), fig.tight_layout()
-    paths["causal"] = out / "causal.png"
-    fig.savefig(paths["causal"], dpi=110), plt.close(fig)
+    paths["causal"] = Path(save_png(out / "causal.png", figure_png(fig)))
     return paths
 
 
 def _table(rows: list[list], head: list[str]) -> str:
-    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(x))}</td>" for x in r) + "</tr>"
-                   for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
+    return table([dict(zip(head, r)) for r in rows], head, formats={h: _fmt for h in head})
 
 
 def _fmt(x) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def _html(res, plots: dict) -> str:
-    def img(p):
-        return f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-
+def _page(res, plots: dict) -> Page:
     prow = [[r["layer"]] + [r["slots"][s]["test"] for s in ("current", "prior", "current_attr",
                                                            "prior_attr")]
             + [r["slots"]["prior"].get("control", float("nan")), r["joint"],
@@ -139,41 +81,38 @@ def _html(res, plots: dict) -> str:
             + [res.causal["none"][t]["n"]] for t in tasks]
     brow = [[k, v["acc"], v["sem"], v["chance"], v["n"]] for k, v in res.binding.items()
             if isinstance(v, dict)]
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
-           "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-           "img{max-width:100%}")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>binding — {html.escape(res.model)}</title>
-<style>{css}</style></head><body>
-<h1>Multi-slot entity binding — {html.escape(res.model)}</h1>
-<p>{len(res.probes)} layers probed on {res.n_rows} tokens (of {res.n_tokens}) from
-{res.config['n_stories']} stories; {len(res.names)} names, {len(res.adjectives)} adjectives;
-probe {res.config['probe_kind']} C={res.config['C']}, split by story; control: {res.config['control']}.
-Total {res.timings['total_s']:.0f} s.</p>
-<p>Example story: <i>{html.escape(res.example)}</i></p>
-<h2>Probes: held-out accuracy per slot</h2>{img(plots['probes'])}
-{_table(prow, ['layer', 'current', 'prior', 'cur attr', 'prior attr', 'prior control', 'joint (cur & prior & attrs)', 'chance'])}
-<h2>Slot geometry</h2>{img(plots['geometry'])}
-{_table(grow, ['layer', 'min angle cur/prior (deg)', 'overlap entity', 'entity overlap 95% CI (story bootstrap)', 'overlap attr', 'null overlap (permuted-label probes)'])}
-<h2>Causal tests (ablation on story tokens at layers {res.ablate_layers})</h2>{img(plots['causal'])}
-{_table(crow, ['task', 'chance'] + [f'ablate {c}' for c in res.causal] + ['n'])}
-<h2>Double binding on one token</h2>
-{_table(brow, ['condition', 'acc', 'sem', 'chance', 'n'])}
-<p>Rate of answering the first-mentioned name: {res.binding.get('first_name_rate', float('nan')):.3f}</p>
-</body></html>"""
+    p = Page(f"Multi-slot entity binding — {res.model}")
+    p.text(f"{len(res.probes)} layers probed on {res.n_rows} tokens (of {res.n_tokens}) from "
+           f"{res.config['n_stories']} stories; {len(res.names)} names, {len(res.adjectives)} "
+           f"adjectives; probe {res.config['probe_kind']} C={res.config['C']}, split by story; "
+           f"control: {res.config['control']}. Total {res.timings['total_s']:.0f} s.")
+    p.text(f"Example story: {res.example}")
+    p.section("Probes: held-out accuracy per slot", png(plots["probes"]),
+              _table(prow, ["layer", "current", "prior", "cur attr", "prior attr", "prior control",
+                            "joint (cur & prior & attrs)", "chance"]))
+    p.section("Slot geometry", png(plots["geometry"]),
+              _table(grow, ["layer", "min angle cur/prior (deg)", "overlap entity",
+                            "entity overlap 95% CI (story bootstrap)", "overlap attr",
+                            "null overlap (permuted-label probes)"]))
+    p.section(f"Causal tests (ablation on story tokens at layers {res.ablate_layers})",
+              png(plots["causal"]),
+              _table(crow, ["task", "chance"] + [f"ablate {c}" for c in res.causal] + ["n"]))
+    p.section("Double binding on one token",
+              _table(brow, ["condition", "acc", "sem", "chance", "n"]))
+    p.text(f"Rate of answering the first-mentioned name: "
+           f"{res.binding.get('first_name_rate', float('nan')):.3f}")
+    return p
 
 
 def write_report(res, out) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes").mkdir(exist_ok=True)
-    from .._common import weights_note
-
     cfg = {"experiment": "binding", "config": res.config, "model": res.model,
-           "weights": weights_note(type("M", (), {"name": res.model})()),
-           "seeds": [res.config.get("seed")],
-           "data_hash": res.data_hash, "git": _git_hash(), "versions": _versions()}
-    _json(out / "run_config.json", cfg)
-    _json(out / "results.json", res.to_json())
+           "weights": weights_note(res.model), "seeds": [res.config.get("seed")],
+           "data_hash": res.data_hash, "git": git_hash(), "versions": versions()}
+    write_json(out / "run_config.json", cfg)
+    write_json(out / "results.json", res.to_json())
     keep = set(res.ablate_layers) | {res.best_layer("prior"), res.best_layer("current")}
     for L in sorted(keep):
         msp = res.multislot.get(L)
@@ -183,5 +122,4 @@ def write_report(res, out) -> Path:
             save_probe(e.probe, out / "probes" / f"L{L}_{slot}", site=f"resid_post.{L}",
                        model=res.lm_name, data_hash=res.data_hash)
     plots = _plots(res, out)
-    _write_atomic(out / "report.html", _html(res, plots).encode())
-    return out / "report.html"
+    return save_html(out / "report.html", _page(res, plots))

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .._common import RunDir, at_least_one, choose, save_html, save_png, weights_note
+from ...runs import RunDir, save_html, save_png, weights_note
+
+from .._common import at_least_one, choose
+from .._protocol import protocol
 from .data import load_story_jsonl, load_table, load_tasks, model_stories, shipped_stories
 from .prefs import misaligned_choices, preferences
 from .tracking import passage_tracking
@@ -166,6 +169,7 @@ def get_stories(lm, cfg: Config, names: list[str], topics: list[str]) -> dict[st
     return load_story_jsonl(cfg.story_source, names)
 
 
+@protocol("emotions")
 def run(lm, cfg: Optional[Config] = None, out_dir="runs/emotions") -> Result:
     """Extract the vectors, run ``cfg.parts``, write the run folder (vectors, results.json,
     PNGs, report.html) and return the Result."""

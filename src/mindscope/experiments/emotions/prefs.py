@@ -183,7 +183,7 @@ def misaligned_choices(lm, vs, choices: Sequence[dict], emotions: Sequence[str],
     each emotion steered at all positions, ``strength`` × residual norm). Each scenario appears
     in both letter orders; a choice = sign of the logit difference."""
     from ...steering import residual_norms
-    from .._common import wilson
+    from ...runs import wilson
 
     prompts, mis_is_a = [], []
     for c in choices:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._common import Report, figure_png
+from ...runs import Page, figure_png
 
 
 def _plt():
@@ -97,8 +97,8 @@ def plot_misaligned(mis: dict) -> bytes:
     return figure_png(fig)
 
 
-def build_report(res) -> Report:
-    r, rep = res.results, Report("mindscope: emotion concepts")
+def build_report(res) -> Page:
+    r, rep = res.results, Page("mindscope: emotion concepts")
     rep.text(f"Model {r['model']}, site {r['site']}, {r['n_emotions']} emotions, "
              f"{r['n_stories']} stories ({r['story_source']}); neutral PCs projected out: "
              f"{r['projected_out']}. Run time {r['seconds']:.0f}s.")

@@ -11,8 +11,9 @@ emotion with passages, its vector's projection on its own passages vs all others
 percentile bootstrap interval over passages, and top-1 accuracy (Wilson) against chance
 1/k, over the emotions that have passages and vectors.
 
->>> round(auc([3.0, 4.0], [1.0, 2.0, 3.0]), 3)
-0.917
+>>> import numpy as np
+>>> score_context(np.eye(3), np.arange(3), ["a", "b", "c"], n_boot=10)["macro_auc"]
+1.0
 """
 from __future__ import annotations
 
@@ -23,13 +24,8 @@ import torch
 
 from ...core._vector import VectorSet
 from ...steering import row_means
-from .._common import shipped_json, wilson
-
-
-def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
-    """P(pos > neg) + 0.5 P(tie) (Mann-Whitney), by pairs."""
-    p, n = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
-    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
+from ...runs import auc, wilson
+from .._common import shipped_json
 
 
 def load_passages() -> list[dict]:

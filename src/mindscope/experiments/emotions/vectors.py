@@ -116,7 +116,7 @@ def classify_heldout(X: torch.Tensor, labels, names: Sequence[str], neutral: tor
     conf = np.zeros((k, k), int)
     for t, p in zip(labels[done], pred[done]):
         conf[t, p] += 1
-    from .._common import wilson
+    from ...runs import wilson
     return {"accuracy": wilson(correct, int(done.sum())), "chance": 1.0 / k,
             "n_folds": n_folds, "confusion": conf.tolist(),
             "per_emotion": {n: float(conf[i, i] / max(conf[i].sum(), 1)) for i, n in enumerate(names)}}

@@ -23,13 +23,15 @@ from typing import Optional
 from safetensors.torch import save_file
 
 from ...core._files import atomic_write_bytes
-from .._common import RunDir, to_jsonable, write_json
+from ...runs import RunDir, to_jsonable, write_json
+from .._protocol import protocol
 from .cache import Stages, settings_key
 from .detect import (PREAMBLE, QUESTION, TRIAL_QUESTIONS, concept_sets, injection_positions,
                                     resolve_layers, run_detection, trial_messages, trial_prompt,
                                     yes_no_logodds)
 from .grade import (Grade, JudgeGrader, RuleGrader, agreement, apologizes,
                                    load_grading_set, load_json, load_words, make_grader)
+from ...judges import LogitJudge
 from .. import graders as G
 from .mech import refusal_direction, run_mechanisms, train_bias
 from .probes import CONTROL_VARIANTS, run_control, run_prefill, run_thoughts
@@ -111,7 +113,7 @@ class Config:
     """Rows per forward / generate batch."""
     second_opinion: bool = True
     """Also grade the detection and prefill transcripts with the loaded model as a logit judge
-    (``graders.LogitJudge``) and report rule-vs-judge agreement (Cohen's kappa)."""
+    (``judges.LogitJudge``) and report rule-vs-judge agreement (Cohen's kappa)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -181,6 +183,21 @@ class Result:
             s["fpr"] = d["control"]["fpr"]
         return s
 
+    def summary_rows(self) -> list[dict]:
+        """``summary()`` as ``[{"metric", "value"}]``: the best detection cell, its rates, the
+        false-positive rate."""
+        s = self.summary()
+        rows = [{"metric": "model", "value": s["model"]},
+                {"metric": "runtime (s)", "value": s["runtime_s"]}]
+        b = s.get("detection_best")
+        if b:
+            rows.append({"metric": "best detection cell (layer, strength)",
+                         "value": f"{b['layer']}, {b['strength']}"})
+            rows += [{"metric": f"detection {k}", "value": b[k]}
+                     for k in ("tpr", "combined", "identification", "yes_shift")]
+            rows.append({"metric": "false-positive rate (controls)", "value": s["fpr"]})
+        return rows
+
     def report(self, path=None) -> Path:
         """Write the HTML report (default: ``out_dir/report.html``) and return its path."""
         from .report import build_report
@@ -207,7 +224,7 @@ class Result:
 def second_opinion(lm, trials: dict, cfg, limit: int = 400) -> dict:
     """The loaded model as a logit judge on this run's own transcripts (up to ``limit`` per
     grader): rule-vs-judge agreement for detection claims and prefill apologies."""
-    judge = G.LogitJudge(lm, batch_size=min(cfg.batch_size, 16))
+    judge = LogitJudge(lm, batch_size=min(cfg.batch_size, 16))
     out = {"judge": judge.name}
     det = [t for t in trials.get("detection", []) if t.get("response")][:limit]
     if det:
@@ -229,6 +246,7 @@ def _partial(rd, cfg, metrics, trials, lm, t0) -> None:
         write_json(rd.path / "trials.json", trials)
 
 
+@protocol("introspection")
 def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Result:
     """Run ``config.protocols`` on ``lm``; with ``out_dir`` write run_config.json, results.json,
     trials.json, bias.safetensors (mechanisms) and report.html there.

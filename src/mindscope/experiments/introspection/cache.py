@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from .._common import to_jsonable, write_json
+from ...runs import to_jsonable, write_json
 
 log = logging.getLogger(__name__)
 # settings that change no saved stage: progress bars, and the grader (grades are recomputed from

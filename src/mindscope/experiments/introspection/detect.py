@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ...core import Add, span
 from ...core._vector import VectorSet, data_hash
-from .._common import mean_ci, wilson
+from ...runs import mean_ci, wilson
 
 log = logging.getLogger(__name__)
 

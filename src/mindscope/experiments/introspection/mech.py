@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ...core import Add, span
 from ...core._vector import VectorSet
-from .._common import mean_ci
+from ...runs import mean_ci
 from .detect import NO, YES, run_detection, token_set, trial_prompt, yes_no_logodds
 from .grade import load_json
 

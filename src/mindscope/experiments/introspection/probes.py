@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ...core import Add, role
 from ...core._vector import VectorSet
-from .._common import mcnemar, mean_ci, wilson
+from ...runs import mcnemar, mean_ci, wilson
 from .grade import apologizes, first_mention
 
 log = logging.getLogger(__name__)

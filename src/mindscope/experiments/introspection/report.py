@@ -2,7 +2,7 @@
 CIs, per-layer plots, and example transcripts."""
 from __future__ import annotations
 
-from .._common import Report, figure_png, heatmap_png
+from ...runs import Page, figure_png, heatmap_png
 from .detect import trial_messages
 
 
@@ -28,7 +28,7 @@ def _line_plot(xs, series: dict, title: str, ylabel: str) -> bytes:
     return figure_png(fig)
 
 
-def _examples(rep: Report, trials, pred, label, k: int = 4, prompt: str = "") -> None:
+def _examples(rep: Page, trials, pred, label, k: int = 4, prompt: str = "") -> None:
     shown = [t for t in trials if pred(t)][:k]
     for t in shown:
         rep.transcript(label(t), t.get("prompt", prompt), t["response"])
@@ -36,9 +36,9 @@ def _examples(rep: Report, trials, pred, label, k: int = 4, prompt: str = "") ->
         rep.text("(no such trials)")
 
 
-def build_report(res) -> Report:
+def build_report(res) -> Page:
     m, cfg = res.metrics, res.config
-    rep = Report(f"Introspection experiments — {res.model}")
+    rep = Page(f"Introspection experiments — {res.model}")
     rep.text(f"Model {res.model}; grader {res.grader.get('name')}; runtime {res.runtime_s:.0f} s; "
              f"layers {m.get('layers')}; strengths {list(cfg.strengths)}; "
              f"{len(cfg.words()[0])} concepts; temperature {cfg.temperature}; "

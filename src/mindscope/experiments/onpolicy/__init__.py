@@ -28,7 +28,9 @@ from typing import Optional
 import numpy as np
 
 from ...core._vector import data_hash
-from .._common import RunDir, at_least_one, choose, one_of, save_html, write_json
+from ...runs import RunDir, save_html, write_json
+from .._common import at_least_one, choose, one_of
+from .._protocol import protocol, summary_rows_of
 from .core import load_offpolicy_jsonl, shipped
 from .gap import run_gap
 from .intent import run_intent
@@ -203,6 +205,10 @@ class Result:
                         f"{_n(v['auc_verbal']['auc'])} / {_n(v['auc_entropy']['auc'])}"))
         return out
 
+    def summary_rows(self) -> list[dict]:
+        """``summary()`` as ``[{"metric", "value"}]``."""
+        return summary_rows_of(self.summary())
+
     def report(self) -> Path:
         """Write ``report.html`` (summary table, plots, examples) and return its path."""
         notes = [f"Model {self.results.get('model')}; {self.config.n_prompts} prompts, own "
@@ -252,6 +258,7 @@ def _other_responses(cfg: Config, prompts: list[str], lm_cls_load) -> Optional[l
     return [other.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
 
 
+@protocol("onpolicy")
 def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=None) -> Result:
     """Run the selected protocols on ``lm`` and write ``run_config.json``, ``results.json``, the
     plots, ``surprise_vector.safetensors`` (+ .json) and ``report.html`` into ``out_dir``.

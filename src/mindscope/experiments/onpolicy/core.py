@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ...core import Batch
 from ...core._positions import RowMeta
-from .._common import wilson as _wilson
+from ...runs import bootstrap_ci, wilson
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +207,6 @@ def token_stats(lm, seqs: Sequence[Seq], sites: Optional[Sequence[str]] = None,
 
 
 # ---- statistics ---------------------------------------------------------------------------
-def bootstrap_ci(fn, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-                 ) -> tuple[float, float, float]:
-    """Point estimate and percentile CI of ``fn(idx)`` over resamples of ``range(n)`` (paired:
-    one index set indexes every array ``fn`` uses)."""
-    rng = np.random.default_rng(seed)
-    est = float(fn(np.arange(n)))
-    vals = np.array([fn(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
-    vals = vals[np.isfinite(vals)]
-    if len(vals) == 0:
-        return est, float("nan"), float("nan")
-    return est, float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
-
-
 def ratio_ci(off: np.ndarray, on: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
     """mean(off) / mean(on) over prompts, paired bootstrap over prompts."""
     off, on = np.asarray(off, float), np.asarray(on, float)
@@ -227,7 +214,9 @@ def ratio_ci(off: np.ndarray, on: np.ndarray, n_boot: int = 1000, seed: int = 0)
     return {"ratio": est, "ci": [lo, hi], "n": int(len(on))}
 
 
-def mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+def bootstrap_mean(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean with a percentile bootstrap CI over prompts: ``{"mean", "ci": [lo, hi], "n"}``
+    (``runs.mean_ci`` is the normal-approximation one)."""
     x = np.asarray(x, float)
     est, lo, hi = bootstrap_ci(lambda i: x[i].mean(), len(x), n_boot, seed)
     return {"mean": est, "ci": [lo, hi], "n": int(len(x))}
@@ -258,9 +247,9 @@ def auc_ci(scores_pos, scores_neg, n_boot: int = 1000, seed: int = 0) -> dict:
     return {"auc": est, "ci": [lo, hi], "n": int(2 * len(p))}
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list:
-    """Wilson score interval [lo, hi] for k successes in n trials (``_common.wilson``)."""
-    w = _wilson(k, n, z)
+def wilson_bounds(k: int, n: int, z: float = 1.96) -> list:
+    """``runs.wilson``'s interval as a list [lo, hi] (nan, nan when n == 0)."""
+    w = wilson(k, n, z)
     return [w["lo"], w["hi"]] if n else [float("nan"), float("nan")]
 
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .core import (Seq, TokenStats, auc_ci, make_seq, mean_ci, pad_left, per_position,
+from .core import (Seq, TokenStats, auc_ci, make_seq, bootstrap_mean, pad_left, per_position,
                              prompt_ids, ratio_ci,
                              response_ids, token_stats)
 
@@ -88,7 +88,7 @@ def entropy_gap(seqs: Sequence[Seq], stats: TokenStats, n_boot: int = 1000, seed
            "n_prompts": len(idx["own"])}
     for cond, m in idx.items():
         ks = list(m.values())
-        res["conditions"][cond] = {**mean_ci(H[ks], n_boot, seed),
+        res["conditions"][cond] = {**bootstrap_mean(H[ks], n_boot, seed),
                                    "mean_tokens": float(np.mean([seqs[k].n_resp for k in ks])),
                                    "mean_surprisal": float(np.mean([np.nanmean(stats.surprisal[k])
                                                                     for k in ks]))}

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import Seq, make_seq, mean_ci, pad_left, prompt_ids, token_stats
+from .core import Seq, make_seq, bootstrap_mean, pad_left, prompt_ids, token_stats
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,12 @@ def last_token_probe(lm, prompts: Sequence[str], labels: np.ndarray, prompt_of: 
 
 def _contrasts(h: dict, cfg) -> dict:
     """Mean entropy per condition and the paired (by prompt) contrasts with bootstrap CIs."""
-    return {"same": mean_ci(h["same_topic"], cfg.n_boot, cfg.seed),
-            "same_other": mean_ci(h["same_topic_other"], cfg.n_boot, cfg.seed),
-            "diff": mean_ci(h["diff_topic"], cfg.n_boot, cfg.seed),
-            "diff_minus_same": mean_ci(h["diff_topic"] - h["same_topic"], cfg.n_boot, cfg.seed),
-            "topic_effect": mean_ci(h["diff_topic"] - h["same_topic_other"], cfg.n_boot, cfg.seed),
-            "offpolicy_effect": mean_ci(h["same_topic_other"] - h["same_topic"], cfg.n_boot,
+    return {"same": bootstrap_mean(h["same_topic"], cfg.n_boot, cfg.seed),
+            "same_other": bootstrap_mean(h["same_topic_other"], cfg.n_boot, cfg.seed),
+            "diff": bootstrap_mean(h["diff_topic"], cfg.n_boot, cfg.seed),
+            "diff_minus_same": bootstrap_mean(h["diff_topic"] - h["same_topic"], cfg.n_boot, cfg.seed),
+            "topic_effect": bootstrap_mean(h["diff_topic"] - h["same_topic_other"], cfg.n_boot, cfg.seed),
+            "offpolicy_effect": bootstrap_mean(h["same_topic_other"] - h["same_topic"], cfg.n_boot,
                                         cfg.seed)}
 
 

@@ -92,10 +92,10 @@ def _fmt(v) -> str:
 
 
 def build_report(title: str, summary: list, plots: list, results: dict, notes: list):
-    """A ``_common.Report``: summary table, notes, plots, example responses."""
-    from .._common import Report
+    """A ``runs.Page``: summary table, notes, plots, example responses."""
+    from ...runs import Page
 
-    r = Report(title)
+    r = Page(title)
     r.table([{"measure": k, "value": _fmt(v)} for k, v in summary])
     for t in notes:
         r.text(t)

@@ -19,7 +19,8 @@ import torch
 from ...core import Add
 from ...core._vector import Vector, data_hash
 from ...probes import LayerSweep, layer_sweep
-from .core import Seq, TokenStats, bootstrap_ci, mean_ci, token_stats
+from ...runs import bootstrap_ci
+from .core import Seq, TokenStats, bootstrap_mean, token_stats
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,8 @@ def steer_dose_response(lm, vec: Vector, seqs: Sequence[Seq], doses: Sequence[fl
     for kind in kinds:
         dH = np.array([[H[(i, dz, "probe" if dz == 0 else kind)] - base[i] for dz in doses]
                        for i in range(n)])  # (n, D)
-        out[kind] = {"delta_entropy": [mean_ci(dH[:, j], n_boot, seed) for j in range(len(doses))]}
+        out[kind] = {"delta_entropy": [bootstrap_mean(dH[:, j], n_boot, seed)
+                                       for j in range(len(doses))]}
         x = np.array(doses)
 
         def slope(idx, dH=dH):

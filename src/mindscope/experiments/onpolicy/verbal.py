@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .core import Seq, TokenStats, auc_ci, pad_left, wilson
+from .core import Seq, TokenStats, auc_ci, pad_left, wilson_bounds
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def run_verbal(lm, prompts: Sequence[str], seqs: Sequence[Seq], stats: TokenStat
         h_on = H[[idx["own"][p] for p in common]]
         h_off = H[[idx[cond][p] for p in common]]
         res["by_condition"][cond] = {
-            "accuracy": correct / n, "accuracy_ci": wilson(correct, n), "chance": 0.5, "n": n,
+            "accuracy": correct / n, "accuracy_ci": wilson_bounds(correct, n), "chance": 0.5,
+            "n": n,
             "says_yes_own": float((s_on > 0).mean()), "says_yes_off": float((s_off > 0).mean()),
             "auc_verbal": auc_ci(s_on, s_off, cfg.n_boot, cfg.seed),
             "auc_entropy": auc_ci(-h_on, -h_off, cfg.n_boot, cfg.seed),

@@ -30,7 +30,10 @@ from typing import Optional
 
 import torch
 
-from .._common import RunDir, at_least_one, choose, one_of, save_html, save_png, weights_note
+from ...runs import RunDir, save_html, save_png, weights_note
+
+from .._common import at_least_one, choose, one_of
+from .._protocol import protocol
 from .axis import (axis_vectorset, balanced_axis, check_balanced, generate_responses, keep_rows,
                    persona_space, response_acts, role_scores, role_vectors, token_thresholds)
 from .data import load_drift, load_roles, role_prompts
@@ -181,7 +184,7 @@ def make_persona_judge(cfg: Config, lm):
     """The judge named by ``cfg.judge`` (None/'lm' -> the loaded model as a logit judge)."""
     if cfg.role_filter != "judge" and not cfg.second_opinion:
         return None
-    from ..graders import LogitJudge
+    from ...judges import LogitJudge
 
     if cfg.judge in (None, "lm"):
         return LogitJudge(lm, batch_size=min(cfg.batch_size, 16))
@@ -226,6 +229,7 @@ def default_layers(lm) -> tuple[int, tuple]:
     return round(2 * L / 3), tuple(range(lo, max(hi, lo + 1)))
 
 
+@protocol("persona")
 def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     """Build role vectors and the axis, run ``cfg.parts``, write the run folder and return."""
     cfg = cfg or Config()

@@ -87,7 +87,7 @@ def check_balanced(keys: Sequence[str], questions: Sequence[str]) -> None:
 
 
 def role_scores(resp: Responses, roles: dict, judge=None) -> list[Optional[int]]:
-    """0-3 role score per row (None for default rows): ``judge`` (a ``graders.LogitJudge``, or
+    """0-3 role score per row (None for default rows): ``judge`` (a ``judges.LogitJudge``, or
     an evals ``Judge`` asked whether the response is fully in role: yes -> 3, no -> 0), else
     the offline rule ``role_score``."""
     out: list[Optional[int]] = [None] * len(resp.texts)

@@ -20,7 +20,7 @@ import torch
 
 import mindscope as ms
 
-from .._common import mcnemar, wilson
+from ...runs import mcnemar, wilson
 from .data import identity, jailbreak_harmful
 
 log = logging.getLogger(__name__)

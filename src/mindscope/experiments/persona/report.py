@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._common import Report, figure_png
+from ...runs import Page, figure_png
 
 
 def _plt():
@@ -66,8 +66,8 @@ def plot_steering(st: dict) -> bytes:
     return figure_png(fig)
 
 
-def build_report(res) -> Report:
-    r, rep = res.results, Report("mindscope: persona space and the Assistant axis")
+def build_report(res) -> Page:
+    r, rep = res.results, Page("mindscope: persona space and the Assistant axis")
     rep.text(f"Model {r['model']}; {r['n_roles']} roles, {r['n_role_responses']} role responses "
              f"kept of {r['n_role_generated']} (filter: {r['role_filter']}), "
              f"{r['n_default_responses']} default-assistant responses; analysis layer "

@@ -1,15 +1,16 @@
-"""Text backends for explainers and scorers, built on the evals judges (``mindscope.evals``).
+"""Free-text judge backends (feature explainers and scorers ask them), built on the judges
+of ``_judge``.
 
 ``make_feature_judge(spec)``:
 
 - ``"offline"`` (default): no model. The explainer and scorers use their deterministic
   token-overlap baselines (see ``_interpret``), so the pipeline runs anywhere.
-- ``"lm"`` (needs ``lm=``): an in-process ``ms.LM`` answers greedily (evals ``LMJudge``).
-- ``"http://host:port/v1"``: any OpenAI-compatible endpoint (evals ``HTTPJudge`` without the
+- ``"lm"`` (needs ``lm=``): an in-process ``ms.LM`` answers greedily (``LMJudge``).
+- ``"http://host:port/v1"``: any OpenAI-compatible endpoint (``HTTPJudge`` without the
   structured verdict), with its retries on 429/5xx/timeouts.
 
-``FeatureJudge.ask(prompt) -> Reply`` never raises: rate limits, timeouts, connection errors and
-exceptions come back as ``Reply(text=None, error=kind)`` and are counted in ``stats``.
+``FeatureJudge.ask(prompt) -> TextReply`` never raises: rate limits, timeouts, connection errors and
+exceptions come back as ``TextReply(text=None, error=kind)`` and are counted in ``stats``.
 
 >>> j = make_feature_judge("offline"); j.name, j.offline
 ('offline', True)
@@ -21,11 +22,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from ._judge import HTTPJudge, LMJudge, judge_kind
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Reply:
+class TextReply:
     text: Optional[str]
     """The model's reply, or None on failure."""
     error: Optional[str] = None
@@ -56,18 +59,18 @@ class FeatureJudge:
         with self._lock:
             self.stats[key] = self.stats.get(key, 0) + 1
 
-    def ask(self, prompt: str) -> Reply:
+    def ask(self, prompt: str) -> TextReply:
         self.count("requests")
         try:
-            text = self.judge._ask(prompt)  # evals judges: HTTP with retries, or local generate
+            text = self.judge.ask(prompt)  # HTTP with retries, or local generate
         except Exception as e:  # noqa: BLE001 - a judge never kills a long run
             kind = getattr(e, "kind", "exception")
             self.count("failed")
             self.count(kind)
             log.warning("judge %s: %s", self.name, e)
-            return Reply(None, kind, str(e)[:300])
+            return TextReply(None, kind, str(e)[:300])
         self.count("ok")
-        return Reply(text)
+        return TextReply(text)
 
 
 class OfflineJudge(FeatureJudge):
@@ -80,8 +83,8 @@ class OfflineJudge(FeatureJudge):
         return {"name": "offline", "backend": "token-overlap baseline (no model)",
                 "stats": dict(self.stats)}
 
-    def ask(self, prompt: str) -> Reply:  # pragma: no cover - offline paths never ask
-        return Reply(None, "unsupported", "the offline judge has no model")
+    def ask(self, prompt: str) -> TextReply:  # pragma: no cover - offline paths never ask
+        return TextReply(None, "unsupported", "the offline judge has no model")
 
 
 def make_feature_judge(spec: Union[str, FeatureJudge, None] = "offline", *, lm: Any = None,
@@ -89,19 +92,16 @@ def make_feature_judge(spec: Union[str, FeatureJudge, None] = "offline", *, lm: 
                        backoff: float = 1.0, max_tokens: int = 512) -> FeatureJudge:
     """``"offline"`` | ``"lm"`` (with ``lm=``) | ``"http(s)://.../v1"`` (``model`` names the
     server's model) | an existing FeatureJudge."""
-    from ..evals import HTTPJudge, LMJudge
-
     if isinstance(spec, FeatureJudge):
         return spec
-    if spec is None or spec == "offline":
+    kind = judge_kind("offline" if spec is None else spec, ("offline", "lm", "http"))
+    if kind == "offline":
         return OfflineJudge()
-    if spec == "lm":
+    if kind == "lm":
         if lm is None:
             raise ValueError("judge 'lm' needs a loaded model (lm=...)")
         j = LMJudge(lm, max_new_tokens=max_tokens)
         return FeatureJudge(j.name, j)
-    if isinstance(spec, str) and spec.startswith(("http://", "https://")):
-        j = HTTPJudge(spec, model, timeout=timeout, max_retries=max_retries, backoff=backoff,
-                      max_tokens=max_tokens, structured=False)
-        return FeatureJudge(j.name, j)
-    raise ValueError(f"unknown judge {spec!r}; use 'offline', 'lm' or an http(s)://host:port/v1 URL")
+    j = HTTPJudge(spec, model, timeout=timeout, max_retries=max_retries, backoff=backoff,
+                  max_tokens=max_tokens, structured=False)
+    return FeatureJudge(j.name, j)

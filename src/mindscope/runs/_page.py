@@ -1,4 +1,5 @@
-"""A tiny self-contained HTML page builder (no templates, no web framework, no external files).
+"""The one self-contained HTML page builder (no templates, no web framework, no external files)
+and the figure helpers every report uses.
 
 Everything user-supplied is escaped; images are embedded as base64 data URIs, so one
 ``page.render()`` string is one complete, portable file.
@@ -7,6 +8,9 @@ Everything user-supplied is escaped; images are embedded as base64 data URIs, so
 >>> _ = p.section("Numbers", table([{"x": 1, "y": 0.5}, {"x": 2, "y": None}]))
 >>> _ = p.section("Tokens", tokens(["The", " ocean", "!"], [0.0, 2.0, 0.5]))
 >>> html = p.render(); "<table" in html and "a &amp; b" in html
+True
+>>> r = Page("Run").h("Rates").table([{"a": {"rate": 0.5, "lo": 0.1, "hi": 0.9}}])
+>>> "0.50 [0.10, 0.90]" in r.html()
 True
 """
 from __future__ import annotations
@@ -17,6 +21,11 @@ import io
 import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
+
+from ..core import atomic_write_text
+
+__all__ = ["Page", "table", "png", "tokens", "esc", "fmt", "link", "bars_svg", "CSS",
+           "figure_png", "heatmap_png"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1100px;
@@ -29,6 +38,7 @@ th{background:#f4f4f4;cursor:pointer} td.num{text-align:right;font-variant-numer
  margin:.25em 0;padding:.3em;border:1px solid #eee;background:#fcfcfc}
 .ctr{outline:1px solid #c33} .note{color:#666;font-size:.9em} nav a{margin-right:1em}
 form input,form textarea{font:inherit} .warn{color:#a40}
+pre{white-space:pre-wrap;background:#f6f6f6;padding:6px} pre.r{background:#eef6ee} img{max-width:100%}
 """
 
 
@@ -38,9 +48,15 @@ def esc(x: Any) -> str:
 
 
 def fmt(x: Any, digits: int = 4) -> str:
-    """Compact display of numbers (general format), lists and None; escaped."""
+    """Compact display of numbers (general format), lists, None, and interval dicts (a
+    ``wilson`` rate as ``0.50 [0.10, 0.90]``, a ``mean_ci`` mean with its bounds); escaped."""
     if x is None:
         return ""
+    if isinstance(x, dict) and "rate" in x and "lo" in x:  # a wilson() dict
+        return "–" if x["rate"] is None else f"{x['rate']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+    if isinstance(x, dict) and "mean" in x and "lo" in x:  # a mean_ci() dict
+        return ("–" if x["mean"] is None else
+                f"{x['mean']:.{digits}g} [{x['lo']:.{digits}g}, {x['hi']:.{digits}g}]")
     if isinstance(x, float):
         return "nan" if math.isnan(x) else esc(f"{x:.{digits}g}")
     if isinstance(x, (list, tuple)):
@@ -54,10 +70,12 @@ def link(href: str, text: Any, **attrs: str) -> str:
 
 
 def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None, *,
-          raw: Iterable[str] = (), formats: Optional[dict] = None, attrs: str = "") -> str:
+          raw: Iterable[str] = (), formats: Optional[dict] = None, attrs: str = "",
+          digits: int = 4) -> str:
     """A table from a list of dicts. ``columns`` picks/orders keys (default: the first row's);
     cells in ``raw`` columns are inserted as HTML (already safe); ``formats`` maps a column to
-    a function value -> str (escaped unless the column is raw)."""
+    a function value -> str (escaped unless the column is raw); numbers show ``digits``
+    significant digits."""
     if not rows:
         return '<p class="note">(none)</p>'
     cols = list(columns or rows[0].keys())
@@ -71,7 +89,7 @@ def table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None, *,
             if c in formats:
                 v = formats[c](v)
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            s = v if c in raw else fmt(v)
+            s = v if c in raw else fmt(v, digits)
             cells.append(f'<td class="num">{s}</td>' if num else f"<td>{s}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -165,6 +183,24 @@ class Page:
         i = f' id="{esc(id)}"' if id else ""
         return self.add(f"<section{i}><h2>{esc(title)}</h2>{''.join(html)}</section>")
 
+    def h(self, text: str, level: int = 2) -> "Page":
+        """Append an escaped heading."""
+        return self.add(f"<h{level}>{esc(text)}</h{level}>")
+
+    def table(self, rows: Sequence[dict], columns: Optional[Sequence[str]] = None,
+              digits: int = 3) -> "Page":
+        """Append ``table(rows, columns)`` (numbers to ``digits`` significant digits)."""
+        return self.add(table(rows, columns, digits=digits))
+
+    def image(self, img: Union[bytes, str, Path, Any], alt: str = "") -> "Page":
+        """Append an embedded PNG (bytes, a file path or a matplotlib figure)."""
+        return self.add(png(img, alt))
+
+    def transcript(self, label: str, prompt: str, response: str) -> "Page":
+        """Append a collapsed prompt / response pair."""
+        return self.add(f"<details><summary>{esc(label)}</summary><pre>{esc(prompt)}</pre>"
+                        f"<pre class=r>{esc(response)}</pre></details>")
+
     def render(self) -> str:
         sub = f'<p class="sub">{esc(self.subtitle)}</p>' if self.subtitle else ""
         nav = f"<nav>{self.nav}</nav>" if self.nav else ""
@@ -173,13 +209,48 @@ class Page:
                 f"<title>{esc(self.title)}</title><style>{CSS}</style>{self.head}</head><body>"
                 f"{nav}<h1>{esc(self.title)}</h1>{sub}{''.join(self.parts)}</body></html>")
 
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write atomically (temp file + rename)."""
-        import os
+    html = render
 
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write atomically (``core.atomic_write_text``); creates the parent folder."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.render())
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def heatmap_png(values, rows: Sequence, cols: Sequence, title: str, row_label: str = "",
+                col_label: str = "", fmt: str = "{:.2f}", vmin=None, vmax=None,
+                cmap: str = "viridis") -> bytes:
+    """A labelled heatmap of ``values`` (len(rows), len(cols)); None/nan cells stay blank."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    a = np.array([[np.nan if v is None else float(v) for v in r] for r in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(1, len(cols)), 1.0 + 0.5 * max(1, len(rows))))
+    im = ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=10)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if not np.isnan(a[i, j]):
+                ax.text(j, i, fmt.format(a[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if im.norm(a[i, j]) < 0.5 else "black")
+    fig.colorbar(im, ax=ax)
+    return figure_png(fig)

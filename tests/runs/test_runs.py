@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mindscope.experiments import _common as C
+from mindscope import runs as C
 
 
 def test_wilson_matches_hand_computation():
@@ -65,7 +65,7 @@ def test_run_dir_and_model_hash(tmp_path, tiny):
 
 
 def test_report_html_escapes_and_embeds(tmp_path):
-    r = C.Report("T <x>")
+    r = C.Page("T <x>")
     r.table([{"a": C.wilson(1, 2), "b": "<b>"}])
     r.image(C.heatmap_png([[0.1, None], [0.5, 1.0]], [1, 2], [4, 8], "h"))
     r.transcript("t", "prompt <p>", "resp")

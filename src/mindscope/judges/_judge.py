@@ -9,7 +9,8 @@
 
 A judge never raises on a bad reply: it returns a ``Verdict`` with ``correct=None`` and an
 ``error`` kind (rate_limited, timeout, malformed, http_error, connection), and counts it in
-``judge.stats``. ``make_judge("rule" | "lm" | "http://...")`` builds one from a spec.
+``judge.stats``. ``make_judge("rule" | "lm" | "http://...")`` builds one from a spec
+(``judge_kind`` is the one spec parser, shared with ``make_feature_judge``).
 
 >>> j = RuleJudge()
 >>> v = j.grade("What is 6*7?", "Explanation: ...\\nExact Answer: 42\\nConfidence: 90%", "42")
@@ -29,7 +30,7 @@ from typing import Any, Optional, Sequence, Union
 from tqdm.auto import tqdm
 
 from ._http import ChatClient, ChatError
-from ._prompts import parse_response
+from ._parse import parse_response
 from ._rules import answers_match, choice_letter, contains_answer, fallback_answer, parse_choices
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,10 @@ class _LLMJudge(Judge):
     def _ask(self, text: str) -> str:
         raise NotImplementedError
 
+    def ask(self, text: str) -> str:
+        """Send free text to the judge model and return its raw reply (raises on failure)."""
+        return self._ask(text)
+
     def _grade(self, prompt: str, response: str, rubric: Rubric) -> Verdict:
         attempts = 1
         try:
@@ -353,20 +358,37 @@ class LMJudge(_LLMJudge):
         return out[0].text
 
 
+def judge_kind(spec: str, allowed: Sequence[str]) -> str:
+    """The one judge-spec parser: ``"rule"`` | ``"rule-lenient"`` | ``"offline"`` | ``"lm"`` |
+    ``"http(s)://host:port/v1"`` -> its kind (``"http"`` for a URL); ValueError naming the
+    choices when the kind is not in ``allowed``.
+
+    >>> judge_kind("http://127.0.0.1:8000/v1", ("rule", "lm", "http"))
+    'http'
+    """
+    kind = "http" if isinstance(spec, str) and spec.startswith(("http://", "https://")) else spec
+    if kind not in allowed:
+        names = [repr(a) for a in allowed if a != "http"]
+        if "http" in allowed:
+            names.append("an http(s)://host:port/v1 URL")
+        use = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        raise ValueError(f"unknown judge {spec!r}; use {use}")
+    return kind
+
+
 def make_judge(spec: Union[str, Judge, None] = "rule", *, lm: Any = None, model: str = "default",
                **kw: Any) -> Judge:
     """``"rule"`` (default) | ``"rule-lenient"`` | ``"lm"`` (needs ``lm``) | ``"http://host:port/v1"`` (``model`` names
     the judge model on that server) | an existing Judge."""
-    if spec is None or spec == "rule":
-        return RuleJudge(**kw)
-    if spec == "rule-lenient":
-        return RuleJudge(lenient=True, **kw)
     if isinstance(spec, Judge):
         return spec
-    if spec == "lm":
+    kind = judge_kind("rule" if spec is None else spec, ("rule", "rule-lenient", "lm", "http"))
+    if kind == "rule":
+        return RuleJudge(**kw)
+    if kind == "rule-lenient":
+        return RuleJudge(lenient=True, **kw)
+    if kind == "lm":
         if lm is None:
             raise ValueError("judge 'lm' needs an ms.LM (lm=...)")
         return LMJudge(lm, **kw)
-    if isinstance(spec, str) and spec.startswith(("http://", "https://")):
-        return HTTPJudge(spec, model, **kw)
-    raise ValueError(f"unknown judge {spec!r}; use 'rule', 'rule-lenient', 'lm' or an http(s):// base URL")
+    return HTTPJudge(spec, model, **kw)
