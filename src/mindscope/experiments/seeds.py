@@ -187,6 +187,10 @@ def onpolicy_rows(r: dict) -> list[dict]:
                      "value": it["topic_entropy_bits"], "lo": it["null_ci"][0], "hi": it["null_ci"][1],
                      "n": f"{it['n_prompts']} prompts x {it['samples']}", "grader": "interval = "
                      "permutation null's 95% range"})
+        rows.append({"measure": "… permutation null: mean topic entropy, bits", "paper": "–",
+                     "value": it["null_bits"], "n": f"{it['n_prompts']} prompts", "grader": "–"})
+        rows.append({"measure": "… one-sided permutation p (entropy below the null)", "paper": "–",
+                     "value": it["p_value"], "n": f"{it['n_prompts']} prompts", "grader": "–"})
         pf = it.get("prefill", {}).get("opening", {})
         for key, lab in (("topic_effect", "topic effect H(diff topic) − H(same topic, other prompt)"),
                          ("offpolicy_effect", "off-policy effect H(same topic, other prompt) − H(own)")):
@@ -364,8 +368,10 @@ def table_md(head: dict) -> str:
         per = "; ".join(f"s{p['seed']}: {_f(p['value'])}" + (f" [{_f(p['lo'])}, {_f(p['hi'])}]"
                                                              if p.get("lo") is not None else "")
                         for p in r["per_seed"])
-        this = (f"SmolLM2-135M, n={r['n']}, {sp['n_seeds']} seeds: mean {_f(sp['mean'])} "
-                f"(sd {_f(sp['sd'])}; {per})") if sp["n_seeds"] else "–"
+        k = sp["n_seeds"]
+        spread = f"sd {_f(sp['sd'])}; " if k > 1 else ""
+        this = (f"SmolLM2-135M, n={r['n']}, {k} seed{'s' if k != 1 else ''}: "
+                f"{'mean ' if k > 1 else ''}{_f(sp['mean'])} ({spread}{per})") if k else "–"
         lines.append(f"| {r['measure']} | {r['paper']} | {this} | {r['grader']} |")
     return "\n".join(lines)
 

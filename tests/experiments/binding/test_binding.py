@@ -196,7 +196,7 @@ def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
     lm = tiny("llama")
     cfg = binding.Config(n_stories=12, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
                          data_dir=str(tiny_data), progress=False, n_null=2, n_boot=3)
-    res = binding.run(cfg, lm=lm)
+    res = binding.run(lm, cfg)
     assert [r["layer"] for r in res.probes] == [1, 2] and res.ablate_layers == [1]  # 20-60% depth
     for r in res.probes:
         for s in binding.SLOTS:
