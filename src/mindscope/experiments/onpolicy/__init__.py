@@ -270,7 +270,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=No
     from ...core import load as ms_load
 
     rows = shipped("prompts")[:cfg.n_prompts]
-    RunDir(out, cfg, lm, data_hash=data_hash(rows, cfg.offpolicy_jsonl), experiment="onpolicy")
+    rd = RunDir(out, cfg, lm, data_hash=data_hash(rows, cfg.offpolicy_jsonl), experiment="onpolicy")
     prompts = [r["prompt"] for r in rows]
     human = [r["human"] for r in rows] if "human" in cfg.offpolicy else None
     other = _other_responses(cfg, prompts, ms_load)
@@ -303,7 +303,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=No
         res.results["intent"] = run_intent(lm, cfg)
     res.results["seconds"] = time.perf_counter() - t0
     res.results = _json_safe(res.results)
-    write_json(out / "results.json", res.results)
+    rd.save_results(res.results)  # the RunDir (and its run lock) lives until here
     res.report()
     log.info("on-policy run done in %.0fs -> %s", res.results["seconds"], out)
     return res
