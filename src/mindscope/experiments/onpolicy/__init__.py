@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ...core._vector import data_hash
-from ...runs import RunDir, save_html, write_json
+from ...runs import RunDir, save_html
 from .._common import at_least_one, choose, one_of
 from .._protocol import protocol, summary_rows_of
 from .core import load_offpolicy_jsonl, shipped
