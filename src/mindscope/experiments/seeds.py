@@ -224,22 +224,27 @@ def binding_rows(r: dict) -> list[dict]:
                          "grader": "none"})
             rows.append({"measure": "… covariance-matched null overlap (permuted-label probes)",
                          "paper": "–", "value": g.get("null_overlap"),
-                         "n": f"{g.get('null', '')}", "grader": "none"})
+                         "n": f"{r['config'].get('n_null')} probe pairs", "grader": "none"})
+            rows.append({"measure": "… isotropic random-subspace overlap (the old, wrong null)",
+                         "paper": "–", "value": g.get("isotropic_overlap"), "n": "20 draws",
+                         "grader": "none"})
     for c, tasks in r.get("causal", {}).items():
         for t in ("induction", "conflict"):
             if t in tasks:
                 v = tasks[t]
                 rows.append({"measure": f"{t} accuracy, ablate {c}", "paper": "prior slot supports "
                              "induction and conflict", "value": v["acc"],
-                             "lo": v["acc"] - 1.96 * v["sem"], "hi": v["acc"] + 1.96 * v["sem"],
+                             "lo": max(0.0, v["acc"] - 1.96 * v["sem"]),
+                             "hi": min(1.0, v["acc"] + 1.96 * v["sem"]),
                              "n": v["n"], "grader": "answer-token log-probs (no grader)"})
     b = r.get("binding", {})
     for k in ("binding/double", "binding/single"):
         if k in b:
             v = b[k]
             rows.append({"measure": f"{k} accuracy", "paper": "near chance on double bindings",
-                         "value": v["acc"], "lo": v["acc"] - 1.96 * v["sem"],
-                         "hi": v["acc"] + 1.96 * v["sem"], "n": v["n"], "grader": "log-probs"})
+                         "value": v["acc"], "lo": max(0.0, v["acc"] - 1.96 * v["sem"]),
+                         "hi": min(1.0, v["acc"] + 1.96 * v["sem"]), "n": v["n"],
+                         "grader": "log-probs"})
     return rows
 
 
@@ -331,8 +336,9 @@ def aggregate(name: str, out: Path, model: str = "") -> dict:
     for p in seeds:
         r = json.loads((p / "results.json").read_text())
         rc = json.loads((p / "run_config.json").read_text()) if (p / "run_config.json").exists() else {}
-        weights = weights or (rc.get("model") or {}).get("weights")
-        model = model or (rc.get("model") or {}).get("name", "")
+        m = rc.get("model") if isinstance(rc.get("model"), dict) else {"name": rc.get("model")}
+        weights = weights or m.get("weights") or rc.get("weights")
+        model = model or m.get("name") or ""
         for row in EXTRACT[name](r):
             per.setdefault(row["measure"], []).append((int(p.name[4:]), row))
     rows = []
