@@ -48,20 +48,21 @@ def persona_rows(r: dict) -> list[dict]:
     L = r.get("layer")
     ga = r.get("grader_agreement", {})
     lab, run = ga.get("labelled_test", {}), ga.get("run_rule_vs_judge", {})
-    n_roles = r.get("n_roles")
+    n_roles = (f"{r.get('n_roles')} of {r.get('n_roles_asked')} roles kept, "
+               f"{r.get('n_role_responses')} role + {r.get('n_default_responses')} default responses")
     if sp:
         rows.append({"measure": f"|cos(PC1, Assistant axis)| at layer {L}", "paper": "PC1 aligns "
                      "with the axis (cos ≈ 0.7-0.9 at middle layers)", "value": sp["cos_pc1_axis"][L],
-                     "n": f"{n_roles} roles", "grader": "role filter (rule role score = 3): "
+                     "n": n_roles, "grader": "role filter (rule role score = 3): "
                      + fmt_agreement(lab.get("persona_role")) + "; rule vs LM judge on this run: "
                      + fmt_agreement(run.get("role_score"))})
         rows.append({"measure": f"PC1 explained variance at layer {L}", "paper": "PC1 dominant "
                      "(low-dimensional persona space)", "value": sp["explained_variance_ratio"][L][0],
-                     "n": f"{n_roles} roles", "grader": "as above"})
+                     "n": n_roles, "grader": "as above"})
     st = r.get("steering", {}).get("by_strength", {})
     if st:
         ks = sorted(st, key=float)
-        for c in (ks[0], ks[-1]):
+        for c in ks:
             v, lo, hi, n = _w(st[c].get("assistant"))
             rows.append({"measure": f"steer c={c}: answers identify as the assistant",
                          "paper": "− moves away from the Assistant identity, + toward it",
@@ -85,8 +86,9 @@ def persona_rows(r: dict) -> list[dict]:
         acc = v.get("accuracy")
         hw = v.get("half_width")
         rows.append({"measure": f"capability accuracy % ({k})", "paper": "no capability loss",
-                     "value": acc, "lo": None if acc is None or hw is None else acc - hw,
-                     "hi": None if acc is None or hw is None else acc + hw, "n": v.get("n"),
+                     "value": acc, "lo": None if acc is None or hw is None else max(0.0, acc - hw),
+                     "hi": None if acc is None or hw is None else min(100.0, acc + hw),
+                     "n": v.get("n"),
                      "grader": "rule-lenient (evals)"})
     return rows
 
