@@ -90,9 +90,9 @@ def keep_mask(ids: np.ndarray, cfg: WindowConfig, tokenizer) -> np.ndarray:
     return keep
 
 
-def _encode(docs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
+def encode_docs(docs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ids, role codes) per document."""
-    from ..core._chat import render_chat
+    from ..core import render_chat
 
     out: list = [None] * len(docs)
     plain = [i for i, d in enumerate(docs) if d.text is not None]
@@ -158,7 +158,7 @@ def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Option
         chunk = [d for _, d in zip(range(docs_per_call), docs)]
         if not chunk:
             break
-        for d, (ids, role) in zip(chunk, _encode(chunk, tokenizer)):
+        for d, (ids, role) in zip(chunk, encode_docs(chunk, tokenizer)):
             if cfg.bos == "document":
                 push(np.array([bos]), *marker)
             push(ids, np.full(len(ids), d.doc_id, dtype=np.int64), role)

@@ -2,7 +2,7 @@
 from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
-from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write_bytes,
+from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write, atomic_write_bytes,
                      atomic_write_json, atomic_write_text, read_json)
 from ._generate import Generation
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
@@ -16,6 +16,17 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
-           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
+           "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
            "atomic_dir",
            "RunLockedError"]
+
+# Used by other mindscope packages: public here so no package imports another's private module.
+from ._files import (check_finite, inside, load_safetensors, loads_checked, need, need_int,
+                     safetensors_header, safetensors_json_meta)
+from ._hooks import StopForward
+from ._load import cache_dir, resolve
+from ._lock import RunLock, locking
+from ._positions import RowMeta
+__all__ += ["check_finite", "inside", "load_safetensors", "loads_checked", "need", "need_int",
+            "safetensors_header", "safetensors_json_meta", "StopForward", "cache_dir", "resolve",
+            "RunLock", "locking", "RowMeta"]

@@ -9,7 +9,8 @@ and the one HTML page builder with its figure helpers (``Page``, ``table``, ``pn
 >>> Page("t").table([{"rate": wilson(1, 2)}]).render().startswith("<!DOCTYPE html>")
 True
 """
-from ._page import CSS, Page, bars_svg, esc, figure_png, fmt, heatmap_png, link, png, table, tokens
+from ._page import (CSS, Page, bars_svg, esc, figure_png, fmt, heatmap_png, link, png, save_figure,
+                    table, tokens)
 from ._provenance import data_hash, git_hash, model_hash, versions
 from ._rundir import RunDir, save_html, save_png, to_jsonable, weights_note, write_json, write_text
 from ._stats import auc, bootstrap_ci, cohen_kappa, mcnemar, mean_ci, seed_spread, wilson
@@ -17,4 +18,5 @@ from ._stats import auc, bootstrap_ci, cohen_kappa, mcnemar, mean_ci, seed_sprea
 __all__ = ["RunDir", "to_jsonable", "write_json", "write_text", "save_html", "save_png",
            "weights_note", "versions", "git_hash", "model_hash", "data_hash", "wilson", "mean_ci",
            "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc", "Page", "table", "png",
-           "tokens", "esc", "fmt", "link", "bars_svg", "CSS", "figure_png", "heatmap_png"]
+           "tokens", "esc", "fmt", "link", "bars_svg", "CSS", "figure_png", "heatmap_png",
+           "save_figure"]

@@ -22,10 +22,10 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-from ..core import atomic_write_text
+from ..core import atomic_write, atomic_write_text
 
 __all__ = ["Page", "table", "png", "tokens", "esc", "fmt", "link", "bars_svg", "CSS",
-           "figure_png", "heatmap_png"]
+           "figure_png", "heatmap_png", "save_figure"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1100px;
@@ -228,6 +228,17 @@ def figure_png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def save_figure(path: Union[str, Path], fig, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG file atomically (``core.atomic_write``; the parent
+    folder is created) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def heatmap_png(values, rows: Sequence, cols: Sequence, title: str, row_label: str = "",

@@ -9,13 +9,13 @@ import torch
 from mindscope.core._vector import Vector
 from mindscope.experiments import onpolicy
 from mindscope.experiments.onpolicy.core import (Seq, TokenStats, auc, auc_ci, entropy_surprisal,
-                                                  load_offpolicy_jsonl, make_seq, pad_left,
-                                                  per_position, ratio_ci,
-                                                  response_mask, shipped, token_stats,
-                                                  wilson_bounds)
+                                                 load_offpolicy_jsonl, make_seq, pad_left,
+                                                 per_position, ratio_ci,
+                                                 response_mask, shipped, token_stats,
+                                                 wilson_bounds)
 from mindscope.experiments.onpolicy.gap import build_conditions, derangement, entropy_gap
 from mindscope.experiments.onpolicy.surprise import (steer_dose_response, surprise_probes,
-                                                      token_identity_r2)
+                                                     token_identity_r2)
 
 TINY_CFG = dict(n_prompts=4, max_new_tokens=8, n_boot=50, n_steer=2, steer_doses=(-2.0, 0.0, 2.0),
                 intent_prompts=3, intent_samples=3, intent_tokens=6, n_topics=2,

@@ -4,8 +4,8 @@ induction, adjacent-entity conflict detection and explicit retrieval use? Can th
 bindings on one token ("Alice prepares and Bob consumes the food.")?
 
 >>> # from mindscope.experiments import binding
->>> # res = binding.run(binding.Config(n_stories=120))      # ms.load() by default
->>> # res.report("runs/binding")    # report.html, results.json, run_config.json, plots, probes/
+>>> # res = binding.run(None, binding.Config(n_stories=120), "runs/binding")  # ms.load() by default
+>>> # runs/binding: report.html, results.json, run_config.json, plots, probes/
 
 Protocol (see docs/experiments/binding.md):
 1. Synthetic stories, one segment per entity; every token labelled with current / prior entity
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ...probes import fit_multislot, orthonormal_basis, random_basis
 from .._protocol import protocol
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
-                            induction_items, retrieval_items, token_labels)
+                   induction_items, retrieval_items, token_labels)
 from .geometry import bootstrap_geometry, shuffled_overlap
 from .tasks import first_token, score_items, task_metrics
 
@@ -242,10 +242,10 @@ def _capture_labels(lm, stories, sites, name_ix, adj_ix, batch_size, progress):
 @protocol("binding")
 def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     """Run the whole protocol; ``lm`` defaults to ``ms.load(cfg.model)``; with ``out_dir`` the
-    run folder (report, results, probes) is written there. The older ``run(cfg, lm=lm)`` order
-    still works."""
-    if isinstance(lm, Config) or (cfg is not None and not isinstance(cfg, Config)):
-        lm, cfg = cfg, lm  # run(cfg, lm): the pre-registry argument order
+    run folder (report, results, probes) is written there. ``run(cfg)`` (the pre-registry form,
+    model named in the config) still works."""
+    if isinstance(lm, Config):
+        lm, cfg = cfg, lm  # run(cfg[, lm]): the pre-registry argument order
     cfg = cfg or Config()
     t0, c0 = time.time(), time.process_time()
     if lm is None:

@@ -37,9 +37,9 @@ from .data import load_story_jsonl, load_table, load_tasks, model_stories, shipp
 from .prefs import misaligned_choices, preferences
 from .tracking import passage_tracking
 from .report import (build_report, plot_geometry, plot_intensity, plot_misaligned,
-                               plot_preferences, plot_tracking)
+                     plot_preferences, plot_tracking)
 from .vectors import (classify_heldout, geometry, intensity, neutral_acts, story_means,
-                                track_tokens, vectors_from_means)
+                      track_tokens, vectors_from_means)
 
 log = logging.getLogger(__name__)
 PARTS = ("classify", "geometry", "intensity", "tracking", "preferences", "misaligned")

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ...core._vector import VectorSet
+from ...core import VectorSet
 from ...steering import row_means
 from ...runs import auc, wilson
 from .._common import shipped_json

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ...core._vector import VectorSet, data_hash
+from ...core import VectorSet, data_hash
 from ...steering import project_out_pcs, row_means
 
 log = logging.getLogger(__name__)

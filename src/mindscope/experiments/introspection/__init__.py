@@ -22,15 +22,15 @@ from typing import Optional
 
 from safetensors.torch import save_file
 
-from ...core._files import atomic_write_bytes
+from ...core import atomic_write_bytes
 from ...runs import RunDir, to_jsonable, write_json
 from .._protocol import protocol
 from .cache import Stages, settings_key
 from .detect import (PREAMBLE, QUESTION, TRIAL_QUESTIONS, concept_sets, injection_positions,
-                                    resolve_layers, run_detection, trial_messages, trial_prompt,
-                                    yes_no_logodds)
+                     resolve_layers, run_detection, trial_messages, trial_prompt,
+                     yes_no_logodds)
 from .grade import (Grade, JudgeGrader, RuleGrader, agreement, apologizes,
-                                   load_grading_set, load_json, load_words, make_grader)
+                    load_grading_set, load_json, load_words, make_grader)
 from ...judges import LogitJudge
 from .. import graders as G
 from .mech import refusal_direction, run_mechanisms, train_bias

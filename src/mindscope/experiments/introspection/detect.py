@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core import Add, span
-from ...core._vector import VectorSet, data_hash
+from ...core import VectorSet, data_hash
 from ...runs import mean_ci, wilson
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core import Add, span
-from ...core._vector import VectorSet
+from ...core import VectorSet
 from ...runs import mean_ci
 from .detect import NO, YES, run_detection, token_set, trial_prompt, yes_no_logodds
 from .grade import load_json

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core import Add, role
-from ...core._vector import VectorSet
+from ...core import VectorSet
 from ...runs import mcnemar, mean_ci, wilson
 from .grade import apologizes, first_mention
 

@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...core._vector import data_hash
+from ...core import data_hash
 from ...runs import RunDir, save_html
 from .._common import at_least_one, choose, one_of
 from .._protocol import protocol, summary_rows_of

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core import Batch
-from ...core._positions import RowMeta
+from ...core import RowMeta
 from ...runs import bootstrap_ci, wilson
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .core import (Seq, TokenStats, auc_ci, make_seq, bootstrap_mean, pad_left, per_position,
-                             prompt_ids, ratio_ci,
-                             response_ids, token_stats)
+                   prompt_ids, ratio_ci,
+                   response_ids, token_stats)
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,7 @@
 embedded as base64 so the HTML is one file)."""
 from __future__ import annotations
 
-import os
-import tempfile
+from ...runs import save_figure
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,7 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, format="png")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    _plt().close(fig)
-    return path
+    return save_figure(path, fig)
 
 
 def plot_entropy(gap: dict, dists: dict, path: Path) -> Path:

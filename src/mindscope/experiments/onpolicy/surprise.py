@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ...core import Add
-from ...core._vector import Vector, data_hash
+from ...core import Vector, data_hash
 from ...probes import LayerSweep, layer_sweep
 from ...runs import bootstrap_ci
 from .core import Seq, TokenStats, bootstrap_mean, token_stats

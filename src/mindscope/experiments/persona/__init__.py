@@ -266,7 +266,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     res.axis = axis_vectorset(lm, axis, sites, {"n_roles": len(names), "n_default": len(D),
                                                 "role_filter": cfg.role_filter})
     res.axis.save(out / "assistant_axis.safetensors")
-    from ...core._vector import VectorSet
+    from ...core import VectorSet
     res.role_vectors = VectorSet(R[:, layer], names=names, site=sites[layer], model=lm.name,
                                  method="response_mean")
     res.role_vectors.save(out / "role_vectors.safetensors")

@@ -22,7 +22,7 @@ import torch
 
 import mindscope as ms
 
-from ...core._vector import VectorSet, pca
+from ...core import VectorSet, pca
 from ...steering import row_means
 from .data import role_score
 
