@@ -51,8 +51,8 @@ def persona_rows(r: dict) -> list[dict]:
     n_roles = (f"{r.get('n_roles')} of {r.get('n_roles_asked')} roles kept, "
                f"{r.get('n_role_responses')} role + {r.get('n_default_responses')} default responses")
     if sp:
-        rows.append({"measure": f"|cos(PC1, Assistant axis)| at layer {L}", "paper": "PC1 aligns "
-                     "with the axis (cos ≈ 0.7-0.9 at middle layers)", "value": sp["cos_pc1_axis"][L],
+        rows.append({"measure": f"|cos(PC1, Assistant axis)| at layer {L}", "paper": "PC1 of the role vectors aligns "
+                     "with the axis", "value": sp["cos_pc1_axis"][L],
                      "n": n_roles, "grader": "role filter (rule role score = 3): "
                      + fmt_agreement(lab.get("persona_role")) + "; rule vs LM judge on this run: "
                      + fmt_agreement(run.get("role_score"))})
@@ -380,7 +380,8 @@ def table_md(head: dict) -> str:
         spread = f"sd {_f(sp['sd'])}; " if k > 1 else ""
         this = (f"SmolLM2-135M, n={r['n']}, {k} seed{'s' if k != 1 else ''}: "
                 f"{'mean ' if k > 1 else ''}{_f(sp['mean'])} ({spread}{per})") if k else "–"
-        lines.append(f"| {r['measure']} | {r['paper']} | {this} | {r['grader']} |")
+        cells = [str(c).replace("|", "\\|") for c in (r["measure"], r["paper"], this, r["grader"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
