@@ -142,7 +142,7 @@ def intervention_scores(fs, lm, sae, latents: Optional[Sequence[int]] = None,
     if not site:
         raise BadInputError("sae", "records no site to steer at", "set sae.cfg.site")
     ex = _explanations(fs, latents)
-    base = [g.text for g in lm.generate(list(prompts), max_new_tokens=max_new_tokens, progress=False)]
+    base = [g.text for g in lm.generate(list(prompts), chat=True, max_new_tokens=max_new_tokens, progress=False)]
     cap = lm.capture(list(prompts), site, progress=False)[site]
     size = float(cap.norm(dim=1).median())
     W = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=1)       # (L, d)
@@ -151,7 +151,7 @@ def intervention_scores(fs, lm, sae, latents: Optional[Sequence[int]] = None,
     for j, e in ex.items():
         toks = {_norm(t) for t in (e["tokens"] or [])}
         with lm.intervene(Add(site, W[j] * size, scale=scale)):
-            steered = [g.text for g in lm.generate(list(prompts), max_new_tokens=max_new_tokens,
+            steered = [g.text for g in lm.generate(list(prompts), chat=True, max_new_tokens=max_new_tokens,
                                                    progress=False)]
         words = lambda ts: [{_norm(w) for w in t.replace("\n", " ").split(" ")} | {_norm(t)} for t in ts]
         hit = lambda ts: float(np.mean([len(toks & w) / max(len(toks), 1) for w in words(ts)]))

@@ -269,7 +269,7 @@ def strength_sweep(lm, vectors, config: SweepConfig, score_fn: Optional[Callable
     log.info("sweep: %d trials (%d sites x %d strengths x %d directions x %d prompts + baseline) "
              "in one generate call", B, len(sites), len(cfg.strengths), len(dirs), len(cfg.prompts))
     prompts = [t["prompt"] for t in trials]
-    gens = lm.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    gens = lm.generate(prompts, chat=True, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        seed=cfg.seed, interventions=ivs, batch_size=cfg.batch_size)
     b = lm.tokenize(prompts, chat=True)
     p_ids = [b.input_ids[i, int(b.pad[i]):].tolist() for i in range(B)]
