@@ -26,7 +26,7 @@ def _ref(lm, ids, site):
 def test_monitor_keeps_rows_across_batches_and_stops_at_eos(tiny):
     lm = tiny("llama")
     D = torch.randn(2, lm.d_model)
-    free = lm.generate(PROMPTS, max_new_tokens=6, stop_at_eos=False)
+    free = lm.generate(PROMPTS, chat=True, max_new_tokens=6, stop_at_eos=False)
     eos = free[0].token_ids[2]  # make row 0 stop at its third token
     cfg = lm.model.generation_config
     old = cfg.eos_token_id
@@ -34,7 +34,7 @@ def test_monitor_keeps_rows_across_batches_and_stops_at_eos(tiny):
     try:
         calls = []
         with lm.monitor({"resid_post.2": D}, callback=lambda *a: calls.append(a)) as mon:
-            gens = lm.generate(PROMPTS, max_new_tokens=6, batch_size=2)
+            gens = lm.generate(PROMPTS, chat=True, max_new_tokens=6, batch_size=2)
     finally:
         cfg.eos_token_id = old
     assert gens[0].finished
@@ -56,9 +56,9 @@ def test_bounded_buffer_keeps_the_latest_tokens(tiny):
     lm = tiny("llama")
     D = torch.randn(lm.d_model)
     with lm.monitor({"resid_post.1": D}) as full:
-        lm.generate(PROMPTS, max_new_tokens=5, stop_at_eos=False, batch_size=2)
+        lm.generate(PROMPTS, chat=True, max_new_tokens=5, stop_at_eos=False, batch_size=2)
     with lm.monitor({"resid_post.1": D}, max_tokens=4) as short:
-        lm.generate(PROMPTS, max_new_tokens=5, stop_at_eos=False, batch_size=2)
+        lm.generate(PROMPTS, chat=True, max_new_tokens=5, stop_at_eos=False, batch_size=2)
     for a, b in zip(full.per_row("resid_post.1"), short.per_row("resid_post.1")):
         torch.testing.assert_close(b, a[-4:])
     with pytest.raises(ValueError, match="max_tokens must be > 0"):
@@ -68,7 +68,7 @@ def test_bounded_buffer_keeps_the_latest_tokens(tiny):
 def test_record_during_generate_equals_capture(tiny):
     lm = tiny("qwen2")
     with lm.record(["resid_post.1", "z.2[1]"], positions="generated") as rec:
-        gens = lm.generate(PROMPTS, max_new_tokens=4, stop_at_eos=False, batch_size=2)
+        gens = lm.generate(PROMPTS, chat=True, max_new_tokens=4, stop_at_eos=False, batch_size=2)
     for r, (p, g) in enumerate(zip(PROMPTS, gens)):
         ids = _fed(lm, p, g)
         n = len(g.token_ids) - 1  # generated tokens fed back
@@ -82,7 +82,7 @@ def test_record_during_generate_equals_capture(tiny):
 def test_record_attention_pattern_during_generate(tiny):
     lm = tiny("llama")
     with lm.record("attn_pattern.1") as rec:
-        gens = lm.generate(PROMPTS[:2], max_new_tokens=3, stop_at_eos=False)
+        gens = lm.generate(PROMPTS[:2], chat=True, max_new_tokens=3, stop_at_eos=False)
     for r, (p, g) in enumerate(zip(PROMPTS[:2], gens)):
         ids = _fed(lm, p, g)
         ref = _ref(lm, ids, "attn_pattern.1")  # (n, H, n)
