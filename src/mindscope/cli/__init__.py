@@ -37,6 +37,8 @@ _GROUPS = [
     ("audit", "organism_app", "organism", "Hidden-objective model organism: build, eval."),
     ("audit", "audit_app", "audit", "Auditor's toolkit, audit log and the auditing game."),
     ("protocols", "protocols_cmd", "protocols", "List the registered protocols and their settings."),
+    # one command per registered protocol, options from its Config (built on use, see _protocols)
+    ("_protocols", "run_app", "run", "Run a registered protocol; options from its Config."),
 ]
 
 

@@ -58,18 +58,21 @@ class ProtocolSpec:
     module: str
     doc: str
     """First paragraph of the protocol package's docstring."""
+    demo_step: Optional[str] = None
+    """The ``mindscope demo`` step that runs this protocol (quick config); None: not in the demo."""
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}
 
 
-def protocol(name: str, config: Optional[type] = None):
-    """Register ``run`` as protocol ``name`` (``config`` defaults to its module's ``Config``)."""
+def protocol(name: str, config: Optional[type] = None, demo_step: Optional[str] = None):
+    """Register ``run`` as protocol ``name`` (``config`` defaults to its module's ``Config``;
+    ``demo_step``: the demo step that runs it, which the demo then lists)."""
     def deco(run: Callable) -> Callable:
         mod = sys.modules[run.__module__]
         cfg = config or getattr(mod, "Config")
         doc = " ".join((mod.__doc__ or "").strip().split("\n\n")[0].split())
-        _REGISTRY[name] = ProtocolSpec(name, run, cfg, run.__module__, doc)
+        _REGISTRY[name] = ProtocolSpec(name, run, cfg, run.__module__, doc, demo_step)
         return run
     return deco
 
