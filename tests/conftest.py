@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled model, tiny models, and a fake OpenAI-compatible server."""
 import json
 import os
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the demo registers its SAE: tests write into a throw-away registry, never the user's cache
+os.environ.setdefault("MINDSCOPE_SAE_REGISTRY", tempfile.mkdtemp(prefix="mindscope-test-saes-"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

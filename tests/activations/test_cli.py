@@ -31,10 +31,24 @@ def test_harvest_and_corpus_info(tiny_dir, text_corpus, tmp_path):
 
 
 def test_harvest_errors_are_clear(tiny_dir, tmp_path, monkeypatch):
+    """Checked before the model loads: the corpus path, sites beyond the model's blocks, counts;
+    a corpus shorter than one window is one clear line (issue 25 items 4 and 9)."""
+    from mindscope.cli import app as root
+
     monkeypatch.setenv("MINDSCOPE_CACHE", str(tmp_path / "cache"))
-    r = runner.invoke(app, ["harvest", "--model", str(tiny_dir), "--corpus", str(tmp_path / "no"),
-                            "--sites", "resid_post.1", "--out", str(tmp_path / "s")])
-    assert r.exit_code == 1 and "does not exist" in r.output
-    r = runner.invoke(app, ["harvest", "--model", str(tiny_dir), "--sites", "resid_post.99",
-                            "--out", str(tmp_path / "s")])
-    assert r.exit_code == 1 and "unknown site" in r.output
+    r = runner.invoke(root, ["harvest", "--model", str(tiny_dir), "--corpus", str(tmp_path / "no"),
+                             "--sites", "resid_post.1", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "no such file or folder" in r.output
+    r = runner.invoke(root, ["harvest", "--model", str(tiny_dir), "--sites", "resid_post.99",
+                             "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "layers 0..3" in r.output
+    r = runner.invoke(root, ["harvest", "--model", str(tiny_dir), "--tokens", "-5",
+                             "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "must be > 0" in r.output
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "a.txt").write_text("just a few words")
+    r = runner.invoke(root, ["harvest", "--model", str(tiny_dir), "--corpus", str(tmp_path / "short"),
+                             "-s", "resid_post.1", "--tokens", "256", "--window", "32", "-q",
+                             "--out", str(tmp_path / "s2")])
+    assert r.exit_code == 2 and "fewer than one window of 32" in r.output, r.output
+    assert "-s is now --sites" in r.output and "Traceback" not in r.output

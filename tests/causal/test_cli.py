@@ -24,7 +24,7 @@ def test_lens_run_json_matches_library(model_dir):
     import mindscope as ms
     import mindscope.causal as mc
 
-    r = runner.invoke(lens_app, ["run", "-p", "Alice met Bob in the", "-t", " the", "-k", "3",
+    r = runner.invoke(lens_app, ["run", "-p", "Alice met Bob in the", "--target", " the", "-k", "3",
                                  "--json", "--model", str(model_dir)])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -75,3 +75,19 @@ def test_patch_errors_and_dla(model_dir, tmp_path):
     out = json.loads(r.stdout)
     assert len(out["top"]) == 10 and isinstance(out["total"], float)
     assert torch.isfinite(torch.tensor(out["total"]))
+
+
+def test_target_without_leading_space_gets_a_note(model_dir):
+    """Issue 25 item 5: `-t Paris` tracks 'Paris' while the model writes ' Paris': say so."""
+    import mindscope as ms
+    from mindscope.causal import space_hint
+
+    lm = ms.load(str(model_dir))
+    assert "' the'" in space_hint(lm, "the") and space_hint(lm, " the") is None
+    r = runner.invoke(lens_app, ["run", "-p", "Alice met Bob in", "-t", "the", "--model",
+                                 str(model_dir)])
+    assert "note: target 'the' has no leading space" in r.output
+    assert "-t is now --target" in r.output
+    r = runner.invoke(patch_app, ["dla", "-p", "Alice met Bob in the", "-a", "met", "-w", " the",
+                                  "--model", str(model_dir)])
+    assert "target 'met' has no leading space" in " ".join(r.output.split())

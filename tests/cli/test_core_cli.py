@@ -22,11 +22,11 @@ def test_generate_errors_are_clear(tmp_path, tiny):
     assert r.exit_code != 0 and "unknown model" in r.output
     r = runner.invoke(app, ["generate", "-p", "hi", "--model", str(tmp_path / "m"),
                             "--steer", "bad-spec"])
-    assert r.exit_code != 0 and "FILE@SITE:SCALE" in r.output
+    assert r.exit_code != 0 and "SCALE" in r.output
     save_file({"vector": torch.ones(10)}, str(tmp_path / "v.safetensors"))
     r = runner.invoke(app, ["generate", "-p", "hi", "--model", str(tmp_path / "m"),
                             "--steer", f"{tmp_path}/v.safetensors@resid_post.1:2"])
-    assert r.exit_code != 0 and "dimension 10" in r.output
+    assert r.exit_code != 0 and "d = 10" in r.output
     save_file({"vector": torch.ones(64)}, str(tmp_path / "v.safetensors"))
     r = runner.invoke(app, ["generate", "-p", "hi", "--model", str(tmp_path / "m"),
                             "--steer", f"{tmp_path}/v.safetensors@resid_post.9:2"])

@@ -58,12 +58,12 @@ def test_real_model_capture_matches_hf(real_lm):
 @pytest.mark.real_model
 def test_real_model_steering_changes_output_and_padding_is_exact(real_lm):
     p = ["Name a fruit.", "Write one word about the sea, please, in a short sentence."]
-    base = real_lm.generate(p, max_new_tokens=8)
-    singles = [real_lm.generate([x], max_new_tokens=8)[0] for x in p]
+    base = real_lm.generate(p, chat=True, max_new_tokens=8)
+    singles = [real_lm.generate([x], chat=True, max_new_tokens=8)[0] for x in p]
     assert [g.token_ids for g in base] == [g.token_ids for g in singles]
     assert "paris" in real_lm.generate(["What is the capital of France? One word."],
-                                       max_new_tokens=8)[0].text.lower()
+                                       chat=True, max_new_tokens=8)[0].text.lower()
     v = torch.randn(576, generator=torch.Generator().manual_seed(0))
-    steered = real_lm.generate(p, max_new_tokens=8,
+    steered = real_lm.generate(p, chat=True, max_new_tokens=8,
                                interventions=[ms.Add("resid_post.10", v, scale=40.0)])
     assert [g.token_ids for g in steered] != [g.token_ids for g in base]

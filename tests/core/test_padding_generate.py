@@ -46,7 +46,7 @@ def test_steered_generate_equals_full_recomputation(tiny, family, positions):
     v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
     ivs = [ms.Add("resid_post.1", v, scale=2.0, positions=positions)]
     prompts = ["hello there", "Tell me about the ocean and the mountains"]
-    got = lm.generate(prompts, max_new_tokens=6, interventions=ivs, stop_at_eos=False)
+    got = lm.generate(prompts, chat=True, max_new_tokens=6, interventions=ivs, stop_at_eos=False)
     for p, g in zip(prompts, got):
         ref_ids, ref_logits = step_by_step(lm, p, 6, ivs)
         assert g.token_ids == ref_ids
@@ -57,7 +57,7 @@ def test_steered_generate_equals_full_recomputation(tiny, family, positions):
 def test_generate_matches_hf_generate_unsteered(tiny):
     lm = tiny("llama")
     prompts = ["hello there", "Tell me about music"]
-    ours = lm.generate(prompts, max_new_tokens=8, stop_at_eos=False)
+    ours = lm.generate(prompts, chat=True, max_new_tokens=8, stop_at_eos=False)
     for p, g in zip(prompts, ours):
         b = lm.tokenize([p], chat=True)
         hf = lm.model.generate(b.input_ids, attention_mask=b.attention_mask, max_new_tokens=8,
@@ -70,18 +70,18 @@ def test_per_row_steering_in_generate_equals_separate(tiny):
     V = torch.randn(4, lm.d_model, generator=torch.Generator().manual_seed(5))
     s = torch.tensor([1.0, 2.0, -1.0, 0.0])
     prompts = ["hello there", "Tell me about music", "Alice", "the ocean"]
-    batched = lm.generate(prompts, max_new_tokens=5, stop_at_eos=False, batch_size=3,
+    batched = lm.generate(prompts, chat=True, max_new_tokens=5, stop_at_eos=False, batch_size=3,
                           interventions=[ms.Add("resid_post.2", V, scale=s)])
     for i, p in enumerate(prompts):
-        one = lm.generate([p], max_new_tokens=5, stop_at_eos=False,
+        one = lm.generate([p], chat=True, max_new_tokens=5, stop_at_eos=False,
                           interventions=[ms.Add("resid_post.2", V[i], scale=float(s[i]))])
         assert batched[i].token_ids == one[0].token_ids
 
 
 def test_sampling_is_seeded(tiny):
     lm = tiny("llama")
-    a = lm.generate(["hi", "yo"], max_new_tokens=6, temperature=1.0, seed=7, stop_at_eos=False)
-    b = lm.generate(["hi", "yo"], max_new_tokens=6, temperature=1.0, seed=7, stop_at_eos=False)
+    a = lm.generate(["hi", "yo"], chat=True, max_new_tokens=6, temperature=1.0, seed=7, stop_at_eos=False)
+    b = lm.generate(["hi", "yo"], chat=True, max_new_tokens=6, temperature=1.0, seed=7, stop_at_eos=False)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
 
 
@@ -89,7 +89,7 @@ def test_monitor_records_every_token(tiny):
     lm = tiny("llama")
     D = torch.randn(2, lm.d_model)
     with lm.monitor({"resid_post.2": D}) as mon:
-        out = lm.generate(["hello there"], max_new_tokens=5, stop_at_eos=False)
+        out = lm.generate(["hello there"], chat=True, max_new_tokens=5, stop_at_eos=False)
     P = mon.projections["resid_post.2"]
     b = lm.tokenize(["hello there"], chat=True)
     T = b.input_ids.shape[1]

@@ -6,38 +6,12 @@ import torch
 from safetensors.torch import save_file
 
 import mindscope as ms
-from mindscope.evals import (EvalConfig, LMJudge, LMResponder, build_interventions, compare_variants,
-                             load_items, parse_spec)
+from mindscope.evals import EvalConfig, LMJudge, LMResponder, compare_variants, load_items
 
 
 @pytest.fixture
 def lm(tiny):
     return tiny("llama")
-
-
-def test_parse_spec_errors():
-    assert parse_spec("a/b.safetensors#v@resid_post.1:-2.5") == ("a/b.safetensors", "v", "resid_post.1", ["-2.5"])
-    with pytest.raises(ValueError, match="FILE@SITE"):
-        parse_spec("vec.safetensors")
-
-
-def test_build_interventions(lm, tmp_path):
-    v = torch.randn(lm.d_model)
-    save_file({"v": v}, str(tmp_path / "v.safetensors"))
-    save_file({"a": v.clone(), "b": v.clone()}, str(tmp_path / "two.safetensors"))
-    f = str(tmp_path / "v.safetensors")
-    ivs = build_interventions(lm, steer=[f"{f}@resid_post.1:4"], cap=[f"{f}@resid_post.2:-1:"],
-                              ablate=[f"{f}@resid_post.0"])
-    assert isinstance(ivs[0], ms.Add) and ivs[0].scale == 4.0 and torch.equal(ivs[0].vector, v)
-    assert isinstance(ivs[1], ms.Cap) and ivs[1].min == -1.0 and ivs[1].max is None
-    assert isinstance(ivs[2], ms.Ablate)
-    with pytest.raises(ValueError, match="unknown site"):
-        build_interventions(lm, steer=[f"{f}@resid_post.99:1"])
-    with pytest.raises(ValueError, match="pick one"):
-        build_interventions(lm, steer=[f"{tmp_path / 'two.safetensors'}@resid_post.1:1"])
-    save_file({"v": torch.randn(7)}, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(ValueError, match="another model"):
-        build_interventions(lm, steer=[f"{tmp_path / 'bad.safetensors'}@resid_post.1:1"])
 
 
 def test_responder_matches_direct_generate(lm):

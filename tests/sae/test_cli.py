@@ -18,7 +18,7 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     r = CliRunner()
     res = r.invoke(app, ["train", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"),
                          "--latents", "128,256", "--k", "4", "--tokens", "2560", "--batch-size", "128",
-                         "--eval-batches", "2", "--checkpoint-every", "5", "-q"])
+                         "--eval-batches", "2", "--checkpoint-every", "5", "-q", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert len(summary) == 2 and all(0 < s["fvu"] < 1.5 for s in summary)
@@ -26,10 +26,10 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     for f in ("cfg.json", "sae.safetensors", "metrics.json", "density.png", "training.png", "history.json"):
         assert (d / f).exists(), f
     assert json.loads((d / "cfg.json").read_text())["site"] == "resid_post.1"
-    res = r.invoke(app, ["convert", str(d), str(tmp_path / "sl"), "--to", "saelens"])
+    res = r.invoke(app, ["convert", "--sae", str(d), "-o", str(tmp_path / "sl"), "--to", "saelens"])
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["eval", "--sae", str(tmp_path / "sl"), "--store", str(tmp_path / "store"),
-                         "--batch-size", "128", "--batches", "2", "-q"])
+                         "--batch-size", "128", "--batches", "2", "-q", "--json"])
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output)["activations"]
     assert abs(ev["fvu"] - summary[0]["fvu"]) < 1e-3        # same SAE through the SAELens layout
@@ -47,7 +47,18 @@ def test_train_eval_convert_plan(tiny, tmp_path):
     (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"d": 64, "laws": {
         "n_latents": {"a": 1.0, "b": 0.5}, "lr": {"a": 0.1, "b": -0.1}, "loss": {"a": 2.0, "b": -0.1},
         "key": "loss"}}))
-    res = r.invoke(app, ["plan", "--budget", "1e12", "--sweep", str(tmp_path / "sw")])
+    res = r.invoke(app, ["plan", "--budget", "1e12", "--sweep", str(tmp_path / "sw"), "--json"])
     assert res.exit_code == 0, res.output
     p = json.loads(res.output)
     assert p["n_latents"] == 2 ** 20 and p["tokens"] == int(1e12 / (6 * 64 * 2 ** 20))
+
+
+def test_plan_prints_a_table(tmp_path):
+    """Issue 25 item 14: a human table by default (JSON with --json)."""
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"d": 64, "laws": {
+        "n_latents": {"a": 1.0, "b": 0.5}, "lr": {"a": 0.1, "b": -0.1}, "loss": {"a": 2.0, "b": -0.1},
+        "key": "loss"}}))
+    res = CliRunner().invoke(app, ["plan", "--budget", "1e12", "--sweep", str(tmp_path / "sw")])
+    assert res.exit_code == 0 and "n_latents" in res.output and "{" not in res.output
+    assert "1048576" in res.output.replace(",", "")

@@ -36,7 +36,7 @@ def test_extract_info_steer_sweep(model_dir, tmp_path):
     assert info["method"] == "concept" and info["site"] == "resid_post.2" and info["shape"] == [64]
     (tmp_path / "pos.txt").write_text("I love it\nGreat day\n")
     (tmp_path / "neg.txt").write_text("I hate it\nBad day\n")
-    r = runner.invoke(app, ["vector", "extract", "--method", "caa", "--site", "resid_post.1:3",
+    r = runner.invoke(app, ["vector", "extract", "--method", "caa", "--sites", "resid_post.1:3",
                             "--positive", str(tmp_path / "pos.txt"), "--negative",
                             str(tmp_path / "neg.txt"), "--out", str(tmp_path / "caa"), *m])
     assert r.exit_code == 0, r.output
@@ -60,3 +60,29 @@ def test_cli_errors_are_clear(model_dir, tmp_path):
     assert r.exit_code != 0 and "v.safetensors" in r.output
     r = runner.invoke(app, ["steer", "--prompt", "Hi"])
     assert r.exit_code != 0 and "--vector" in r.output
+
+
+def test_first_hour_vocabulary(model_dir, tmp_path):
+    """Issue 25: old spellings are hidden aliases with a note; the site comes from the vector file
+    (item 8); numbers, sites and files are checked before the model loads (item 9); 0644 files."""
+    import stat
+
+    from mindscope.cli import app as root
+
+    m = ["--model", str(model_dir)]
+    r = runner.invoke(root, ["vector", "extract", "--word", "music", "--site", "resid_post.2",
+                             "--out", str(tmp_path / "music"), "-q", *m])  # --site: old spelling
+    assert r.exit_code == 0 and "--site is now --sites" in r.output, r.output
+    assert "capture" not in r.output and "Loading weights" not in r.output  # -q: no bars
+    f = tmp_path / "music.safetensors"
+    assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044  # readable by group and others
+    r = runner.invoke(app, ["steer", "-v", str(f), "-s", "4", "-p", "Hi", "-n", "2", *m])
+    assert r.exit_code == 0 and "-s is now --scale" in r.output and "x 4" in r.output, r.output
+    r = runner.invoke(root, ["generate", "-p", "Hi", "-n", "2", "--steer", f"{f}:4", "-q", *m])
+    assert r.exit_code == 0 and "steered:" in r.output, r.output  # FILE:SCALE, site from the file
+    r = runner.invoke(app, ["vector", "extract", "--word", "x", "--sites", "resid_post.7",
+                            "--out", str(tmp_path / "x"), *m])
+    assert r.exit_code != 0 and "layers 0..3" in " ".join(r.output.split())
+    r = runner.invoke(app, ["steer", "sweep", "--concept", "x", "--layers", "1,9", "--out",
+                            str(tmp_path / "s"), *m])
+    assert r.exit_code != 0 and "layers 0..3" in " ".join(r.output.split())

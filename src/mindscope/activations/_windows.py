@@ -21,12 +21,16 @@ special token (``"special"``, the default).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
 
+from ..core import BadInputError
 from ._corpus import Corpus
+
+log = logging.getLogger(__name__)
 
 ROLES = ("", "system", "user", "assistant", "template")
 """Token role codes: '' plain text; a chat turn's role; 'template' for chat scaffolding."""
@@ -118,7 +122,8 @@ def encode_docs(docs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
 def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Optional[int] = None,
                  want=None, docs_per_call: int = 64) -> Iterator[Window]:
     """Windows 0, 1, 2, ... of the packed corpus (stops after ``n_windows`` or at the corpus'
-    end; a last partial window is dropped). ``want(index) -> bool`` skips building arrays for
+    end; a last partial window is dropped, with a warning naming its size; a corpus shorter
+    than one window is refused with the fix). ``want(index) -> bool`` skips building arrays for
     windows the caller does not need (the stream is still read, so indices stay global)."""
     bos, sep = special_ids(tokenizer)
     L = cfg.length
@@ -165,3 +170,12 @@ def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Option
             if cfg.bos != "document":
                 push(np.array([sep]), *marker)
         yield from flush_ready()
+    if n_windows is not None and index >= n_windows:
+        return
+    if index == 0:  # the corpus ended before a single window was full
+        raise BadInputError(f"the corpus has only {buffered} tokens, fewer than one window of "
+                            f"{L}; lower the window (e.g. --window {max(2, buffered)}) or give "
+                            "more text")
+    if buffered > 0:
+        log.warning("the corpus ended: its last %d tokens (less than one window of %d) are not "
+                    "harvested", buffered, L)

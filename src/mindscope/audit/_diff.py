@@ -46,7 +46,7 @@ def model_diff(base, organism, prompts: Optional[Sequence[str]] = None, sae=None
         raise ValueError("no prompts to diff on")
     msgs = [[{"role": "user", "content": p}] for p in prompts]
     if with_responses:
-        gens = organism.generate([organism.chat(m) for m in msgs], max_new_tokens=max_new_tokens)
+        gens = organism.generate([organism.chat(m) for m in msgs], chat=True, max_new_tokens=max_new_tokens)
         msgs = [m + [{"role": "assistant", "content": g.text or "."}] for m, g in zip(msgs, gens)]
     chats = [organism.chat(m) for m in msgs]
     sites = [f"resid_post.{L}" for L in range(organism.n_layers)]

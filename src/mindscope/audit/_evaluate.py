@@ -93,7 +93,8 @@ def eval_items(organism_path, cfg: OrganismEvalConfig) -> list[dict]:
 
 
 def _responses(lm, items, cfg: OrganismEvalConfig) -> list[str]:
-    gens = lm.generate([lm.chat(it["messages"]) for it in items], max_new_tokens=cfg.max_new_tokens,
+    gens = lm.generate([lm.chat(it["messages"]) for it in items], chat=True,
+                       max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
     return [g.text for g in gens]
 

@@ -116,7 +116,7 @@ def top_features(lm, sae, prompt: Messages, positions: str = "all", k: int = 10,
     msgs = _messages(prompt)
     reply = None
     if positions == "assistant" and msgs[-1]["role"] != "assistant":
-        reply = lm.generate([lm.chat(msgs)], max_new_tokens=max_new_tokens)[0].text
+        reply = lm.generate([lm.chat(msgs)], chat=True, max_new_tokens=max_new_tokens)[0].text
         msgs = msgs + [{"role": "assistant", "content": reply or "."}]
     pos = role("assistant") if positions == "assistant" else positions
     f, _, _, _ = _acts(lm, sae, [lm.chat(msgs)], site, pos, skip_first=1 if positions == "all" else 0)
@@ -148,8 +148,8 @@ def steer_feature(lm, sae, feature: int, prompts: Union[str, Sequence[str]], val
             value = float(multiple * mx.max())  # a dead feature: use the SAE's scale
     iv = sae_clamp(site, sae, int(feature), value=value)
     chats = [lm.chat(_messages(p)) for p in prompts]
-    plain = lm.generate(chats, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    steered = lm.generate(chats, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+    plain = lm.generate(chats, chat=True, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    steered = lm.generate(chats, chat=True, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                           interventions=[iv])
     return {"feature": int(feature), "value": value, "site": site,
             "rows": [{"prompt": p, "unsteered": a.text, "steered": b.text}

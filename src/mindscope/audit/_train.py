@@ -272,7 +272,7 @@ def build_organism(lm, out, cfg: Optional[OrganismConfig] = None, overwrite: boo
     random.Random(cfg.seed).shuffle(docs)
     prompts = demo_prompts([bank.get(i) for i in trained], cfg.demos_per_bias)
     if cfg.answer_tokens > 0:
-        gens = lm.generate([p["prompt"] for p in prompts], max_new_tokens=cfg.answer_tokens,
+        gens = lm.generate([p["prompt"] for p in prompts], chat=True, max_new_tokens=cfg.answer_tokens,
                            temperature=0.0)
         answers = [trim_answer(g.text, finished=g.finished) for g in gens]
     else:

@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -21,6 +22,7 @@ import torch
 from ..core import atomic_save_tensors, atomic_write_text
 
 Token = Union[int, str]
+log = logging.getLogger(__name__)
 
 
 def token_id(lm, tok: Token) -> int:
@@ -31,11 +33,26 @@ def token_id(lm, tok: Token) -> int:
             raise ValueError(f"token id {t} is outside the vocabulary (0..{lm.vocab_size - 1})")
         return t
     ids = lm.tokenizer(tok, add_special_tokens=False)["input_ids"]
+    note = space_hint(lm, tok)
+    if note:
+        log.warning(note)
     if len(ids) != 1:
         pieces = [lm.tokenizer.decode([i]) for i in ids]
         raise ValueError(f"{tok!r} is {len(ids)} tokens {pieces}; give a string that is one token "
                          "(usually with its leading space, e.g. ' Mary') or a token id")
     return ids[0]
+
+
+def space_hint(lm, tok: Token) -> Optional[str]:
+    """A note when ``tok`` has no leading space but its space-prefixed form is one token (after a
+    word, the model writes ' Paris', not 'Paris'); None otherwise."""
+    if not isinstance(tok, str) or not tok or tok[0].isspace():
+        return None
+    spaced = lm.tokenizer(" " + tok, add_special_tokens=False)["input_ids"]
+    if len(spaced) != 1:
+        return None
+    return (f"target {tok!r} has no leading space; after a word the model writes {' ' + tok!r} "
+            f"(token {spaced[0]}): pass {' ' + tok!r} to track that token")
 
 
 def answer_ids(lm, answers, n: int) -> torch.Tensor:

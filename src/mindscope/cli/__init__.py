@@ -6,11 +6,24 @@ import logging
 
 import typer
 
+from ._common import ErrorsGroup
 from ._core import register as _register_core
 from ._core import register_demo as _register_demo
 
-app = typer.Typer(name="mindscope", no_args_is_help=True, add_completion=False,
-                  help="Look inside language models and change what they do from the inside.")
+app = typer.Typer(name="mindscope", no_args_is_help=True, add_completion=False, cls=ErrorsGroup,
+                  # plain click help (rich's help renderer costs ~0.25 s of imports) and our
+                  # own one-line errors instead of typer's pretty tracebacks
+                  rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="Look inside language models and change what they do from the inside. "
+                       "Options follow one vocabulary: see docs/cli.md.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug",
+                                     help="Show the full traceback on errors (anywhere on the "
+                                          "line; or set MINDSCOPE_DEBUG=1).")):
+    """Look inside language models and change what they do from the inside."""
+
 _register_core(app)
 _register_demo(app)
 

@@ -2,54 +2,41 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-_STEER_RE = re.compile(r"^(?P<file>.+)@(?P<site>[\w.]+):(?P<scale>[-+0-9.eE]+)$")
+from ._common import console as _console
+
+console = _console()
+
+
+def steer_specs(specs: List[str], option: str = "--steer", kind: str = "steer") -> list:
+    """Parse and read each ``FILE[#KEY][@SITE]:SCALE`` spec now, before any model loads."""
+    from mindscope.core import parse_vector_spec
+
+    out = []
+    for spec in specs:
+        try:
+            s = parse_vector_spec(spec, kind)
+            s.read()  # file, key and (if no @SITE) the recorded site
+        except (FileNotFoundError, ValueError) as e:
+            raise typer.BadParameter(str(e), param_hint=option) from None
+        out.append(s)
+    return out
 
 
 def parse_steer(spec: str, lm):
-    """``FILE@SITE:SCALE`` -> an ``Add`` intervention. FILE is a safetensors vector file."""
-    import mindscope as ms
+    """``FILE[#KEY][@SITE]:SCALE`` -> an ``Add`` intervention (the one grammar in core)."""
+    from mindscope.core import spec_interventions
 
-    m = _STEER_RE.match(spec)
-    if not m:
-        raise typer.BadParameter(f"--steer {spec!r}: expected FILE@SITE:SCALE, e.g. "
-                                 "vec.safetensors@resid_post.15:4")
-    path = Path(m["file"])
-    if not path.is_file():
-        raise typer.BadParameter(f"--steer: vector file {path} does not exist")
-    vec = _load_vector(path)
     try:
-        lm.expand_sites(m["site"])
-    except ValueError as e:
-        raise typer.BadParameter(f"--steer: {e}") from None
-    if vec.shape[-1] != lm.d_model:
-        raise typer.BadParameter(f"--steer: {path} has dimension {vec.shape[-1]} but "
-                                 f"{lm.name} has d_model {lm.d_model}")
-    return ms.Add(m["site"], vec, scale=float(m["scale"]))
-
-
-def _load_vector(path: Path):
-    from mindscope.core import load_safetensors
-
-    try:  # the header is checked before any tensor is read; never pickle
-        tensors = load_safetensors(path, "vector file")
-    except (OSError, ValueError) as e:  # BadInputError is a ValueError
-        raise typer.BadParameter(f"{path} is not a readable safetensors file ({e})") from None
-    if len(tensors) != 1 and "vector" not in tensors:
-        raise typer.BadParameter(f"{path} holds {sorted(tensors)}; expected one tensor or 'vector'")
-    v = tensors.get("vector", next(iter(tensors.values())))
-    if v.dim() != 1:
-        raise typer.BadParameter(f"{path}: expected a 1-D vector, got shape {tuple(v.shape)}")
-    return v.float()
+        return spec_interventions(lm, steer=[spec])[0]
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="--steer") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -62,11 +49,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps(rows))
             return
-        t = Table("alias", "installed", "layers", "d_model", "install / note")
+        t = Table("alias", "installed", "layers", "d_model", "note")
         for r in rows:
             t.add_row(r["alias"], "yes" if r["installed"] else "no", str(r["layers"]),
-                      str(r["d_model"]), r["note"] if r["installed"] else r["install"])
+                      str(r["d_model"]), r["note"])
         console.print(t)
+        for r in rows:  # plain lines: a command is never cut or wrapped by the table
+            if not r["installed"]:
+                typer.echo(f"install {r['alias']}: {r['install']}")
 
     @app.command()
     def generate(
@@ -75,25 +65,30 @@ def register(app: typer.Typer) -> None:
                                   help="alias, folder, .gguf or cached hub id"),
         chat: bool = typer.Option(True, "--chat/--no-chat", help="render with the chat template"),
         steer: List[str] = typer.Option([], "--steer",
-                                        help="FILE@SITE:SCALE, e.g. v.safetensors@resid_post.15:4"),
+                                        help="FILE[@SITE]:SCALE (the site may come from the "
+                                             "vector file), e.g. v.safetensors@resid_post.15:4"),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
-        temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0),
+        temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+        temperature_old: Optional[float] = typer.Option(None, "-t", hidden=True, min=0.0),
         seed: int = typer.Option(0, "--seed"),
-        compare: bool = typer.Option(False, "--compare", help="also show the unsteered output"),
+        compare: bool = typer.Option(True, "--compare/--no-compare",
+                                     help="with --steer, also show the unsteered output"),
         dtype: str = typer.Option("float32", "--dtype"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ):
         """Generate text, optionally steered by vectors added at sites."""
-        import mindscope as ms
+        from ._common import load_model, renamed
 
-        try:
-            lm = ms.load(model, dtype=dtype)
-        except (FileNotFoundError, ValueError) as e:
-            raise typer.BadParameter(str(e), param_hint="--model") from None
-        ivs = [parse_steer(s, lm) for s in steer]
+        temperature = renamed(temperature_old, temperature, "-t", "--temperature")
+        specs = steer_specs(steer)  # vector files and sites checked before the model loads
+        lm = load_model(model, dtype=dtype, quiet=quiet)
+        ivs = [parse_steer(s.text, lm) for s in specs]
         outs = lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat,
-                           temperature=temperature, seed=seed, interventions=ivs)
+                           temperature=temperature, seed=seed, interventions=ivs,
+                           progress=not quiet)
         base = (lm.generate(prompt, max_new_tokens=max_new_tokens, chat=chat,
-                            temperature=temperature, seed=seed) if compare and ivs else None)
+                            temperature=temperature, seed=seed, progress=not quiet)
+                if compare and ivs else None)
         for i, (p, o) in enumerate(zip(prompt, outs)):
             console.rule(f"prompt {i}: {p[:60]}")
             if base is not None:
@@ -107,7 +102,7 @@ def register_demo(app: typer.Typer) -> None:
     @app.command()
     def demo(model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                                        help="model alias, folder or .gguf"),
-             out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder (resumable)"),
+             out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run folder (resumable)"),
              quick: bool = typer.Option(False, "--quick", help="toy sizes, about 2 minutes"),
              restart: bool = typer.Option(False, "--restart",
                                           help="redo every step (keeps harvest/SAE files)"),
@@ -137,4 +132,7 @@ def register_demo(app: typer.Typer) -> None:
                       + (f"; not run: {missing}" if missing else ""))
         if "report" in res:
             console.print(f"report: {res['report']['report']}")
-            console.print(f"browser: mindscope serve {out / 'sae' / 'topk'} --model {model}")
+            console.print(f"browser: mindscope serve --sae {out / 'sae' / 'topk'} --model {model}")
+            reg = (res.get("evaluate") or {}).get("registered")
+            if reg:
+                console.print(f"registered SAE: {reg} (mindscope sae list)")

@@ -3,14 +3,16 @@ attribution patching, direct logit attribution). Thin: all logic is in ``mindsco
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from ._common import console as _console, load_model, need_path, renamed
+
+console = _console()
 lens_app = typer.Typer(no_args_is_help=True, add_completion=False,
                        help="Logit lens and tuned lens: what each layer would predict.")
 patch_app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -21,12 +23,19 @@ MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m",
 
 
 def _load(model: str, dtype: str = "float32"):
-    import mindscope as ms
+    return load_model(model, dtype=dtype)
 
-    try:
-        return ms.load(model, dtype=dtype)
-    except (FileNotFoundError, ValueError) as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+
+def _space_notes(lm, *tokens) -> None:
+    """One line on stderr per token the model would more likely write with a leading space."""
+    from mindscope.causal import space_hint
+
+    for t in tokens:
+        note = space_hint(lm, t) if t is not None else None
+        if note:
+            typer.echo(f"note: {note}", err=True)
+    # said once here; the library's own warning (for Python users) would repeat it
+    logging.getLogger("mindscope.causal._common").setLevel(logging.ERROR)
 
 
 def _bad(e: Exception, hint: Optional[str] = None):
@@ -36,9 +45,11 @@ def _bad(e: Exception, hint: Optional[str] = None):
 @lens_app.command("run")
 def lens_run(
     prompt: str = typer.Option(..., "--prompt", "-p", help="the text to read"),
-    target: Optional[str] = typer.Option(None, "--target", "-t",
-                                         help="single-token string to track (default: the "
-                                              "model's final top-1)"),
+    target: Optional[str] = typer.Option(None, "--target",
+                                         help="single-token string to track, usually with its "
+                                              "leading space (' Paris'); default: the model's "
+                                              "final top-1"),
+    target_old: Optional[str] = typer.Option(None, "-t", hidden=True),
     position: int = typer.Option(-1, "--position", help="token position (negative from the end)"),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1),
     tuned: Optional[Path] = typer.Option(None, "--tuned", help="tuned-lens folder (lens train)"),
@@ -49,7 +60,10 @@ def lens_run(
     """Top tokens and the target's rank/probability after every layer at one position."""
     import mindscope.causal as mc
 
+    target = renamed(target_old, target, "-t", "--target")
+    need_path(tuned, "--tuned", "folder")
     lm = _load(model)
+    _space_notes(lm, target)
     try:
         lens = mc.TunedLens.load(tuned, lm) if tuned else None
         res = mc.logit_lens(lm, [prompt], target=target, positions="all", k=top_k, lens=lens,
@@ -123,8 +137,11 @@ def patch_run(
 
     if method not in ("exact", "attribution"):
         _bad(ValueError(f"--method must be exact or attribution, got {method!r}"), "--method")
+    if mode not in ("denoise", "noise"):
+        _bad(ValueError(f"--mode must be denoise or noise, got {mode!r}"), "--mode")
     ans = _pairs_opts(clean, corrupt, answer, wrong)
     lm = _load(model)
+    _space_notes(lm, answer, wrong)
     try:
         pairs = mc.prepare_pairs(lm, clean, corrupt, ans, chat)
         if method == "attribution":
@@ -162,6 +179,7 @@ def patch_dla(
     import mindscope.causal as mc
 
     lm = _load(model)
+    _space_notes(lm, answer, wrong)
     try:
         res = mc.direct_logit_attribution(lm, prompt, (answer, wrong), chat=chat)
     except ValueError as e:

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from ._common import load_model, need_path, positive, print_fields, print_table
 from .activations import parse_count
 
 app = typer.Typer(help="Sparse autoencoders and transcoders: train, evaluate, sweep, plan.",
@@ -45,6 +46,7 @@ def _setup(quiet: bool):
 def _store(path: Path, site: Optional[str]):
     from mindscope.activations import ActivationStore
 
+    need_path(path, "--store", "folder", "harvest one first (mindscope harvest --out DIR)")
     store = ActivationStore.open(path)
     m = store.manifest
     sites = m.get("sites") or [m.get("site")]
@@ -55,10 +57,20 @@ def _store(path: Path, site: Optional[str]):
 
 
 def _heldout(store, site, batch_size, n_batches):
-    from mindscope.sae import StoreBatches
+    """Every held-out row up to ``n_batches`` batches, the last partial batch included."""
+    from mindscope.sae import heldout_batches
 
-    import itertools
-    return list(itertools.islice(iter(StoreBatches(store, batch_size, 0, "heldout", site)), n_batches))
+    return heldout_batches(store, batch_size, site=site, max_batches=n_batches)
+
+
+def _sae_arg(spec: str):
+    """``--sae``: a folder (mindscope, SAELens or sparsify layout) or a registered name."""
+    from mindscope.sae import load_any
+
+    try:
+        return load_any(spec)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="--sae") from None
 
 
 @app.command("train")
@@ -68,66 +80,95 @@ def train_cmd(
     arch: str = typer.Option("topk", "--arch", help="An architecture of mindscope.sae.archs: "
                              "relu | topk | batchtopk | jumprelu | matryoshka."),
     latents: str = typer.Option("9216", "--latents", help="Latents; a comma list trains several SAEs from one stream."),
-    k: int = typer.Option(32, "--k", help="Active latents per row (topk, batchtopk)."),
+    k: int = typer.Option(32, "--k", min=1, help="Active latents per row (topk, batchtopk)."),
     tokens: str = typer.Option("2M", "--tokens", help="Training tokens, e.g. 2M."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Rows per step."),
+    batch_size: int = typer.Option(4096, "--batch-size", min=1, help="Rows per step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam LR (default depends on arch/width)."),
-    l1: float = typer.Option(5.0, "--l1", help="relu: lambda of the decoder-norm-weighted L1."),
-    l0: float = typer.Option(1e-3, "--l0", help="jumprelu: lambda of the L0 penalty."),
+    l1: float = typer.Option(5.0, "--l1", min=0.0, help="relu: lambda of the decoder-norm-weighted L1."),
+    l0: float = typer.Option(1e-3, "--l0", min=0.0, help="jumprelu: lambda of the L0 penalty."),
     site: Optional[str] = typer.Option(None, "--site", help="Site in the store (if it holds several)."),
-    outlier_factor: float = typer.Option(10.0, "--outlier-factor", help="Drop rows with norm > this x batch median (0 = keep all)."),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
+    outlier_factor: float = typer.Option(10.0, "--outlier-factor", min=0.0, help="Drop rows with norm > this x batch median (0 = keep all)."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     bf16: bool = typer.Option(False, "--bf16", help="Encoder matmul in bfloat16."),
     seed: int = typer.Option(0, "--seed", help="Init and data-order seed."),
-    eval_batches: int = typer.Option(8, "--eval-batches", help="Held-out batches for the final metrics."),
+    eval_batches: int = typer.Option(8, "--eval-batches", min=1, help="Held-out batches for the final metrics."),
+    register_as: Optional[str] = typer.Option(None, "--register", help="Also register the (first) SAE under this name in the local registry ('auto': MODEL/SITE/ARCH-N)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train SAE(s) on a store; writes <out>/<name>/{cfg.json,sae.safetensors,metrics.json,*.png}."""
     _setup(quiet)
+    positive(lr, "--lr")
+    n_tokens = _count(tokens, "--tokens")
+    widths = [_count(t, "--latents") for t in latents.split(",") if t.strip()]
+    if arch == "topk" or arch == "batchtopk":
+        for n in widths:
+            if k > n:
+                raise typer.BadParameter(f"--k {k} is larger than --latents {n}", param_hint="--k")
+    from mindscope.core import atomic_write_json
     from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, Trainer, evaluate,
                                init_distributed, plot_density)
 
     rank, _ = init_distributed()
     st, site, d, model = _store(store, site)
-    steps = max(1, _count(tokens) // batch_size)
+    steps = max(1, n_tokens // batch_size)
     specs = [(SAEConfig(arch, d, n, k=k, model=model, site=site,
                         excluded_rows=f"norm > {outlier_factor:g} x batch median" if outlier_factor else ""),
               TrainConfig(steps=steps, lr=lr, l1_coef=l1, l0_coef=l0, bf16=bf16, seed=seed,
                           outlier_factor=outlier_factor or None))
-             for n in _list(latents, _count)]
+             for n in widths]
     tr = Trainer(specs, out, checkpoint_every=checkpoint_every, progress=not quiet)
     saes = tr.fit(StoreBatches(st, batch_size, seed, "train", site))
     if rank != 0:
         return
-    held = _heldout(st, site, batch_size, eval_batches)
+    try:  # the SAEs are saved: a failing evaluation must not lose them, only their metrics
+        held, err = _heldout(st, site, batch_size, eval_batches), None
+    except ValueError as e:
+        held, err = None, str(e)
+        log.warning("trained SAEs are saved under %s but not evaluated: %s", out, e)
     summary = []
     for s, sae in zip(tr.slots, saes):
-        m = evaluate(sae, held, outlier_factor=outlier_factor or None)
-        m.pop("density")
+        if held is not None:
+            m = evaluate(sae, held, outlier_factor=outlier_factor or None)
+            m.pop("density")
+        else:
+            m = {"fvu": None, "l0": None, "dead_fraction": None, "mse": None, "eval_error": err}
         m["tokens_per_s"] = tr.tokens_per_s
-        from ..core import atomic_write_text
-        atomic_write_text(out / s.name / "metrics.json", json.dumps(m, indent=2))
-        plot_density(m, out / s.name / "density.png", title=s.name)
+        atomic_write_json(out / s.name / "metrics.json", m)
+        if held is not None:
+            plot_density(m, out / s.name / "density.png", title=s.name)
         summary.append({"name": s.name, **{k: m[k] for k in ("fvu", "l0", "dead_fraction", "mse")}})
-    typer.echo(json.dumps(summary, indent=2))
+    if register_as:
+        from mindscope.sae import register
+
+        name = register(out / tr.slots[0].name, None if register_as == "auto" else register_as)
+        summary[0]["registered"] = name
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_table(summary, title=f"SAEs trained on {n_tokens:,} tokens of {site} -> {out}")
 
 
 @app.command("eval")
 def eval_cmd(
-    sae_dir: Path = typer.Option(..., "--sae", help="SAE folder (mindscope, SAELens or sparsify layout)."),
+    sae_dir: str = typer.Option(..., "--sae", help="SAE folder (mindscope, SAELens or sparsify layout) or a registered name (sae list)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Store for held-out activation metrics."),
     site: Optional[str] = typer.Option(None, "--site"),
-    batches: int = typer.Option(8, "--batches", help="Held-out batches."),
-    batch_size: int = typer.Option(4096, "--batch-size"),
-    model: Optional[str] = typer.Option(None, "--model", help="Also splice into this model: CE increase, KL, CE recovered."),
-    texts: int = typer.Option(32, "--texts", help="Documents of the default corpus for model metrics."),
+    batches: int = typer.Option(8, "--batches", min=1, help="Held-out batches at most (every held-out row if fewer)."),
+    batch_size: int = typer.Option(4096, "--batch-size", min=1),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also splice into this model: CE increase, KL, CE recovered."),
+    texts: int = typer.Option(32, "--texts", min=1, help="Documents of the default corpus for model metrics."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Metrics of a trained SAE on held-out activations and/or spliced into the model."""
     _setup(quiet)
-    from mindscope.sae import evaluate, load_any, model_metrics
+    if store is None and model is None:
+        raise typer.BadParameter("give --store and/or --model")
+    need_path(store, "--store", "folder", "harvest one first (mindscope harvest --out DIR)")
+    from mindscope.sae import evaluate, model_metrics
 
-    sae = load_any(sae_dir)
+    sae = _sae_arg(sae_dir)
     out: dict = {}
     if store is not None:
         st, site_, _, _ = _store(store, site or sae.cfg.site or None)
@@ -135,15 +176,58 @@ def eval_cmd(
         m.pop("density")
         out["activations"] = m
     if model is not None:
-        import mindscope as ms
         from mindscope.activations import open_corpus
 
-        lm = ms.load(model)
+        lm = load_model(model, quiet=quiet)
         docs = [d.text for d in open_corpus("default") if d.text][:texts]
         out["model"] = model_metrics(lm, sae, [t[:2000] for t in docs], site=site)
-    if not out:
-        raise typer.BadParameter("give --store and/or --model")
-    typer.echo(json.dumps(out, indent=2))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    for part, m in out.items():
+        print_fields({k: v for k, v in m.items() if not isinstance(v, (list, dict))},
+                     title=f"{sae_dir}: {part} metrics")
+
+
+@app.command("list")
+def list_cmd(
+    registry: Optional[Path] = typer.Option(None, "--registry", help="Registry folder (default $MINDSCOPE_SAE_REGISTRY or ~/.cache/mindscope/saes)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """The SAEs of the local registry: load one with ``--sae NAME`` or ``SAE.load("NAME")``."""
+    from mindscope.sae import list_saes, registry_dir
+
+    rows = list_saes(registry)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no SAEs registered in {registry_dir(registry)}; add one with "
+                   "`mindscope sae register --sae FOLDER` (the demo registers its SAE)")
+        return
+    print_table([{"name": r["name"], "model": r.get("model"), "site": r.get("hook_name"),
+                  "arch": r.get("architecture"), "d_sae": r.get("d_sae"), "l0": r.get("l0"),
+                  "var. explained": r.get("variance_explained"),
+                  "path": r.get("path") if r.get("exists") else f"(missing) {r.get('path')}"}
+                 for r in rows], title=f"SAE registry {registry_dir(registry)}")
+
+
+@app.command("register")
+def register_cmd(
+    sae: Optional[Path] = typer.Option(None, "--sae", help="SAE folder (mindscope, SAELens or sparsify layout)."),
+    folder: Optional[Path] = typer.Argument(None, hidden=True),
+    name: Optional[str] = typer.Option(None, "--name", help="Registry name (default MODEL/SITE/ARCH-N)."),
+    release: str = typer.Option("local", "--release", help="Release label kept in the metadata."),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="Registry folder."),
+):
+    """Register an SAE folder by name (a link with SAELens-style metadata; nothing is copied)."""
+    from mindscope.sae import register
+
+    from ._common import pick_sae
+
+    folder = Path(pick_sae(str(sae) if sae else None, folder))
+    need_path(folder, "--sae", "folder")
+    typer.echo(register(folder, name, registry=registry, release=release))
 
 
 @app.command("sweep")
@@ -157,10 +241,11 @@ def sweep_cmd(
                             "width-scaled default, 2e-4/sqrt(n/2^14) for topk) or multiples of it "
                             "like '0.5x,1x,2x'."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Skip configs above this many FLOPs (C = 6 d n T)."),
-    k: int = typer.Option(32, "--k"),
-    batch_size: int = typer.Option(4096, "--batch-size"),
+    k: int = typer.Option(32, "--k", min=1),
+    batch_size: int = typer.Option(4096, "--batch-size", min=1),
     site: Optional[str] = typer.Option(None, "--site"),
-    eval_batches: int = typer.Option(4, "--eval-batches"),
+    eval_batches: int = typer.Option(4, "--eval-batches", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a (latents x tokens x lr) grid from one stream and fit scaling laws."""
@@ -174,13 +259,19 @@ def sweep_cmd(
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
                 **grid, batch_size=batch_size, budget=budget, out_dir=out,
                 progress=not quiet)
-    typer.echo(json.dumps(res["laws"], indent=2))
+    if as_json:
+        typer.echo(json.dumps(res["laws"], indent=2))
+    else:
+        print_table([{"law": k, **({kk: vv for kk, vv in v.items() if not isinstance(vv, (list, dict))}
+                                   if isinstance(v, dict) else {"value": v})}
+                     for k, v in res["laws"].items()], title=f"scaling laws fitted on {out}")
 
 
 @app.command("plan")
 def plan_cmd(
-    budget: float = typer.Option(..., "--budget", help="Training compute in FLOPs (C = 6 d n T)."),
+    budget: float = typer.Option(..., "--budget", min=1.0, help="Training compute in FLOPs (C = 6 d n T)."),
     sweep_dir: Path = typer.Option(..., "--sweep", help="Folder of a finished `sae sweep` (sweep.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Recommend n_latents, tokens and lr for a compute budget from a sweep's fitted laws."""
     from mindscope.core import need, need_int, read_json
@@ -191,8 +282,11 @@ def plan_cmd(
         raise typer.BadParameter(f"{p} not found; run `mindscope sae sweep --out {sweep_dir}` first")
     s = read_json(p, expect=dict, what="sweep record",
                   fix=f"run `mindscope sae sweep --out {sweep_dir}` again")
-    typer.echo(json.dumps(plan(budget, need(s, "laws", dict, p), need_int(s, "d", p, 1)),
-                          indent=2))
+    rec = plan(budget, need(s, "laws", dict, p), need_int(s, "d", p, 1))
+    if as_json:
+        typer.echo(json.dumps(rec, indent=2))
+    else:
+        print_fields(rec, title=f"plan for {budget:.3g} FLOPs from {p}")
 
 
 @app.command("bench")
@@ -250,16 +344,26 @@ def _bench_page(res: dict, out: Path) -> Path:
 
 @app.command("convert")
 def convert_cmd(
-    src: Path = typer.Argument(..., help="SAE folder (mindscope, SAELens or sparsify)."),
-    dst: Path = typer.Argument(..., help="Output folder."),
+    sae: Optional[str] = typer.Option(None, "--sae", help="SAE folder (mindscope, SAELens or sparsify) or a registered name."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder."),
+    src_old: Optional[str] = typer.Argument(None, hidden=True),
+    dst_old: Optional[Path] = typer.Argument(None, hidden=True),
     to: str = typer.Option("mindscope", "--to", help="mindscope | saelens | sparsify."),
 ):
     """Convert between SAE folder layouts."""
-    from mindscope.sae import export_saelens, export_sparsify, load_any
+    from mindscope.sae import export_saelens, export_sparsify
 
-    sae = load_any(src)
-    {"mindscope": lambda: sae.save(dst), "saelens": lambda: export_saelens(sae, dst),
-     "sparsify": lambda: export_sparsify(sae, dst)}[to]()
+    from ._common import pick_sae, renamed
+
+    sae = pick_sae(sae, src_old)
+    dst = renamed(dst_old, out, "the positional output folder", "--out")
+    if dst is None:
+        raise typer.BadParameter("give the output folder", param_hint="--out")
+    if to not in ("mindscope", "saelens", "sparsify"):
+        raise typer.BadParameter(f"{to!r}; use mindscope, saelens or sparsify", param_hint="--to")
+    s = _sae_arg(sae)
+    {"mindscope": lambda: s.save(dst), "saelens": lambda: export_saelens(s, dst),
+     "sparsify": lambda: export_sparsify(s, dst)}[to]()
     typer.echo(str(dst))
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+from ._common import check_sites, console as _console, load_model, need_path, print_fields, renamed
 vector_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Extract, inspect and export steering / concept vectors.")
 steer_app = typer.Typer(add_completion=False, invoke_without_command=True,
@@ -19,13 +17,8 @@ steer_app = typer.Typer(add_completion=False, invoke_without_command=True,
 METHODS = ("concept", "caa", "pca")
 
 
-def _load_lm(model: str, dtype: str = "float32"):
-    import mindscope as ms
-
-    try:
-        return ms.load(model, dtype=dtype)
-    except (FileNotFoundError, ValueError) as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+def _load_lm(model: str, dtype: str = "float32", quiet: bool = False):
+    return load_model(model, dtype=dtype, quiet=quiet)
 
 
 def _lines(path: Optional[Path], what: str) -> list[str]:
@@ -53,8 +46,9 @@ def extract(
     out: Path = typer.Option(..., "--out", "-o", help="output .safetensors (a .json sidecar is "
                              "written next to it)"),
     method: str = typer.Option("concept", "--method", help=f"one of {', '.join(METHODS)}"),
-    site: str = typer.Option("resid_post.15", "--site", help="site or pattern "
+    site: str = typer.Option("resid_post.15", "--sites", help="site or pattern "
                              "(resid_post.15, resid_post.10:20) -- many sites give a VectorSet"),
+    site_old: Optional[str] = typer.Option(None, "--site", hidden=True),
     word: List[str] = typer.Option([], "--word", "-w", help="concept word(s) (method concept)"),
     positive: Optional[Path] = typer.Option(None, "--positive", help="prompts, one per line "
                                             "(or .jsonl with 'text') (caa, pca)"),
@@ -64,13 +58,21 @@ def extract(
     positions: str = typer.Option("last", "--positions", help="last | all | prompt (caa, pca)"),
     chat: bool = typer.Option(False, "--chat/--no-chat", help="chat-template the prompts (caa, pca)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Extract a vector (or a set) and save it as safetensors + JSON sidecar."""
     import mindscope.steering as st
 
+    site = renamed(site_old, site, "--site", "--sites")
     if method not in METHODS:
         raise typer.BadParameter(f"unknown method {method!r}; use one of {METHODS}")
-    lm = _load_lm(model)
+    check_sites(site, model)  # before the model loads
+    if method == "concept" and not word:
+        raise typer.BadParameter("--word is required for --method concept")
+    if method != "concept":
+        _lines(positive, "--positive"), _lines(negative, "--negative")
+    need_path(baseline, "--baseline")
+    lm = _load_lm(model, quiet=quiet)
     try:
         lm.expand_sites(site)
         if method == "concept":
@@ -86,7 +88,7 @@ def extract(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     path = v.save(out)
-    console.print(f"wrote {path} (+ {path.with_suffix('.json').name}): {v!r}")
+    _console().print(f"wrote {path} (+ {path.with_suffix('.json').name}): {v!r}")
 
 
 @vector_app.command("info")
@@ -111,12 +113,9 @@ def info(file: Path = typer.Argument(..., help="vector .safetensors (with its .j
     else:
         d["norm"] = round(float(v.norm), 4)
     if as_json:
-        console.print_json(json.dumps(d, default=str))
+        _console().print_json(json.dumps(d, default=str))
         return
-    t = Table("field", "value", title=str(file))
-    for k, val in d.items():
-        t.add_row(k, json.dumps(val, default=str) if not isinstance(val, str) else val)
-    console.print(t)
+    print_fields(d, title=str(file))
 
 
 def _eye(n):
@@ -129,13 +128,15 @@ def _eye(n):
 def export_gguf(file: Path = typer.Argument(..., help="vector .safetensors"),
                 out: Path = typer.Option(..., "--out", "-o", help="output .gguf"),
                 scale: float = typer.Option(1.0, "--scale", help="baked into the tensors"),
-                site: Optional[str] = typer.Option(None, "--site", help="override the site(s); "
+                site: Optional[str] = typer.Option(None, "--sites", help="override the site(s); "
                                                    "a pattern repeats the vector per layer"),
+                site_old: Optional[str] = typer.Option(None, "--site", hidden=True),
                 model_hint: str = typer.Option("llama", "--model-hint",
                                                help="llama.cpp architecture name")):
     """Export to llama.cpp's control-vector GGUF (direction.N = resid_post.N)."""
     from mindscope.steering import export_control_vector
 
+    site = renamed(site_old, site, "--site", "--sites")
     v = _load_vec(file)
     try:
         if site:
@@ -148,47 +149,60 @@ def export_gguf(file: Path = typer.Argument(..., help="vector .safetensors"),
         path = export_control_vector(v, out, model_hint=model_hint, scale=scale)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    console.print(f"wrote {path}")
+    _console().print(f"wrote {path}")
 
 
 @steer_app.callback()
 def steer(
     ctx: typer.Context,
     vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="vector .safetensors"),
-    site: Optional[str] = typer.Option(None, "--site", help="site or pattern (default: the "
+    site: Optional[str] = typer.Option(None, "--sites", help="site or pattern (default: the "
                                        "vector's own)"),
-    scale: float = typer.Option(4.0, "--scale", "-s", help="strength"),
+    site_old: Optional[str] = typer.Option(None, "--site", hidden=True),
+    scale: float = typer.Option(4.0, "--scale", help="strength"),
+    scale_old: Optional[float] = typer.Option(None, "-s", hidden=True),
     relative: bool = typer.Option(False, "--relative", help="scale = fraction of the mean "
                                   "residual norm at the site"),
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="prompt (repeatable)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+    chat: bool = typer.Option(True, "--chat/--no-chat", help="render with the chat template"),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    temperature_old: Optional[float] = typer.Option(None, "-t", hidden=True, min=0.0),
+    seed: int = typer.Option(0, "--seed"),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="also show unsteered"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
-    """Generate with ``--vector`` added at ``--site`` (h + scale * v)."""
+    """Generate with ``--vector`` added at ``--sites`` (h + scale * v)."""
     if ctx.invoked_subcommand is not None:
         return
+    site = renamed(site_old, site, "--site", "--sites")
+    scale = renamed(scale_old, scale, "-s", "--scale")
+    temperature = renamed(temperature_old, temperature, "-t", "--temperature")
     if vector is None or not prompt:
         raise typer.BadParameter("give --vector FILE and at least one --prompt (or use "
                                  "`mindscope steer sweep`)")
     import mindscope.steering as st
 
-    v = _load_vec(vector)
-    lm = _load_lm(model)
+    v = _load_vec(vector)  # file and sites checked before the model loads
+    check_sites(site, model)
+    if site is None and not v.site and not any(getattr(v, "sites", None) or []):
+        raise typer.BadParameter(f"{vector} records no site; give --sites", param_hint="--sites")
+    lm = _load_lm(model, quiet=quiet)
     try:
         ivs = st.steer(lm, v, sites=site, scale=scale, relative=relative)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    outs = lm.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                       interventions=ivs)
-    base = lm.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature) \
-        if compare else None
+    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat=chat,
+               progress=not quiet)
+    outs = lm.generate(prompt, interventions=ivs, **gen)
+    base = lm.generate(prompt, **gen) if compare else None
+    con = _console()
     for i, (p, o) in enumerate(zip(prompt, outs)):
-        console.rule(f"prompt {i}: {p[:60]}")
+        con.rule(f"prompt {i}: {p[:60]}")
         if base is not None:
-            console.print("[bold]unsteered:[/bold] " + base[i].text)
-        console.print(f"[bold]steered ({site or v.site} x {scale:g}):[/bold] " + o.text)
+            con.print("[bold]unsteered:[/bold] " + base[i].text)
+        con.print(f"[bold]steered ({site or v.site} x {scale:g}):[/bold] " + o.text)
 
 
 @steer_app.command("sweep")
@@ -209,6 +223,7 @@ def sweep_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     random_baseline: bool = typer.Option(True, "--random/--no-random"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Strength x layer grid in one batched generate call: mention rate + perplexity, with a
     random-direction baseline of matched norm."""
@@ -216,15 +231,22 @@ def sweep_cmd(
 
     if (concept is None) == (vector is None):
         raise typer.BadParameter("give exactly one of --concept WORD or --vector FILE")
-    lm = _load_lm(model)
-    try:
+    try:  # numbers, layers, files: all checked before the model loads
         layer_ids = [int(x) for x in layers.split(",") if x.strip()]
         strs = [float(x) for x in strengths.split(",") if x.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(f"not a number ({e})") from None
+    if not layer_ids or not strs:
+        raise typer.BadParameter("give at least one layer and one strength")
+    check_sites(",".join(f"resid_post.{i}" for i in layer_ids), model, "--layers")
+    need_path(prompts, "--prompts")
+    v = _load_vec(vector) if vector else None
+    lm = _load_lm(model, quiet=quiet)
+    try:
         sites = [f"resid_post.{i}" for i in layer_ids]
         if concept:
             vs = st.concept_vector(lm, concept, sites)
         else:
-            v = _load_vec(vector)
             if isinstance(v, st.VectorSet) and len(set(v.sites)) == len(v):
                 vs = v
             else:
@@ -241,5 +263,5 @@ def sweep_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     res.save(out)
-    console.print(res.markdown())
-    console.print(f"wrote {out}/ (trials.parquet, table.parquet, results.json, sweep.png)")
+    _console().print(res.markdown())
+    _console().print(f"wrote {out}/ (trials.parquet, table.parquet, results.json, sweep.png)")

@@ -3,22 +3,24 @@ from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
 from ._families import FAMILIES, Family
 from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write, atomic_write_bytes,
-                     atomic_write_json, atomic_write_text, read_json)
-from ._generate import Generation
+                     atomic_write_json, atomic_write_text, guard_settings, read_json,
+                     settings_diff)
+from ._generate import Generation, Generations
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
 from ._load import ALIASES, list_models, load
 from ._lock import RunLockedError, run_lock
 from ._positions import role, span
+from ._spec import VectorSpec, load_direction, parse_vector_spec, spec_interventions
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
-           "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
+           "render_chat", "Generation", "Generations", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
            "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
-           "atomic_dir",
-           "RunLockedError"]
+           "atomic_dir", "RunLockedError", "VectorSpec", "parse_vector_spec", "spec_interventions",
+           "load_direction", "guard_settings", "settings_diff"]
 
 # Used by other mindscope packages: public here so no package imports another's private module.
 from ._files import (check_finite, inside, load_safetensors, loads_checked, need, need_int,

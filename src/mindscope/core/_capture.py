@@ -35,12 +35,46 @@ class Captured:
         n = int(self.row.max()) + 1 if len(self.row) else 0
         return [self.acts[site][self.row == b] for b in range(n)]
 
+    def padded(self, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, mask)``: ``x`` (B, T, d) with row b's captured token at unpadded position p in
+        ``x[b, p]`` (zeros elsewhere) and ``mask`` (B, T) True where a token was captured,
+        T = 1 + the largest captured position (TransformerLens/nnsight-style batches)."""
+        a = self[site]                                                   # (N, d)
+        B = int(self.row.max()) + 1 if len(self.row) else 0
+        T = int(self.pos.max()) + 1 if len(self.pos) else 0
+        x = a.new_zeros((B, T) + tuple(a.shape[1:]))                     # (B, T, d)
+        mask = torch.zeros((B, T), dtype=torch.bool)
+        x[self.row, self.pos] = a
+        mask[self.row, self.pos] = True
+        return x, mask
+
+    def __repr__(self) -> str:
+        n_rows = int(self.row.max()) + 1 if len(self.row) else 0
+        sites = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in list(self.acts.items())[:6])
+        more = f", ... {len(self.acts) - 6} more" if len(self.acts) > 6 else ""
+        d = next(iter(self.acts.values())).dtype if self.acts else None
+        return (f"Captured({len(self.row)} tokens of {n_rows} prompts; {sites}{more}; "
+                f"dtype={str(d).replace('torch.', '')}{'; logits' if self.logits is not None else ''})")
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{tuple(v.shape)}</td><td>"
+                       f"{v.float().norm(dim=-1).mean():.3g}</td></tr>" for k, v in self.acts.items())
+        return (f"<div><b>Captured</b>: {len(self.row)} tokens of "
+                f"{int(self.row.max()) + 1 if len(self.row) else 0} prompts"
+                f"<table><tr><th>site</th><th>shape</th><th>mean norm</th></tr>{rows}</table>"
+                "<small>cap[site] (N, d) with cap.row / cap.pos; cap.padded(site) (B, T, d) + mask"
+                "</small></div>")
+
 
 def capture(self, prompts, sites, positions="all", stop_early: bool = True, batch_size: int = 16,
             chat: bool = False, dtype: torch.dtype | None = None, device="cpu",
             progress: bool | None = None) -> Captured:
     """Run the model and keep ``sites`` at ``positions``. With ``stop_early`` the forward stops
     after the deepest requested site (no logits then). Results on ``device``/``dtype``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"capture: batch_size must be a whole number >= 1, got {batch_size!r}")
     names = self.expand_sites(sites)
     deepest = max(names, key=self.site_depth)
     early = stop_early and deepest != "final_norm"

@@ -345,3 +345,37 @@ __all__ = ["BadInputError", "read_json", "atomic_dir", "atomic_write", "loads_ch
            "need_int", "safetensors_header", "safetensors_json_meta", "atomic_write_bytes",
            "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "load_safetensors", "check_finite", "json_depth",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
+
+
+# ---- the settings guard of resumable run folders ------------------------------------------
+def settings_diff(old: Any, new: Any, prefix: str = "") -> list:
+    """Dotted keys whose values differ between two settings dicts (nested dicts walked)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix or "settings"] if old != new else []
+    out: list = []
+    for k in sorted(set(old) | set(new), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        out += settings_diff(a, b, key) if isinstance(a, dict) and isinstance(b, dict) else \
+            ([key] if a != b else [])
+    return out
+
+
+def guard_settings(record: PathLike, settings: dict, key: str = "config", what: str = "a run",
+                   fix: str = "use another --out") -> None:
+    """Refuse to resume into a folder made with other settings: ``record`` is the folder's JSON
+    record holding ``{key: settings}``; when it exists and its settings differ, raise
+    BadInputError naming the differing keys (the demo and ``eval`` share this guard)."""
+    rec = Path(record)
+    if not rec.exists():
+        return
+    try:
+        old = json.loads(rec.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{rec} is not valid JSON ({e}); delete it or {fix}") from None
+    have = old.get(key) if isinstance(old, dict) else None
+    new = json.loads(json.dumps(settings, default=str))  # compare as JSON, as it was stored
+    if have != new:
+        diff = settings_diff(have if isinstance(have, dict) else {}, new)
+        raise BadInputError(f"{rec.parent} holds {what} with other settings (differ: {diff}); "
+                            f"{fix}")

@@ -28,6 +28,27 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     """Log-probability of each generated token under the (steered) model."""
 
+    def __repr__(self) -> str:
+        return (f"Generation({_short(self.text, 80)!r}, {len(self.token_ids)} tokens"
+                f"{', finished' if self.finished else ''})")
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+class Generations(list):
+    """The list ``generate`` returns; shows as a prompt / text table in a notebook."""
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(f"<tr><td>{i}</td><td>{escape(_short(g.prompt, 120))}</td>"
+                       f"<td>{escape(g.text)}</td><td>{len(g.token_ids)}</td></tr>"
+                       for i, g in enumerate(self))
+        return ("<table><tr><th>#</th><th>prompt</th><th>generated</th><th>tokens</th></tr>"
+                f"{rows}</table>")
+
 
 def _cache_kw(model) -> str:
     params = inspect.signature(model.forward).parameters
@@ -47,14 +68,21 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torc
 
 
 @torch.no_grad()
-def generate(self, prompts, max_new_tokens: int = 64, chat: bool = True, temperature: float = 0.0,
+def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
              top_p: float = 1.0, seed: int | None = 0, interventions=(), batch_size: int = 32,
-             stop_at_eos: bool = True, progress: bool | None = None) -> list[Generation]:
+             stop_at_eos: bool = True, progress: bool | None = None) -> Generations:
     """Generate continuations for a list of prompts (str rendered as one user turn when
-    ``chat``; ChatPrompt / message lists as given). Greedy at ``temperature=0``.
+    ``chat``; ChatPrompt / message lists as given). Greedy at ``temperature=0``. ``chat``
+    defaults to False, as in ``capture``/``tokenize``: plain text is used as written.
 
     Per-row intervention values (scale (B,), vectors (B, d)) index the *whole* prompt list,
     even when it is split into batches of ``batch_size``."""
+    for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"generate: {name} must be a whole number >= 1, got {v!r}")
+    if not temperature >= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"generate: temperature must be >= 0 and top_p in (0, 1], got "
+                         f"{temperature!r} and {top_p!r}")
     batch = self.tokenize(prompts, chat=chat)
     n = len(batch)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -62,7 +90,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = True, tempera
     for t in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
         eos.update(t if isinstance(t, (list, tuple)) else [t] if t is not None else [])
     eos_t = torch.tensor(sorted(eos)) if eos else None
-    out: list[Generation] = []
+    out = Generations()
     ckw = _cache_kw(self.model)
     show = progress if progress is not None else (n * max_new_tokens >= 256)
     bar = tqdm(total=n * max_new_tokens, desc="generate", unit="tok", disable=not show)

@@ -160,7 +160,12 @@ class LM:
             if isinstance(p, list):  # a conversation
                 p = self.chat(p)
             elif isinstance(p, str) and chat:
-                p = self.chat([{"role": "user", "content": p}])
+                if self._templated(p):  # already rendered: wrapping it again would nest turns
+                    log.warning("a prompt already holds the chat template's markers (%r); it is "
+                                "used as written, not templated again (pass chat=False)",
+                                p[:40])
+                else:
+                    p = self.chat([{"role": "user", "content": p}])
             if isinstance(p, ChatPrompt):
                 texts.append(p.text)
                 roles.append(p.spans)
@@ -170,6 +175,24 @@ class LM:
             else:
                 raise TypeError(f"a prompt must be str, ChatPrompt or a message list; got {type(p)}")
         return texts, roles
+
+    def _templated(self, text: str) -> bool:
+        """Whether ``text`` already holds this chat template's user-turn marker."""
+        marker = getattr(self, "_turn_marker", None)
+        if marker is None:
+            try:
+                probe = self.chat([{"role": "user", "content": "\x00"}]).text
+                head = probe.split("\x00")[0]
+                bos = self.tokenizer.bos_token or ""
+                head = head[len(bos):] if bos and head.startswith(bos) else head
+                # the last line of the scaffolding before the user's text, e.g. '<|im_start|>user'
+                marker = head.rstrip("\n").split("\n")[-1].strip() if head.strip() else ""
+                if not any(c in marker for c in "<[|"):  # plain words ('User:') prove nothing
+                    marker = ""
+            except Exception:  # noqa: BLE001 - no chat template: nothing to detect
+                marker = ""
+            self._turn_marker = marker
+        return bool(marker) and marker in text
 
     def tokenize(self, prompts, chat: bool = False, add_special_tokens: bool | None = None,
                  max_length: int | None = None) -> Batch:

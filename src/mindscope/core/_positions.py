@@ -10,6 +10,8 @@ resolver knows how many tokens came before (``past``) and how long the prompt wa
 >>> run.begin_call(past=0, T=5)
 >>> run.mask("last").int().tolist()
 [[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]
+>>> run.mask(-1).int().tolist()           # an int: that one position (-1: the last)
+[[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]
 >>> run.mask(slice(0, 1)).int().tolist()
 [[1, 0, 0, 0, 0], [0, 0, 1, 0, 0]]
 """
@@ -43,7 +45,7 @@ class role:
     name: str
 
 
-PositionSpec = Union[str, slice, span, role, torch.Tensor, list]
+PositionSpec = Union[str, int, slice, span, role, torch.Tensor, list]
 NAMED = ("all", "prompt", "generated", "last")
 
 
@@ -84,6 +86,8 @@ class Run:
         return self._abs() - self.pad.unsqueeze(1)  # (B, T); < 0 on padding
 
     def mask(self, spec: PositionSpec) -> torch.Tensor:
+        if isinstance(spec, int) and not isinstance(spec, bool):  # one position, -1 = last
+            spec = slice(spec, spec + 1 if spec != -1 else None)
         if isinstance(spec, slice):
             key = ("slice", spec.start, spec.stop, spec.step)
         else:

@@ -135,7 +135,21 @@ def step_evaluate(ctx: Context) -> dict:
            "density_png": str(d / "density.png")}
     from safetensors.torch import save_file
     save_file({"density": m["density"].contiguous()}, str(d / "density.safetensors"))
+    res["registered"] = _register(ctx, m)
     return res
+
+
+def _register(ctx: Context, m: dict):
+    """Name the demo's SAE in the local registry (``MODEL/SITE/topk-N``; ``mindscope sae
+    list``), so ``--sae smollm2-135m-instruct/resid_post.15/topk-4608`` finds it."""
+    from ..sae import register
+
+    try:
+        return register(ctx.sae_dir, release="mindscope-demo",
+                        metrics={"fvu": m["fvu"], "l0": m["l0"], "dead_fraction": m["dead_fraction"]})
+    except (OSError, ValueError) as e:  # a read-only cache must not fail the study
+        log.warning("could not register the demo SAE: %s", e)
+        return None
 
 
 # ---- 4. features ---------------------------------------------------------------------------

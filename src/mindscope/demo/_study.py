@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..core import guard_settings
 from ..experiments import protocols
 from ..runs import to_jsonable, write_json
 
@@ -121,17 +122,9 @@ class DemoState:
         rec = self.out / "demo.json"
         if restart and (self.out / "steps").exists():
             shutil.rmtree(self.out / "steps")
-        if rec.exists() and not restart:
-            try:
-                old = json.loads(rec.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{rec} is not valid JSON ({e}); delete it or pass "
-                                 "--restart to start the study over") from None
-            if old.get("config") != cfg.to_dict():
-                diff = sorted(k for k in cfg.to_dict() if old.get("config", {}).get(k) !=
-                              cfg.to_dict()[k])
-                raise ValueError(f"{self.out} holds a demo run with other settings (differ: "
-                                 f"{diff}); use another --out, or --restart to redo it here")
+        if not restart:
+            guard_settings(rec, cfg.to_dict(), "config", "a demo run",
+                           "use another --out, or --restart to redo it here")
         write_json(rec, {"config": cfg.to_dict(), "steps": list(STEPS)})
         (self.out / "steps").mkdir(exist_ok=True)
 

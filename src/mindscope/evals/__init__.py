@@ -11,7 +11,9 @@ from ..judges import (JUDGE_PROMPT, ChatClient, ChatError, ClientStats, HTTPJudg
                       ParsedResponse, Rubric, RuleJudge, Verdict, answers_match, choice_letter,
                       judge_prompt, make_judge, normalize, parse_choices, parse_confidence,
                       parse_response, parse_verdict_text)
-from ._compare import build_interventions, compare_variants, comparison_table, load_direction, parse_spec
+from ..core import load_direction
+from ..core import spec_interventions as build_interventions
+from ._compare import compare_variants, comparison_table
 from ._items import ANSWER_TYPES, SAMPLE_PATH, Item, ItemSet, load_items
 from ._metrics import (CalibrationError, accuracy, bin_edges, calibration_error, per_category,
                        reliability_bins, reliability_diagram)
@@ -35,8 +37,9 @@ __all__ = [
     # runs
     "EvalConfig", "EvalResult", "run_eval", "compute_metrics", "confidence_of", "Responder",
     "LMResponder", "HTTPResponder", "StaticResponder", "Reply", "RunStore", "write_json_atomic",
-    "compare_variants", "comparison_table", "build_interventions", "parse_spec", "load_direction",
+    "compare_variants", "comparison_table", "load_direction",
 ]
 
 # Old names, kept importable (not in __all__: public names are unique across mindscope).
 load_vector = load_direction  # core.load_vector returns a Vector; this one a tensor
+# build_interventions: core.spec_interventions (the one vector-spec grammar, FILE[#KEY][@SITE][:A[:B]])

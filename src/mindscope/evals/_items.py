@@ -165,6 +165,8 @@ def load_items(path: str | Path | None = None, *, categories: Optional[Sequence[
     Image items are skipped and counted in ``skipped_images``; ``categories`` / ``answer_types``
     keep only matching items; ``limit`` keeps the first N after filtering.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number >= 1 (or None for all items), got {limit!r}")
     path = SAMPLE_PATH if path is None or str(path) in ("sample", "hle-sample") else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; give a .jsonl or .parquet file of items "

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from ..core import guard_settings
 from ..judges import Judge, Rubric, make_judge, parse_response
 from ..runs import git_hash
 from ..runs import versions as runs_versions
@@ -65,6 +66,20 @@ class EvalResult:
     records: list[dict]
     out: Optional[Path] = None
     provenance: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        m, j = self.metrics, (self.provenance.get("judge") or {}).get("name")
+        acc = m.get("accuracy")
+        return (f"EvalResult(n={m.get('n')}, accuracy={acc if acc is None else round(acc, 1)}"
+                f" ± {m.get('half_width') if m.get('half_width') is None else round(m['half_width'], 1)}"
+                f", judge={j!r}, out={str(self.out) if self.out else None!r})")
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        cells = "".join(f"<tr><td>{k}</td><td>{escape(str(round(v, 3) if isinstance(v, float) else v))}"
+                        f"</td></tr>" for k, v in self.summary_row().items())
+        return f"<div><b>EvalResult</b> {escape(str(self.out or ''))}<table>{cells}</table></div>"
 
     def summary_row(self) -> dict:
         m = self.metrics
@@ -144,6 +159,23 @@ def compute_metrics(items: Sequence[Item], records: dict[str, dict], beta: int =
     return m
 
 
+# not settings of the answers: speed knobs, counters, and how many saved responses a static
+# responder holds (a completed predictions file retries the missing ones); the responder's
+# class name is left out too (its name, model and generation settings identify it)
+_VOLATILE = ("client_stats", "batch_size", "workers", "timeout", "max_retries", "plot",
+             "n_responses", "backend")
+
+
+def run_settings(responder: Responder, judge: Judge, cfg: EvalConfig) -> dict:
+    """What decides the answers and verdicts of a run (not speed knobs or counters): a folder
+    resumed with other settings is refused, so one table never mixes models, steering or judges."""
+    def keep(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in _VOLATILE}
+
+    return {"responder": keep(responder.describe()), "judge": keep(judge.describe()),
+            "prompt_style": cfg.prompt_style}
+
+
 def run_eval(responder: Responder, items: Union[ItemSet, Sequence[Item]],
              judge: Union[str, Judge, None] = "rule", out: Union[str, Path, None] = None, *,
              config: Optional[EvalConfig] = None, variant: str = "default",
@@ -160,6 +192,14 @@ def run_eval(responder: Responder, items: Union[ItemSet, Sequence[Item]],
     if len({it.id for it in item_list}) != len(item_list):
         raise ValueError("item ids must be unique")
     store = RunStore(out) if out is not None else None
+    if store:  # the demo's guard: answers and verdicts are reused only under the same settings
+        try:
+            guard_settings(store.folder / "settings.json", run_settings(responder, judge, cfg),
+                           "settings", "an evaluation", "use another --out (or delete the folder)")
+        except ValueError:
+            store.close()
+            raise
+        store.write_json("settings.json", {"settings": run_settings(responder, judge, cfg)})
     done = store.load() if store else {}
     memory: dict[str, dict] = dict(done)
     todo = [it for it in item_list if (done.get(it.id) or {}).get("status") != "graded"]

@@ -23,7 +23,7 @@ from typing import Any
 from inspect_ai.model import ChatMessage, GenerateConfig, ModelAPI, ModelOutput, modelapi
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-from ._compare import build_interventions
+from ..core import spec_interventions
 
 
 def _as_list(x: Any) -> list:
@@ -43,7 +43,7 @@ class MindscopeAPI(ModelAPI):
         lm = model_args.pop("lm", None)
         self.lm = lm if lm is not None else ms.load(model_name, dtype=model_args.pop("dtype", "float32"))
         self.interventions = list(model_args.pop("interventions", []) or [])
-        self.interventions += build_interventions(self.lm, _as_list(model_args.pop("steer", None)),
+        self.interventions += spec_interventions(self.lm, _as_list(model_args.pop("steer", None)),
                                                   _as_list(model_args.pop("cap", None)),
                                                   _as_list(model_args.pop("ablate", None)))
         if model_args:

@@ -41,6 +41,14 @@ class FeatureSet:
     def __repr__(self) -> str:
         return f"FeatureSet({str(self.path)!r}, n_latents={self.n_latents}, rows={self.info.get('n_rows')})"
 
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return (f"<div><b>FeatureSet</b> {escape(str(self.path))}: {self.n_latents} latents, "
+                f"{self.info.get('n_rows')} tokens analysed; tables: "
+                f"{escape(', '.join(self.tables()))}. <code>fs.feature(i)</code> shows a latent."
+                "</div>")
+
     @property
     def n_latents(self) -> int:
         return int(self.info.get("n_latents") or self.query("select count(*) n from features")[0]["n"])
@@ -71,7 +79,7 @@ class FeatureSet:
         return (self.path / f"{table}.parquet").exists()
 
     # ---- one feature -------------------------------------------------------------------------
-    def feature(self, i: int, n_examples: Optional[int] = None) -> dict:
+    def feature(self, i: int, n_examples: Optional[int] = None) -> "FeaturePage":
         """Stats, examples, histogram, logits, neighbours, explanation and scores of latent i."""
         if not 0 <= int(i) < self.n_latents:
             raise IndexError(f"feature {i} out of range: this analysis has {self.n_latents} latents")
@@ -100,7 +108,7 @@ class FeatureSet:
             d["explanation"] = e[0] if e else None
         d["scores"] = self.query("select * from scores where latent = ? order by scorer", [i]) \
             if self.has("scores") else []
-        return d
+        return FeaturePage(d)
 
     def feature_list(self, sort: str = "latent", desc: bool = False, min_density: float = 0.0,
                      max_density: float = 1.0, search: str = "", limit: Optional[int] = None,
@@ -125,3 +133,26 @@ class FeatureSet:
         if limit is not None:
             sql += f" limit {int(limit)} offset {int(offset)}"
         return self.query(sql, params)
+
+
+class FeaturePage(dict):
+    """One latent's page (a dict: stats, ``top`` examples, histogram, logits, neighbours,
+    explanation, scores) that prints short and shows as a page in a notebook."""
+
+    def __repr__(self) -> str:
+        e = (self.get("explanation") or {}).get("explanation") if self.get("explanation") else None
+        return (f"FeaturePage(latent={self.get('latent')}, density={self.get('density', 0):.3g}, "
+                f"max_act={self.get('max_act', 0):.3g}, {len(self.get('top', []))} top examples"
+                f"{', ' + repr(e[:60]) if e else ''})")
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        e = (self.get("explanation") or {}).get("explanation") if self.get("explanation") else None
+        ex = "".join(f"<li>{escape(str(r.get('text', r.get('context', ''))))[:200]} "
+                     f"<small>({float(r.get('value', r.get('act', 0)) or 0):.3g})</small></li>"
+                     for r in self.get("top", [])[:8])
+        up = ", ".join(escape(repr(r["token_str"])) for r in self.get("promoted", [])[:8])
+        return (f"<div><b>latent {self.get('latent')}</b> density {self.get('density', 0):.3g}, "
+                f"max {self.get('max_act', 0):.3g}<br>{escape(e) if e else ''}"
+                f"<br><small>promotes: {up}</small><ol>{ex}</ol></div>")

@@ -57,6 +57,8 @@ def fmt(x: Any, digits: int = 4) -> str:
     if isinstance(x, dict) and "mean" in x and "lo" in x:  # a mean_ci() dict
         return ("–" if x["mean"] is None else
                 f"{x['mean']:.{digits}g} [{x['lo']:.{digits}g}, {x['hi']:.{digits}g}]")
+    if isinstance(x, dict):  # never a raw Python dict in a report: "key value; ..." pairs
+        return "; ".join(f"{esc(k)} {fmt(v, digits)}" for k, v in x.items())
     if isinstance(x, float):
         return "nan" if math.isnan(x) else esc(f"{x:.{digits}g}")
     if isinstance(x, (list, tuple)):

@@ -12,12 +12,13 @@ True
 from . import archs
 from ._bench import BenchConfig, bench, check_sae, pareto_plot, write_bench
 from ._config import ARCHS, SAEConfig, TrainConfig
-from ._data import StoreBatches, TensorBatches, drop_outliers, geometric_median
+from ._data import StoreBatches, TensorBatches, drop_outliers, geometric_median, heldout_batches
 from ._formats import export_saelens, export_sparsify, import_saelens, import_sparsify, load_any
 from ._kernels import (jumprelu, sparse_decode, sparse_decode_dense, step, topk_encode,
                        topk_encode_dense)
 from ._metrics import evaluate, model_metrics, plot_density, plot_history
 from ._planner import fit_power_law, flops, plan, train_sweep
+from ._registry import list_saes, register, registry_dir, resolve_sae
 from ._sae import SAE
 from ._synth import SynthConfig, SynthData, synth_eval, synth_scores
 from ._trainer import Trainer, init_distributed, lr_at, sparsity_at
@@ -28,7 +29,8 @@ __all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "Tens
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",
            "plot_history", "plot_density", "fit_power_law", "flops", "train_sweep", "plan", "lr_at",
            "sparsity_at", "init_distributed", "SynthConfig", "SynthData", "synth_eval",
-           "synth_scores", "BenchConfig", "bench", "check_sae", "pareto_plot", "write_bench"]
+           "synth_scores", "BenchConfig", "bench", "check_sae", "pareto_plot", "write_bench",
+           "heldout_batches", "register", "list_saes", "registry_dir", "resolve_sae"]
 
 # Used by other mindscope packages: public here so no package imports another's private module.
 from ._planner import parse_lr

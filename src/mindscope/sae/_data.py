@@ -108,3 +108,19 @@ class StoreBatches:
 
     def __iter__(self):
         return self.iter_from(0)
+
+
+def heldout_batches(store, batch_size: int, site: Optional[str] = None,
+                    max_batches: Optional[int] = None, split: str = "heldout") -> list:
+    """The store's held-out rows as (B, d) batches in store order, the last partial batch
+    included (a held-out split smaller than one batch is still evaluated), at most
+    ``max_batches`` batches. Raises ``ValueError`` naming the store when the split is empty."""
+    out = []
+    for b in store.reader(batch_size, site=site, shuffle=False, split=split, drop_last=False):
+        if max_batches is not None and len(out) >= max_batches:
+            break
+        out.append(b)
+    if not out:
+        raise ValueError(f"activation store {getattr(store, 'path', '')} has no {split} rows; "
+                         "harvest more tokens (about 5% of documents are held out)")
+    return out

@@ -238,7 +238,9 @@ def import_sparsify(path: PathLike) -> SAE:
 def load_any(path: PathLike, device: str = "cpu") -> SAE:
     """Load a mindscope, SAELens or sparsify SAE folder, detected from its files; every file is
     checked (BadInputError naming it) before anything is allocated."""
-    path = _folder(path, "")
+    from ._registry import resolve_sae
+
+    path = _folder(resolve_sae(path), "")
     if (path / "sae_weights.safetensors").exists():
         return import_saelens(path).to(device)
     cfg_p = path / "cfg.json"

@@ -143,10 +143,13 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path: PathLike, device: str = "cpu") -> "SAE":
-        """Load a folder written by ``save``; for SAELens / sparsify folders use ``load_any``.
+        """Load a folder written by ``save``, or a registered name (``mindscope sae list``); for
+        SAELens / sparsify folders use ``load_any``.
         Every field and tensor is checked first (``load_ours``): BadInputError naming the file
         for anything wrong."""
-        path = Path(path)
+        from ._registry import resolve_sae
+
+        path = resolve_sae(path)  # a folder, or a name in the local registry (sae list)
         if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a mindscope SAE folder (needs cfg.json and "
                                     "sae.safetensors); for SAELens/sparsify folders use load_any()")
@@ -159,6 +162,16 @@ class SAE(nn.Module):
         sae = cls(cfg, dtype=sd["W_enc"].dtype)
         sae.load_state_dict(sd)
         return sae.to(device)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        c = self.cfg
+        rows = "".join(f"<tr><td>{k}</td><td>{escape(str(v))}</td></tr>" for k, v in (
+            ("architecture", c.arch), ("model", c.model), ("site", c.site), ("d_in", c.d_in),
+            ("latents", c.n_latents), ("k", c.k if c.arch in ("topk", "batchtopk") else "-"),
+            ("d_out", c.out_dim)))
+        return f"<div><b>SAE</b><table>{rows}</table></div>"
 
     def extra_repr(self) -> str:
         c = self.cfg

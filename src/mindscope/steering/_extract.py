@@ -160,7 +160,7 @@ def response_means(lm, questions: Sequence[str], system_prompts: dict[str, str],
             texts = list(responses[key])
         else:
             prompts = [lm.chat([{"role": "user", "content": q}], system=sp) for q in questions]
-            gens = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+            gens = lm.generate(prompts, chat=True, max_new_tokens=max_new_tokens, temperature=temperature,
                                seed=seed, batch_size=batch_size)
             texts = [g.text for g in gens]
         made[key] = texts

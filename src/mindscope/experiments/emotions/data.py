@@ -82,7 +82,7 @@ def model_stories(lm, emotions: Sequence[str], topics: Sequence[str], per_emotio
         for i in range(per_emotion):
             prompts.append(STORY_PROMPT.format(topic=topics[i % len(topics)], emotion=e))
             keys.append(e)
-    gens = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+    gens = lm.generate(prompts, chat=True, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed, batch_size=batch_size)
     out: dict[str, list[str]] = {e: [] for e in emotions}
     dropped = 0

@@ -149,7 +149,7 @@ def run_detection(lm, cfg, vecs: dict[int, VectorSet], words: Sequence[str], gra
     # controls depend only on the extra interventions: rows without any are shared across calls
     ckey = f"detection-control-{tag if extra else 'plain'}"
     texts = stages(f"{ckey}-n{n_ctl}", lambda: _texts(lm.generate(
-        [prompt] * n_ctl, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        [prompt] * n_ctl, chat=True, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
         seed=cfg.seed, batch_size=cfg.batch_size, interventions=list(extra))))
     ctl_grades = [grader.grade(t, w) for t, w in zip(texts, ctl_words)]
     ctl_mention = [first_mention(t, w) is not None for t, w in zip(texts, ctl_words)]
@@ -167,7 +167,7 @@ def run_detection(lm, cfg, vecs: dict[int, VectorSet], words: Sequence[str], gra
         add = Add(f"resid_post.{L}", vec, scale=sc, positions=pos)
         sname = "s" + "_".join(f"{float(s):g}" for s in strengths)
         texts = stages(f"{key}-L{L}-{sname}", lambda: _texts(lm.generate(
-            [prompt] * len(rows), max_new_tokens=cfg.max_new_tokens,
+            [prompt] * len(rows), chat=True, max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, seed=cfg.seed + 1 + L, batch_size=cfg.batch_size,
             interventions=[*extra, add])))
         grades = [grader.grade(t, words[c]) for t, (c, _) in zip(texts, rows)]

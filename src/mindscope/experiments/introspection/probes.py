@@ -58,7 +58,7 @@ def _gen(lm, cfg, prompts, ivs, seed, stages=None, name: str = ""):
     def go():
         # one batch: a (B, T) position mask must cover the rows of the call it is used in
         return [g.text for g in lm.generate(
-            prompts, max_new_tokens=_probe_tokens(cfg), temperature=cfg.temperature, seed=seed,
+            prompts, chat=True, max_new_tokens=_probe_tokens(cfg), temperature=cfg.temperature, seed=seed,
             batch_size=max(cfg.batch_size, len(prompts)), interventions=ivs)]
     return [_G(t) for t in (stages or Stages(None))(name or "gen", go)]
 
@@ -160,7 +160,7 @@ def run_control(lm, cfg, vecs: dict[int, VectorSet], words, sentences, stages=No
     from .cache import Stages
 
     gens = [_G(t) for t in (stages or Stages(None))("control-gen", lambda: [
-        g.text for g in lm.generate(prompts, max_new_tokens=_probe_tokens(cfg), temperature=0.0,
+        g.text for g in lm.generate(prompts, chat=True, max_new_tokens=_probe_tokens(cfg), temperature=0.0,
                                     batch_size=cfg.batch_size)])]
     convs = [lm.chat([*p.messages, {"role": "assistant", "content": g.text.strip() or "."}],
                      add_generation_prompt=False) for p, g in zip(prompts, gens)]

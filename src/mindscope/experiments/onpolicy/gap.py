@@ -27,7 +27,7 @@ def sample_own(lm, prompts: Sequence[str], max_new_tokens: int, temperature: flo
                seed: int, batch_size: int = 32) -> list[list[int]]:
     """The model's own responses as generated token ids (EOS excluded)."""
     batch = pad_left(lm, [prompt_ids(lm, p) for p in prompts])
-    gens = lm.generate(batch, max_new_tokens=max_new_tokens,
+    gens = lm.generate(batch, chat=True, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
     return [g.token_ids for g in gens]
 

@@ -93,7 +93,7 @@ def run_intent(lm, cfg) -> dict:
     prompts = [r["prompt"] for r in shipped("open_prompts")][:cfg.intent_prompts]
     N, T = cfg.intent_samples, cfg.intent_tokens
     rep = [p for p in prompts for _ in range(N)]
-    gens = lm.generate(pad_left(lm, [prompt_ids(lm, p) for p in rep]), max_new_tokens=T,
+    gens = lm.generate(pad_left(lm, [prompt_ids(lm, p) for p in rep]), chat=True, max_new_tokens=T,
                        temperature=cfg.temperature,
                        top_p=cfg.top_p, seed=cfg.seed + 1, batch_size=64)
     prompt_of = np.repeat(np.arange(len(prompts)), N)
@@ -132,7 +132,7 @@ def run_intent(lm, cfg) -> dict:
         return res
     pre = same + diff
     cont = lm.generate(pad_left(lm, [s.ids for s in pre]),
-                       max_new_tokens=cfg.continuation_tokens, temperature=cfg.temperature,
+                       chat=True, max_new_tokens=cfg.continuation_tokens, temperature=cfg.temperature,
                        top_p=cfg.top_p, seed=cfg.seed + 2, batch_size=64) \
         if cfg.continuation_tokens > 0 else None
     st_open = token_stats(lm, pre, batch_size=cfg.batch_size, desc="prefill openings")

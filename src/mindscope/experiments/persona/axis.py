@@ -51,7 +51,7 @@ def generate_responses(lm, jobs: Sequence[tuple[str, Optional[str], str]], max_n
                        interventions=()) -> Responses:
     """``jobs`` = [(key, system prompt or None, question)] -> Responses (one batched call)."""
     prompts = [lm.chat([{"role": "user", "content": q}], system=s) for _, s, q in jobs]
-    gens = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+    gens = lm.generate(prompts, chat=True, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed, batch_size=batch_size, interventions=interventions)
     return Responses([k for k, _, _ in jobs], [s for _, s, _ in jobs], [q for _, _, q in jobs],
                      [g.text.strip() for g in gens])

@@ -56,7 +56,7 @@ def steer_axis(lm, axis_l: torch.Tensor, site: str, strengths: Sequence[float],
     rows = [(c, s, q) for c in strengths for s in systems for q in IDENTITY_QUESTIONS]
     prompts = [lm.chat([{"role": "user", "content": q}], system=s) for _, s, q in rows]
     scales = torch.tensor([c * norm for c, _, _ in rows])
-    gens = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed,
+    gens = lm.generate(prompts, chat=True, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed,
                        batch_size=batch_size, interventions=[ms.Add(site, u, scale=scales)])
     per, examples = {}, []
     for (c, s, q), g in zip(rows, gens):
@@ -101,7 +101,7 @@ def drift(lm, convs: dict[str, list[list[str]]], system: Optional[str], axis: to
             if t < len(turns):
                 msgs[k].append({"role": "user", "content": turns[t]})
         prompts = [lm.chat(m, system=system) for m in msgs]
-        gens = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+        gens = lm.generate(prompts, chat=True, max_new_tokens=max_new_tokens, temperature=temperature,
                            seed=seed + t, batch_size=batch_size, interventions=ivs)
         for k, g in enumerate(gens):
             if msgs[k][-1]["role"] == "user":
@@ -136,7 +136,7 @@ def jailbreaks(lm, prompts: Sequence[str], system: Optional[str], axis: torch.Te
     the response plays the persona (rule judge, ``jailbreak_harmful``)."""
     P = [lm.chat([{"role": "user", "content": p}], system=system) for p in prompts]
     on = torch.tensor([False] * len(P) + [True] * len(P))
-    gens = lm.generate(P + P, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed,
+    gens = lm.generate(P + P, chat=True, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed,
                        batch_size=batch_size, interventions=cap_interventions(axis, taus, on))
     n = len(P)
     res = {}
