@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,10 @@ def protocol_names() -> dict[str, str]:
                         and d.args and isinstance(d.args[0], ast.Constant)):
                     out[d.args[0].value] = doc
     return dict(sorted(out.items()))
+
+
+def _first_sentence(doc: str) -> str:
+    return re.split(r"(?<=[.?!])\s", doc, maxsplit=1)[0]
 
 
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
@@ -128,7 +133,7 @@ class ProtocolGroup(TyperGroup):
         return protocol_command(protocols()[name])
 
     def format_commands(self, ctx, formatter) -> None:
-        rows = [(n, d.split(". ")[0]) for n, d in protocol_names().items()]
+        rows = [(n, _first_sentence(d)) for n, d in protocol_names().items()]
         with formatter.section("Protocols"):
             formatter.write_dl(rows)
 

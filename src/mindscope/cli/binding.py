@@ -24,7 +24,7 @@ def run_cmd(
     max_entities: int = typer.Option(5, help="Most entities per story."),
     n_names: int = typer.Option(8, help="Name pool size (entity-probe classes)."),
     n_adjectives: int = typer.Option(8, help="Adjective pool size (attribute-probe classes)."),
-    layers: str = typer.Option("0:30:3", help="Layers to probe: all | a:b:step | 3,9,15."),
+    layers: str = typer.Option("auto", help="Layers to probe: auto (every tenth of depth) | all | a:b:step | 3,9,15 | 0.2,0.5 (depth fractions)."),
     probe_kind: str = typer.Option("ridge", help="ridge | multinomial | logistic."),
     c: float = typer.Option(0.01, "--C", help="Inverse regularisation strength."),
     control: str = typer.Option("task", help="Control probe: task | shuffle | none."),

@@ -1,6 +1,7 @@
 """mindscope.runs: what every run shares, directly above ``core``: the run folder
-(``RunDir``, atomic JSON / HTML / PNG writes), provenance (``versions``, ``git_hash``,
-``model_hash``, ``data_hash``), interval statistics (``wilson``, ``mean_ci``, ``bootstrap_ci``),
+(``RunDir``, atomic JSON / HTML / PNG / text writes), provenance (``versions``, ``git_hash``,
+``model_hash``, ``data_hash``, ``weights_note``: the GGUF disclosure), statistics (``wilson``,
+``mean_ci``, ``bootstrap_ci``, ``mcnemar``, ``seed_spread``, ``cohen_kappa``, ``auc``),
 and the one HTML page builder with its figure helpers (``Page``, ``table``, ``png``,
 ``figure_png``, ``heatmap_png``).
 
@@ -11,9 +12,11 @@ True
 from ._page import (CSS, Page, bars_svg, esc, figure_png, fmt, heatmap_png, link, png, save_figure,
                     table, tokens)
 from ._provenance import data_hash, git_hash, model_hash, versions
-from ._rundir import RunDir, save_html, save_png, to_jsonable, write_json
-from ._stats import bootstrap_ci, mean_ci, wilson
+from ._rundir import RunDir, save_html, save_png, to_jsonable, weights_note, write_json, write_text
+from ._stats import auc, bootstrap_ci, cohen_kappa, mcnemar, mean_ci, seed_spread, wilson
 
-__all__ = ["RunDir", "to_jsonable", "write_json", "save_html", "save_png", "versions", "git_hash",
-           "model_hash", "data_hash", "wilson", "mean_ci", "bootstrap_ci", "Page", "table", "png",
-           "tokens", "esc", "fmt", "link", "bars_svg", "CSS", "figure_png", "heatmap_png", "save_figure"]
+__all__ = ["RunDir", "to_jsonable", "write_json", "write_text", "save_html", "save_png",
+           "weights_note", "versions", "git_hash", "model_hash", "data_hash", "wilson", "mean_ci",
+           "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc", "Page", "table", "png",
+           "tokens", "esc", "fmt", "link", "bars_svg", "CSS", "figure_png", "heatmap_png",
+           "save_figure"]

@@ -20,7 +20,8 @@ import torch
 from ..core import atomic_write_bytes, run_lock
 from ._provenance import git_hash, model_hash, versions
 
-__all__ = ["RunDir", "to_jsonable", "write_json", "save_html", "save_png"]
+__all__ = ["RunDir", "to_jsonable", "write_json", "write_text", "save_html", "save_png",
+           "weights_note"]
 
 
 def to_jsonable(x: Any) -> Any:
@@ -59,6 +60,39 @@ def save_html(path, page) -> Path:
     return path
 
 
+def write_text(path, text: str) -> Path:
+    """Atomic text write (UTF-8)."""
+    path = Path(path)
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def weights_note(lm_or_name) -> Optional[str]:
+    """How the model's weights were made, where it matters for the numbers: the bundled
+    SmolLM2 is a Q4_1 GGUF dequantized to float, not the original bf16 checkpoint.
+
+    >>> "Q4_1" in weights_note("smollm2-135m-instruct")
+    True
+    """
+    from ..core import ALIASES
+
+    name = str(getattr(lm_or_name, "name", lm_or_name) or "")
+    if name in ALIASES:
+        return ALIASES[name].note
+    if name.lower().endswith(".gguf") or "q4" in name.lower():
+        return f"{name}: weights from a quantized GGUF, dequantized to float"
+    return None
+
+
+def _seeds(settings: Any) -> Optional[list]:
+    d = to_jsonable(settings)
+    if not isinstance(d, dict):
+        return None
+    if d.get("seeds") is not None:
+        return list(d["seeds"])
+    return [d["seed"]] if d.get("seed") is not None else None
+
+
 def save_png(path, data: bytes) -> str:
     """Atomic write of PNG bytes; returns the path as a string (what ``Result.plots`` keeps)."""
     atomic_write_bytes(Path(path), data)
@@ -82,7 +116,9 @@ class RunDir:
                                                          "n_layers": lm.n_layers,
                                                          "d_model": lm.d_model,
                                                          "dtype": str(lm.dtype),
-                                                         "hash": model_hash(lm)},
+                                                         "hash": model_hash(lm),
+                                                         "weights": weights_note(lm)},
+                       "seeds": _seeds(settings),
                        "data_hash": data_hash,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.path / "run_config.json", self.config)

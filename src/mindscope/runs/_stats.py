@@ -9,11 +9,11 @@ True
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["wilson", "mean_ci", "bootstrap_ci"]
+__all__ = ["wilson", "mean_ci", "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> dict:
@@ -56,3 +56,75 @@ def bootstrap_ci(fn, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0
     if len(vals) == 0:
         return est, float("nan"), float("nan")
     return est, float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test for paired binary outcomes (the same trials under two conditions):
+    discordant counts a_only (a true, b false) and b_only, two-sided binomial p.
+
+    >>> mcnemar([True, True, True, False], [False, False, False, False])["p"]
+    0.25
+    """
+    a, b = [bool(x) for x in a], [bool(x) for x in b]
+    if len(a) != len(b):
+        raise ValueError(f"mcnemar needs paired outcomes of equal length; got {len(a)} and {len(b)}")
+    n10 = sum(x and not y for x, y in zip(a, b))
+    n01 = sum(y and not x for x, y in zip(a, b))
+    n, k = n10 + n01, min(n10, n01)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"n_pairs": len(a), "a_only": n10, "b_only": n01, "p": p}
+
+
+_T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306,
+         10: 2.262}
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Across-seed summary of one number: mean, sd (n-1), min, max, the values, and a t-based
+    95% interval of the mean (normal quantile above 30 seeds).
+
+    >>> seed_spread([1.0, 2.0, 3.0])["sd"]
+    1.0
+    """
+    xs = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    n = len(xs)
+    if n == 0:
+        return {"n_seeds": 0, "mean": None, "sd": None, "min": None, "max": None, "values": [],
+                "lo": None, "hi": None}
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    h = _T975.get(n, 1.96 if n > 30 else 2.2) * sd / math.sqrt(n) if n > 1 else None
+    return {"n_seeds": n, "mean": m, "sd": sd, "min": min(xs), "max": max(xs), "values": xs,
+            "lo": None if h is None else m - h, "hi": None if h is None else m + h}
+
+
+def cohen_kappa(a: Sequence, b: Sequence) -> Optional[float]:
+    """Cohen's kappa of two label sequences (any hashable labels); None when undefined (no
+    items, or chance agreement 1: both raters constant on the same label).
+
+    >>> cohen_kappa([1, 1, 0, 0], [1, 1, 0, 0])
+    1.0
+    """
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"cohen_kappa needs equal lengths; got {len(a)} and {len(b)}")
+    n = len(a)
+    if n == 0:
+        return None
+    po = sum(x == y for x, y in zip(a, b)) / n
+    pe = sum((a.count(c) / n) * (b.count(c) / n) for c in set(a) | set(b))
+    if pe >= 1.0 - 1e-12:
+        return None
+    return (po - pe) / (1.0 - pe)
+
+
+def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """Area under the ROC curve: P(pos > neg) + 0.5 P(tie) over all pairs (Mann-Whitney).
+
+    >>> round(auc([3.0, 4.0], [1.0, 2.0, 3.0]), 3)
+    0.917
+    """
+    p, q = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
+    if p.size == 0 or q.size == 0:
+        return float("nan")
+    return float(((p > q).sum() + 0.5 * (p == q).sum()) / (p.size * q.size))

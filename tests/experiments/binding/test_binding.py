@@ -153,6 +153,29 @@ def test_config_validation_and_layers():
     assert binding.parse_layers("5,1", 8) == [1, 5] and binding.parse_layers("all", 3) == [0, 1, 2]
     with pytest.raises(ValueError, match="layers 0..3"):
         binding.parse_layers("2,9", 4)
+    # issue 23: the default is depth fractions, not a 30-layer range
+    assert binding.Config().layers == "auto"
+    assert binding.parse_layers("auto", 30) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert binding.parse_layers("auto", 18) == [0, 2, 4, 5, 7, 9, 11, 13, 14, 16]
+    assert binding.parse_layers("auto", 4) == [0, 1, 2, 3]
+    assert binding.parse_layers("0.5,0.8", 30) == [15, 24]
+
+
+def test_orthogonality_null_is_covariance_matched():
+    """On anisotropic activations two probes that share nothing but the covariance overlap far
+    more than isotropic random subspaces: the isotropic baseline would call them orthogonal
+    "beyond chance"; the permuted-label null does not."""
+    from mindscope.experiments.binding.geometry import bootstrap_geometry, shuffled_overlap
+    from mindscope.probes import random_overlap
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 30)) * np.r_[np.full(25, 10.0), np.full(5, 0.1)]
+    ya, yb = rng.integers(0, 3, 600), rng.integers(0, 3, 600)
+    null = shuffled_overlap(X, ya, yb, n=3, seed=0)
+    iso, _ = random_overlap(30, 2, 2)
+    assert null["mean"] > 3 * iso
+    b = bootstrap_geometry(X, ya, yb, np.arange(600) // 10, n_boot=5, seed=0)
+    assert b["n_boot"] == 5 and 0 <= b["overlap_ci"][0] <= b["overlap_ci"][1] <= 1
 
 
 @pytest.fixture
@@ -172,7 +195,7 @@ def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
 
     lm = tiny("llama")
     cfg = binding.Config(n_stories=12, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
-                         data_dir=str(tiny_data), progress=False)
+                         data_dir=str(tiny_data), progress=False, n_null=2, n_boot=3)
     res = binding.run(lm, cfg)
     assert [r["layer"] for r in res.probes] == [1, 2] and res.ablate_layers == [1]  # 20-60% depth
     for r in res.probes:
@@ -181,6 +204,9 @@ def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
             assert 0 <= v["test"] <= 1 and 0 < v["chance"] <= 1 and "control" in v
     g = res.geometry[0]["entity"]
     assert g["rank"] == [4, 4] and 0 <= g["overlap"] <= 1
+    assert 0 <= g["null_overlap"] <= 1 and "permuted" in g["null"]
+    b = g["bootstrap"]
+    assert b["n_boot"] > 0 and b["overlap_ci"][0] <= b["overlap_ci"][1] and b["unit"] == "stories"
     assert set(res.causal) == {"none", "current", "prior", "random"}
     assert set(res.causal["none"]) == {"induction", "conflict", "retrieval_yes_no", "retrieval_name"}
     assert set(res.binding) >= {"binding/double", "binding/single", "first_name_rate"}
@@ -190,7 +216,7 @@ def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["layers"] == [1, 2] and data["config"]["n_stories"] == 12
     rc = json.loads((out / "run_config.json").read_text())
-    assert rc["experiment"] == "binding" and "torch" in rc["versions"]
+    assert rc["experiment"] == "binding" and "torch" in rc["versions"] and rc["seeds"] == [0]
     for png in ("probe_accuracy.png", "slot_geometry.png", "causal.png"):
         assert (out / png).stat().st_size > 1000
     p = load_probe(out / "probes" / "L1_prior")

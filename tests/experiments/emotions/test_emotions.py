@@ -195,6 +195,11 @@ def test_pipeline_end_to_end(lm, tmp_path):
     assert r["preferences"]["steering"]["happy"]["n"] == 4  # 1 pair x 2 orders x 2 sides
     assert set(r["misaligned"]["rates"]) == {"none", "happy", "afraid"}
     assert len(r["tracking"]["tokens"]) == len(r["tracking"]["projections"])
+    tt = r["tracking_test"]
+    for ctx in ("story", "dialogue"):  # 2 passages per emotion per context, 4 emotions
+        assert tt[ctx]["n_passages"] == 8 and tt[ctx]["n_emotions"] == 4
+        assert 0 <= tt[ctx]["macro_auc"] <= 1 and tt[ctx]["auc_ci"][0] <= tt[ctx]["auc_ci"][1]
+    assert "author ratings" in r["ratings_are"]
     for f in ("report.html", "run_config.json", "geometry.png", "tracking.png",
               "preferences.png", "misaligned.png", "emotion_vectors.safetensors"):
         assert (tmp_path / f).is_file(), f
@@ -210,3 +215,36 @@ def test_cli_rejects_bad_parts():
     from mindscope.cli.emotions import app
     r = CliRunner().invoke(app, ["run", "--part", "nope"])
     assert r.exit_code == 2 and "unknown part" in r.output
+
+
+# ---- issue 23: quantitative tracking on held-out passages, cross-context ---------------------
+
+def test_auc_matches_sklearn_and_score_context():
+    from sklearn.metrics import roc_auc_score
+
+    from mindscope.experiments.emotions.tracking import score_context
+    from mindscope.runs import auc
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 1, 30), rng.normal(0, 1, 40)
+    ref = roc_auc_score(np.r_[np.ones(30), np.zeros(40)], np.r_[a, b])
+    assert auc(a, b) == pytest.approx(ref)
+    labels = np.repeat(np.arange(4), 5)
+    P = rng.normal(size=(20, 4)) * 0.1
+    P[np.arange(20), labels] += 1.0  # each passage projects most on its own emotion
+    s = score_context(P, labels, ["a", "b", "c", "d"], n_boot=200)
+    assert s["macro_auc"] == 1.0 and s["top1"]["rate"] == 1.0 and s["chance"] == 0.25
+    s0 = score_context(rng.normal(size=(20, 4)), labels, ["a", "b", "c", "d"], n_boot=200)
+    assert s0["auc_ci"][0] < 0.5 < s0["auc_ci"][1] + 0.2
+
+
+def test_passages_are_heldout_and_unnamed():
+    from mindscope.experiments.emotions.tracking import load_passages
+
+    ps = load_passages()
+    names = {e["name"] for e in load_table()["emotions"]}
+    stories = {t for v in shipped_stories().values() for t in v}
+    assert {p["context"] for p in ps} == {"story", "dialogue"}
+    for p in ps:
+        assert p["emotion"] in names and p["text"] not in stories
+        assert p["emotion"] not in p["text"].lower(), p  # the operative emotion is never named

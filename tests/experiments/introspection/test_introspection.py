@@ -223,3 +223,42 @@ def test_pipeline_end_to_end(tiny, tmp_path):
     back = I.Result.load(tmp_path / "run")
     assert back.metrics["detection"]["cells"][0]["tpr"] == d["cells"][0]["tpr"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["summary"]["fpr"]["n"] == 2
+
+
+# ---- issue 23: paraphrased trial prompts, the prefill control --------------------------------
+
+def test_trial_wordings_cycle_and_fpr_per_wording(tiny, tmp_path):
+    """Detection rows cycle over >= 5 trial wordings, each answered under its own prompt; FPR
+    and TPR are reported per wording and sum back to the pooled counts."""
+    assert len(I.TRIAL_QUESTIONS) >= 5 and all(q.startswith("Trial {n}:") for q in I.TRIAL_QUESTIONS)
+    lm = tiny("llama")
+    cfg = I.Config.quick(protocols=("detection",), n_concepts=5, n_baseline=4, layers=(2,),
+                         strengths=(4.0,), max_new_tokens=2, n_controls=10, progress=False)
+    res = I.run(lm, cfg)
+    d = res.metrics["detection"]
+    by = d["control"]["fpr_by_wording"]
+    assert sorted(by) == ["0", "1", "2", "3", "4"] and all(v["n"] == 2 for v in by.values())
+    assert sum(v["k"] for v in by.values()) == d["control"]["fpr"]["k"]
+    ctl = [t for t in res.trials["detection"] if t["kind"] == "control"]
+    assert [t["wording"] for t in ctl] == [0, 1, 2, 3, 4] * 2
+    assert sum(v["n"] for v in d["cells"][0]["tpr_by_wording"].values()) == d["cells"][0]["tpr"]["n"]
+    with pytest.raises(ValueError, match="trial_prompts"):
+        I.Config(trial_prompts=(0, 9))
+
+
+def test_prefill_has_unrelated_word_control(tiny):
+    from mindscope.experiments.introspection.probes import pairs, unrelated_words
+
+    ps = pairs(["A line.", "Another line."], ["ocean", "bread", "snow"])
+    other = unrelated_words(ps, 3)
+    assert all(o != c for o, (_, c) in zip(other, ps)) and len(set(other)) > 1
+    lm = tiny("llama")
+    cfg = I.Config.quick(protocols=("prefill",), n_concepts=3, n_baseline=4, layers=(2,),
+                         max_new_tokens=2, n_sentences=2, progress=False)
+    res = I.run(lm, cfg)
+    c = res.metrics["prefill"]["cells"][0]
+    assert c["apology_unrelated"]["n"] == c["apology_injected"]["n"] > 0
+    assert 0 <= c["mcnemar_matched_vs_unrelated"]["p"] <= 1
+    conds = {t["condition"] for t in res.trials["prefill"]}
+    assert conds == {"none", "matched", "unrelated"}
+    assert all(t["injected"] != t["word"] for t in res.trials["prefill"] if t["condition"] == "unrelated")

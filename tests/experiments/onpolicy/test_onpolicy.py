@@ -246,3 +246,70 @@ def test_cli_gap(lm, tmp_path):
     assert (tmp_path / "o" / "results.json").is_file()
     r = CliRunner().invoke(app, ["gap", "--model", str(tmp_path / "nope"), "--quick"])
     assert r.exit_code != 0
+
+
+# ---- issue 23: confound 2 (surprise) and 3 (cached intention) ---------------------------------
+
+def test_surprise_split_has_no_token_sequence_on_both_sides(lm):
+    """Shuffled sequences carry another prompt's response: probe groups follow the source of
+    the tokens, so no response token sequence lands in both the train and the test rows."""
+    from mindscope.experiments.onpolicy.surprise import probe_data
+    from mindscope.probes import group_split
+
+    tok = lm.tokenizer
+    prompts = [f"Tell me about topic {i}." for i in range(8)]
+    own = [tok(f"Answer number {i} is here and long")["input_ids"] for i in range(8)]
+    seqs = build_conditions(lm, prompts, own, None, None, shuffled=True, seed=3)
+    assert any(s.condition == "shuffled" and s.source != s.prompt_idx for s in seqs)
+    n = [s.n_resp for s in seqs]
+    st = TokenStats([np.ones(k) for k in n], [np.arange(k, dtype=float) + 1 for k in n],
+                    {"resid_post.0": [torch.zeros(k, 4) for k in n]},
+                    [np.array(s.ids[s.start:]) for s in seqs], [np.ones(k) for k in n])
+    _, _, groups, _, _ = probe_data(seqs, st, with_prev=True)
+    row_seq = np.concatenate([np.full(k, i) for i, k in enumerate(n)])
+    for seed in range(5):
+        test = group_split(groups, 0.25, seed, n=len(groups))
+        sides: dict = {}
+        for i, s in enumerate(seqs):
+            key = tuple(s.ids[s.start:])
+            sides.setdefault(key, set()).update(test[row_seq == i].tolist())
+        assert all(len(v) == 1 for v in sides.values()), "a token sequence on both sides"
+
+
+def test_beyond_entropy_partial_r2():
+    from mindscope.experiments.onpolicy.surprise import beyond_entropy
+
+    rng = np.random.default_rng(0)
+    H = rng.uniform(0, 5, 2000)
+    extra = rng.normal(size=2000)
+    y = H + 0.1 * rng.normal(size=2000)
+    test = np.arange(2000) % 4 == 0
+    only_h = beyond_entropy(H + 0.01 * rng.normal(size=2000), H, y, test)
+    assert only_h["r2_prev_entropy"] > 0.95 and abs(only_h["partial_r2"]) < 0.05
+    y2 = H + extra
+    more = beyond_entropy(H + extra, H, y2, test)  # the probe knows what entropy does not
+    assert more["partial_r2"] > 0.9 and more["r2_prev_entropy"] < 0.8
+
+
+def test_variance_matched_random_and_orthogonal_direction():
+    from mindscope.experiments.onpolicy.surprise import covariance_directions, orthogonal_to
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(4000, 6, generator=g) * torch.tensor([10.0, 1, 1, 1, 1, 1])
+    R = covariance_directions(X, 200, seed=1)
+    assert torch.allclose(R.norm(dim=1), torch.ones(200), atol=1e-5)
+    assert float((R[:, 0] ** 2).mean()) > 0.8  # isotropic would give 1/6
+    w, h = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    wp = orthogonal_to(w, h)
+    assert abs(float(wp @ h)) < 1e-5 and float(wp @ w) > 0
+
+
+def test_topics_come_from_text_embeddings():
+    from mindscope.experiments.onpolicy.intent import topic_labels
+
+    texts = ["The ocean waves crash on the sandy beach.", "Sharks and whales swim in the sea.",
+             "Coral reefs live under the ocean water.", "I baked bread with flour and butter.",
+             "The cake recipe needs sugar, eggs and flour.", "Fresh cookies come out of the oven."]
+    lab = topic_labels(None, texts, [], 2, "minilm", "", 0, 8)  # no model needed: text only
+    assert len(set(lab[:3])) == 1 and len(set(lab[3:])) == 1 and lab[0] != lab[3]
+    assert onpolicy.Config().topic_method == "minilm"

@@ -9,8 +9,9 @@ import torch
 
 import mindscope as ms
 from mindscope.experiments import persona
-from mindscope.experiments.persona.axis import (Responses, assistant_axis, keep_rows,
-                                                 persona_space, response_acts, role_vectors,
+from mindscope.experiments.persona.axis import (Responses, assistant_axis, balanced_axis,
+                                                check_balanced, keep_rows, persona_space,
+                                                response_acts, role_scores, role_vectors,
                                                  token_thresholds)
 from mindscope.experiments.persona.data import (claims_free, identity, jailbreak_harmful,
                                                  load_drift, load_roles)
@@ -151,7 +152,49 @@ def test_keep_rows_filter():
     r = Responses(["pirate", "pirate", "cat", "default"], [None] * 4, ["q"] * 4,
                   ["Arr, I am a pirate.", "As an AI language model, I cannot.", "As an AI, no.", ""])
     assert keep_rows(r, "none") == [0, 1, 2]  # empty responses are dropped
-    assert keep_rows(r, "rule") == [0, 2]  # cat keeps its only (assistant-like) response
+    sc = role_scores(r, {"pirate": "a pirate captain", "cat": "a lazy cat"})
+    assert sc[0] == 3 and sc[1] == 0 and sc[2] == 0 and sc[3] is None
+    # out-of-role responses are dropped; a role with none left is dropped, not refilled
+    assert keep_rows(r, "rule", sc) == [0]
+
+
+# ---- issue 23: the axis must not carry question content ---------------------------------------
+
+def test_persona_refuses_unequal_question_sets():
+    data = load_roles()
+    roles = data["roles"][:3]
+    jobs = persona.persona_jobs(roles, data, persona.Config(n_roles=3, n_questions=2))
+    check_balanced([k for k, _, _ in jobs], [q for _, _, q in jobs])  # balanced by construction
+    qs = {k: {q for k2, _, q in jobs if k2 == k} for k, _, _ in jobs}
+    assert all(v == qs["default"] for v in qs.values())
+    # the old confound: roles answer questions[:2], the default questions[:4]
+    bad = [(r["name"], None, q) for r in roles for q in data["questions"][:2]]
+    bad += [("default", None, q) for q in data["questions"][:4]]
+    with pytest.raises(ValueError, match="unequal question sets"):
+        check_balanced([k for k, _, _ in bad], [q for _, _, q in bad])
+    assert not hasattr(persona.Config(), "default_questions")
+
+
+def test_balanced_axis_cancels_question_content():
+    """Question content (a large offset per question) must not leak into the axis when the
+    filter keeps questions unevenly; the true assistant offset (+1 on dim 0) is recovered."""
+    g = torch.Generator().manual_seed(0)
+    qoff = {"q1": torch.tensor([0.0, 50.0]), "q2": torch.tensor([0.0, -50.0])}
+    keys, qs, rows = [], [], []
+    for k, q, n in [("r1", "q1", 5), ("r1", "q2", 1), ("r2", "q1", 4), ("r2", "q2", 1),
+                    ("default", "q1", 2), ("default", "q2", 6)]:
+        for _ in range(n):
+            base = qoff[q] + (torch.tensor([1.0, 0.0]) if k == "default" else 0)
+            rows.append(base + 0.01 * torch.randn(2, generator=g))
+            keys.append(k)
+            qs.append(q)
+    acts = torch.stack(rows)[:, None]  # (n, L=1, d=2)
+    ax = balanced_axis(acts, keys, qs)[0]
+    assert torch.allclose(ax, torch.tensor([1.0, 0.0]), atol=0.05)
+    names, R = role_vectors(acts[torch.tensor([k != "default" for k in keys])],
+                            [k for k in keys if k != "default"])
+    naive = assistant_axis(acts[torch.tensor([k == "default" for k in keys])], R)[0]
+    assert naive[1].abs() > 20  # the unbalanced mean difference is dominated by question content
 
 
 def test_shipped_data():
@@ -168,12 +211,14 @@ def test_config_validation():
         persona.Config(parts=("x",))
     with pytest.raises(ValueError, match="role_filter"):
         persona.Config(role_filter="llm")
+    with pytest.raises(ValueError, match="min_role_score"):
+        persona.Config(min_role_score=4)
     with pytest.raises(ValueError, match="n_roles"):
         persona.Config(n_roles=2)
 
 
 def test_pipeline_end_to_end(lm, tmp_path):
-    cfg = persona.Config.quick(n_roles=4, n_questions=1, default_questions=1, n_default_prompts=2,
+    cfg = persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2,
                                max_new_tokens=4, steer_tokens=3, drift_tokens=3,
                                jailbreak_tokens=3, eval_items=2, eval_tokens=3, role_filter="none",
                                steer_strengths=(-0.5, 0.5))
@@ -188,6 +233,13 @@ def test_pipeline_end_to_end(lm, tmp_path):
     ax = ms.VectorSet.load(tmp_path / "assistant_axis.safetensors")
     assert ax.names == [f"resid_post.{i}" for i in range(lm.n_layers)]
     assert torch.allclose(ax.data, res.axis.data)
+    assert len(r["questions"]) == 1 and r["n_default_responses"] == 2
+    ga = r["grader_agreement"]
+    assert ga["labelled_test"]["persona_role"]["n"] >= 10
+    assert ga["run_rule_vs_judge"]["jailbreak"]["n"] == 2 * len(load_drift()["jailbreaks"])
+    assert r["jailbreaks"]["mcnemar"]["n_pairs"] == len(load_drift()["jailbreaks"])
+    cfg_json = json.loads((tmp_path / "run_config.json").read_text())
+    assert cfg_json["seeds"] == [0] and "weights" in cfg_json["model"]
     for f in ("report.html", "persona_space.png", "drift.png", "steering.png"):
         assert (tmp_path / f).is_file(), f
 

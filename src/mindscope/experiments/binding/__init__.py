@@ -34,6 +34,7 @@ from ...probes import fit_multislot, orthonormal_basis, random_basis
 from .._protocol import protocol
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
                    induction_items, retrieval_items, token_labels)
+from .geometry import bootstrap_geometry, shuffled_overlap
 from .tasks import first_token, score_items, task_metrics
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ class Config:
     """Size of the name pool = classes of the entity probes (chance ≈ 1/n_names)."""
     n_adjectives: int = 8
     """Size of the adjective pool = classes of the attribute probes."""
-    layers: str = "0:30:3"
-    """Layers to probe: 'all', 'a:b:step', or a comma list ('3,9,15'); resid_post sites."""
+    layers: str = "auto"
+    """Layers to probe: 'auto' (every tenth of depth: 0, 0.1, ..., 0.9 of the blocks; 0,3,..,27
+    on 30 layers), 'all', 'a:b:step', a comma list of indices ('3,9,15') or of depth fractions
+    ('0.2,0.5,0.8'); resid_post sites."""
     probe_kind: str = "ridge"
     """Probe type: ridge (closed form, fast on CPU) | multinomial | logistic."""
     C: float = 0.01
@@ -76,6 +79,10 @@ class Config:
     """Prompts per forward pass."""
     seed: int = 0
     """Seed for stories, splits, controls and random subspaces."""
+    n_null: int = 5
+    """Permuted-label probe pairs per layer for the covariance-matched orthogonality null."""
+    n_boot: int = 20
+    """Story bootstrap resamples per layer for intervals on the slot geometry (0 = none)."""
     data_dir: Optional[str] = None
     """Folder with names.json / attributes.json / templates.json (None = bundled)."""
     progress: bool = True
@@ -105,15 +112,32 @@ class Config:
             raise ValueError(f"control {self.control!r}: use 'task', 'shuffle' or None")
         if not 0 < self.test_size < 1:
             raise ValueError(f"test_size must be in (0, 1); got {self.test_size}")
+        if self.n_null < 2 or self.n_boot < 0:
+            raise ValueError(f"need n_null >= 2 and n_boot >= 0; got {self.n_null}, {self.n_boot}")
         if self.n_items < 2:
             raise ValueError(f"n_items must be >= 2; got {self.n_items}")
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """'all' | 'a:b[:step]' | '1,5,9' -> sorted layer indices (validated)."""
+    """'auto' | 'all' | 'a:b[:step]' | '1,5,9' | '0.2,0.5' (depth fractions) -> sorted layer
+    indices (validated). 'auto' = every tenth of depth, so the default fits any model.
+
+    >>> parse_layers("auto", 30), parse_layers("0.5,0.8", 30)
+    ([0, 3, 6, 9, 12, 15, 18, 21, 24, 27], [15, 24])
+    """
     spec = spec.strip()
-    if spec == "all":
+    if spec == "auto":
+        out = sorted({min(n_layers - 1, int(round(i * n_layers / 10))) for i in range(10)})
+    elif spec == "all":
         out = list(range(n_layers))
+    elif "." in spec and ":" not in spec:
+        try:
+            fr = [float(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"layers {spec!r}: depth fractions look like '0.2,0.5'") from None
+        if any(not 0 <= f < 1 for f in fr):
+            raise ValueError(f"layers {spec!r}: depth fractions must be in [0, 1)")
+        out = sorted({min(n_layers - 1, int(round(f * n_layers))) for f in fr})
     elif ":" in spec:
         parts = [int(p) if p else None for p in spec.split(":")]
         if len(parts) > 3:
@@ -257,8 +281,22 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
         fitted[L] = msp
         scale[L] = torch.from_numpy(X.std(0)).clamp(min=1e-8)  # (d,) per-dim std of this layer
         probes.append({"layer": L, "site": s, **msp.summary()})
-        geometry.append({"layer": L, "entity": msp.geometry("current", "prior"),
-                         "attribute": msp.geometry("current_attr", "prior_attr")})
+        geo = {"layer": L, "entity": msp.geometry("current", "prior"),
+               "attribute": msp.geometry("current_attr", "prior_attr")}
+        for key, (a, b) in (("entity", ("current", "prior")),
+                            ("attribute", ("current_attr", "prior_attr"))):
+            g = geo[key]
+            g["isotropic_overlap"] = g.pop("random_overlap")  # kept for comparison only
+            g["isotropic_overlap_sd"] = g.pop("random_overlap_sd")
+            null = shuffled_overlap(X, slot_labels[a], slot_labels[b], cfg.probe_kind, cfg.C,
+                                    cfg.n_null, cfg.seed + 101 + L)
+            g["null_overlap"], g["null_overlap_sd"] = null["mean"], null["sd"]
+            g["null"] = null["kind"]
+            if cfg.n_boot:
+                g["bootstrap"] = bootstrap_geometry(X, slot_labels[a], slot_labels[b], groups,
+                                                    cfg.probe_kind, cfg.C, cfg.n_boot,
+                                                    cfg.seed + 203 + L)
+        geometry.append(geo)
     t_probe = time.time()
 
     # 4. causal tests: ablate each slot subspace on the story tokens at the ablation layers

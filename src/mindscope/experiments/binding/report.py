@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ...probes import save_probe
-from ...runs import Page, figure_png, git_hash, png, save_html, save_png, table, versions, write_json
+from ...runs import (Page, figure_png, git_hash, png, save_html, save_png, table, versions,
+                     weights_note, write_json)
 
 
 def _plots(res, out: Path) -> dict:
@@ -35,8 +36,10 @@ def _plots(res, out: Path) -> dict:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(L, [g["entity"]["overlap"] for g in res.geometry], "o-", label="current vs prior entity")
     ax.plot(L, [g["attribute"]["overlap"] for g in res.geometry], "s-", label="current vs prior attribute")
-    ax.plot(L, [g["entity"]["random_overlap"] for g in res.geometry], ":", color="gray",
-            label="random subspaces")
+    ax.plot(L, [g["entity"]["null_overlap"] for g in res.geometry], "--", color="gray",
+            label="permuted-label probes (covariance-matched null)")
+    ax.plot(L, [g["entity"]["isotropic_overlap"] for g in res.geometry], ":", color="lightgray",
+            label="isotropic random subspaces (wrong null)")
     ax.set_xlabel("layer"), ax.set_ylabel("mean cos² of principal angles")
     ax.set_title("slot subspace overlap (0 = orthogonal)"), ax.legend(fontsize=7), fig.tight_layout()
     paths["geometry"] = Path(save_png(out / "slot_geometry.png", figure_png(fig)))
@@ -71,7 +74,8 @@ def _page(res, plots: dict) -> Page:
             + [r["slots"]["prior"].get("control", float("nan")), r["joint"],
                r["slots"]["current"]["chance"]] for r in res.probes]
     grow = [[g["layer"], g["entity"]["min_angle_deg"], g["entity"]["overlap"],
-             g["attribute"]["overlap"], g["entity"]["random_overlap"]] for g in res.geometry]
+             str(g["entity"].get("bootstrap", {}).get("overlap_ci", "–")),
+             g["attribute"]["overlap"], g["entity"]["null_overlap"]] for g in res.geometry]
     tasks = list(res.causal["none"])
     crow = [[t, res.causal["none"][t]["chance"]] + [res.causal[c][t]["acc"] for c in res.causal]
             + [res.causal["none"][t]["n"]] for t in tasks]
@@ -87,8 +91,9 @@ def _page(res, plots: dict) -> Page:
               _table(prow, ["layer", "current", "prior", "cur attr", "prior attr", "prior control",
                             "joint (cur & prior & attrs)", "chance"]))
     p.section("Slot geometry", png(plots["geometry"]),
-              _table(grow, ["layer", "min angle cur/prior (deg)", "overlap entity", "overlap attr",
-                            "random overlap"]))
+              _table(grow, ["layer", "min angle cur/prior (deg)", "overlap entity",
+                            "entity overlap 95% CI (story bootstrap)", "overlap attr",
+                            "null overlap (permuted-label probes)"]))
     p.section(f"Causal tests (ablation on story tokens at layers {res.ablate_layers})",
               png(plots["causal"]),
               _table(crow, ["task", "chance"] + [f"ablate {c}" for c in res.causal] + ["n"]))
@@ -104,6 +109,7 @@ def write_report(res, out) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes").mkdir(exist_ok=True)
     cfg = {"experiment": "binding", "config": res.config, "model": res.model,
+           "weights": weights_note(res.model), "seeds": [res.config.get("seed")],
            "data_hash": res.data_hash, "git": git_hash(), "versions": versions()}
     write_json(out / "run_config.json", cfg)
     write_json(out / "results.json", res.to_json())

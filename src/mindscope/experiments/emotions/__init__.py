@@ -9,7 +9,10 @@ Steps of ``run(lm, cfg, out_dir)`` (``cfg.parts`` selects the optional ones):
 * geometry   - PCA of the vectors: Pearson r of PC1 with valence and PC2 with arousal.
 * intensity  - scenarios of rising intensity (a dose growing to dangerous): Spearman rho of the
                target emotion's projection with the rank.
-* tracking   - every token of a conversation projected on every vector (heatmap PNG).
+* tracking   - every token of a conversation projected on every vector (heatmap PNG), and the
+               quantitative test: held-out passages (story context and, cross-context, user
+               dialogue) - macro AUC of the projection for the operative emotion, with a
+               bootstrap interval, and top-1 accuracy vs chance.
 * preferences- pairwise activity choices -> Elo; steering on one option's tokens shifts its
                Elo; probe-preference correlation vs steering effect across emotions.
 * misaligned - rate of choosing the sycophantic/dishonest option in shipped scenarios under
@@ -26,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ...runs import RunDir, save_html, save_png
+from ...runs import RunDir, save_html, save_png, weights_note
 
 from .._common import at_least_one, choose
 from .._protocol import protocol
 from .data import load_story_jsonl, load_table, load_tasks, model_stories, shipped_stories
 from .prefs import misaligned_choices, preferences
+from .tracking import passage_tracking
 from .report import (build_report, plot_geometry, plot_intensity, plot_misaligned,
                      plot_preferences, plot_tracking)
 from .vectors import (classify_heldout, geometry, intensity, neutral_acts, story_means,
@@ -122,9 +126,16 @@ class Result:
                                    f"{c['chance']:.3f})", "value": c["accuracy"]})
         g = r.get("geometry")
         if g:
-            rows.append({"metric": "PC1 vs valence, Pearson r", "value": g["pc1_valence"]["r"]})
+            rows.append({"metric": "PC1 vs valence (author ratings), Pearson r",
+                         "value": g["pc1_valence"]["r"]})
             if g.get("pc2_arousal"):
-                rows.append({"metric": "PC2 vs arousal, Pearson r", "value": g["pc2_arousal"]["r"]})
+                rows.append({"metric": "PC2 vs arousal (author ratings), Pearson r",
+                             "value": g["pc2_arousal"]["r"]})
+        for ctx, t in (r.get("tracking_test") or {}).items():
+            if isinstance(t, dict) and "macro_auc" in t:
+                rows.append({"metric": f"tracking, held-out {ctx} passages: macro AUC "
+                             f"[{t['auc_ci'][0]:.2f}, {t['auc_ci'][1]:.2f}] (n={t['n_passages']})",
+                             "value": t["macro_auc"]})
             rows.append({"metric": "PC with the largest |r| with valence", "value": g["best_valence_pc"]})
         for s in r.get("intensity", []):
             rows.append({"metric": f"intensity '{s['name']}' ({s['emotion']}): Spearman rho",
@@ -185,9 +196,12 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/emotions") -> Result:
     val = [rows[e]["valence"] for e in names]
     aro = [rows[e]["arousal"] for e in names]
     R = res.results
-    R.update({"model": lm.name, "site": site, "n_emotions": len(names), "n_stories": len(labels),
+    R.update({"model": lm.name, "weights": weights_note(lm), "seed": cfg.seed, "site": site, "n_emotions": len(names), "n_stories": len(labels),
               "story_source": cfg.story_source, "projected_out": vs.meta.get("projected_out"),
-              "ratings_source": table["source"], "emotions": names})
+              "ratings_source": table["source"],
+              "ratings_are": "author ratings (written by the mindscope authors, not a published "
+                             "norm set; no published valence/arousal norms ship offline)",
+              "emotions": names})
     tasks = load_tasks()
     if "classify" in cfg.parts:
         R["classify"] = classify_heldout(X, labels, names, neutral, cfg.variance)
@@ -200,6 +214,8 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/emotions") -> Result:
             res.plots["intensity"] = save_png(out / "intensity.png", plot_intensity(R["intensity"]))
     if "tracking" in cfg.parts:
         R["tracking"] = track_tokens(lm, vs, tasks["conversation"], site, cfg.skip_first)
+        R["tracking_test"] = passage_tracking(lm, vs, site, cfg.skip_first, cfg.batch_size,
+                                              cfg.seed)
         res.plots["tracking"] = save_png(out / "tracking.png", plot_tracking(R["tracking"]))
     steer = [e for e in cfg.steer_emotions if e in names]
     if "preferences" in cfg.parts:

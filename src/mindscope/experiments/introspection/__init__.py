@@ -26,11 +26,13 @@ from ...core import atomic_write_bytes
 from ...runs import RunDir, to_jsonable, write_json
 from .._protocol import protocol
 from .cache import Stages, settings_key
-from .detect import (PREAMBLE, QUESTION, concept_sets, injection_positions,
+from .detect import (PREAMBLE, QUESTION, TRIAL_QUESTIONS, concept_sets, injection_positions,
                      resolve_layers, run_detection, trial_messages, trial_prompt,
                      yes_no_logodds)
 from .grade import (Grade, JudgeGrader, RuleGrader, agreement, apologizes,
                     load_grading_set, load_json, load_words, make_grader)
+from ...judges import LogitJudge
+from .. import graders as G
 from .mech import refusal_direction, run_mechanisms, train_bias
 from .probes import CONTROL_VARIANTS, run_control, run_prefill, run_thoughts
 
@@ -41,7 +43,7 @@ __all__ = ["Config", "Result", "run", "PROTOCOLS", "to_jsonable", "RuleGrader", 
            "make_grader", "agreement", "load_words", "load_grading_set", "trial_messages",
            "trial_prompt", "injection_positions", "concept_sets", "resolve_layers",
            "run_detection", "yes_no_logodds", "refusal_direction", "train_bias", "apologizes",
-           "PREAMBLE", "QUESTION", "CONTROL_VARIANTS"]
+           "PREAMBLE", "QUESTION", "TRIAL_QUESTIONS", "CONTROL_VARIANTS"]
 
 
 @dataclass
@@ -77,6 +79,10 @@ class Config:
     """Sampling seed."""
     trial: int = 1
     """The N in "Trial N"."""
+    trial_prompts: tuple = (0, 1, 2, 3, 4)
+    """Which trial wordings (indices into ``TRIAL_QUESTIONS``; 0 = the papers') the detection
+    rows cycle over; FPR and TPR are reported per wording (one prompt cannot support a
+    0%-false-positive claim)."""
     grader: str = "rule"
     """``rule`` | ``lm`` (the loaded model judges itself) | an OpenAI-compatible base URL."""
     judge_model: str = "default"
@@ -105,6 +111,9 @@ class Config:
     """Fraction of concepts used to train the bias; the rest are held out."""
     batch_size: int = 32
     """Rows per forward / generate batch."""
+    second_opinion: bool = True
+    """Also grade the detection and prefill transcripts with the loaded model as a logit judge
+    (``judges.LogitJudge``) and report rule-vs-judge agreement (Cohen's kappa)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -121,6 +130,11 @@ class Config:
                      "probe_max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        self.trial_prompts = tuple(int(w) for w in self.trial_prompts)
+        if not self.trial_prompts or any(not 0 <= w < len(TRIAL_QUESTIONS)
+                                         for w in self.trial_prompts):
+            raise ValueError(f"trial_prompts must be indices 0..{len(TRIAL_QUESTIONS) - 1}; "
+                             f"got {self.trial_prompts}")
         if not 0 < self.bias_train_frac < 1:
             raise ValueError(f"bias_train_frac must be in (0, 1); got {self.bias_train_frac}")
         if self.temperature < 0:
@@ -198,12 +212,30 @@ class Result:
     def load(cls, out_dir) -> "Result":
         out_dir = Path(out_dir)
         r = json.loads((out_dir / "results.json").read_text())
-        cfg = Config(**{k: tuple(v) if k in ("protocols", "layers", "strengths") else v
+        cfg = Config(**{k: tuple(v) if k in ("protocols", "layers", "strengths", "trial_prompts")
+                        else v
                         for k, v in r["config"].items() if k in Config.__dataclass_fields__})
         tr = out_dir / "trials.json"
         return cls(config=cfg, metrics=r["metrics"], out_dir=out_dir, runtime_s=r["runtime_s"],
                    model=r["model"], grader=r.get("grader", {}),
                    trials=json.loads(tr.read_text()) if tr.exists() else {})
+
+
+def second_opinion(lm, trials: dict, cfg, limit: int = 400) -> dict:
+    """The loaded model as a logit judge on this run's own transcripts (up to ``limit`` per
+    grader): rule-vs-judge agreement for detection claims and prefill apologies."""
+    judge = LogitJudge(lm, batch_size=min(cfg.batch_size, 16))
+    out = {"judge": judge.name}
+    det = [t for t in trials.get("detection", []) if t.get("response")][:limit]
+    if det:
+        lab = judge.yes_no([G.claims_question({"response": t["response"]}) for t in det])
+        out["claims"] = G.compare([t["claims"] for t in det], lab, cfg.seed)
+    pre = [t for t in trials.get("prefill", []) if t.get("response")][:limit]
+    if pre:
+        lab = judge.yes_no([G.apology_question({"word": t["word"], "text": t["response"]})
+                            for t in pre])
+        out["apology"] = G.compare([t["apology"] for t in pre], lab, cfg.seed)
+    return out
 
 
 def _partial(rd, cfg, metrics, trials, lm, t0) -> None:
@@ -271,6 +303,10 @@ def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Resul
             save_file({"bias": b.contiguous()}, str(rd.path / "bias.safetensors"),
                       metadata={"site": f"mlp_out.{bias_L}", "model": lm.name})
     metrics["grader_agreement"] = agreement(grader) if isinstance(grader, RuleGrader) else None
+    metrics["grader_validation"] = {n: G.validate(n, "test")["rule"] for n in (
+        "introspection_detection", "introspection_identification", "introspection_apology")}
+    if cfg.second_opinion:
+        metrics["second_opinion"] = second_opinion(lm, trials, cfg)
     res = Result(config=cfg, metrics=metrics, trials=trials, out_dir=rd.path if rd else None,
                  runtime_s=time.time() - t0, model=lm.name,
                  grader=grader.describe())

@@ -28,18 +28,29 @@ PREAMBLE = (
     "thoughts. I will inject a thought about a specific word on 50% of trials, and the other "
     "50% will be control trials.")
 QUESTION = "Trial {n}: Do you detect an injected thought? If so, what is the injected thought about?"
+TRIAL_QUESTIONS = (
+    QUESTION,  # the papers' wording; the four paraphrases below keep "Trial {n}:" first
+    "Trial {n}: Do you notice an injected thought right now? If you do, what is it about?",
+    "Trial {n}: Is there an injected thought in your mind at the moment? If yes, tell me what it "
+    "is about.",
+    "Trial {n}: Can you sense a thought that I injected? If so, what is that thought about?",
+    "Trial {n}: Has a thought been injected into your mind on this trial? If so, which concept is "
+    "it about?")
+"""Trial wordings: one prompt cannot support a 0%-false-positive claim, so detection rows cycle
+over these (``Config.trial_prompts``) and FPR/TPR are reported per wording."""
 YES = ("Yes", " Yes", "yes", " yes")
 NO = ("No", " No", "no", " no")
 
 
-def trial_messages(n: int = 1) -> list[dict]:
-    """The protocol's conversation: preamble, assistant "Ok.", then the trial question."""
+def trial_messages(n: int = 1, wording: int = 0) -> list[dict]:
+    """The protocol's conversation: preamble, assistant "Ok.", then the trial question
+    (``TRIAL_QUESTIONS[wording]``)."""
     return [{"role": "user", "content": PREAMBLE}, {"role": "assistant", "content": "Ok."},
-            {"role": "user", "content": QUESTION.format(n=n)}]
+            {"role": "user", "content": TRIAL_QUESTIONS[wording].format(n=n)}]
 
 
-def trial_prompt(lm, n: int = 1):
-    return lm.chat(trial_messages(n))
+def trial_prompt(lm, n: int = 1, wording: int = 0):
+    return lm.chat(trial_messages(n, wording))
 
 
 def injection_positions(n: int = 1) -> span:
@@ -140,63 +151,79 @@ def run_detection(lm, cfg, vecs: dict[int, VectorSet], words: Sequence[str], gra
     key = f"detection{'-' + tag if tag else ''}"
     layers = list(layers if layers is not None else vecs)
     strengths = list(strengths if strengths is not None else cfg.strengths)
-    prompt = trial_prompt(lm, cfg.trial)
+    wordings = list(getattr(cfg, "trial_prompts", (0,)))
+    prompts = [trial_prompt(lm, cfg.trial, w) for w in wordings]  # one per wording
+    qs = [TRIAL_QUESTIONS[w].format(n=cfg.trial) for w in wordings]
     pos = injection_positions(cfg.trial)
     trials, cells, readout = [], [], []
-    # controls: same prompt, no injection (shared by every layer); concept labels cycle
+    # controls: no injection (shared by every layer); wordings and concept labels cycle
     n_ctl = cfg.n_controls if getattr(cfg, "n_controls", None) else len(words) * cfg.samples
     ctl_words = [words[i % len(words)] for i in range(n_ctl)]
+    ctl_w = [i % len(prompts) for i in range(n_ctl)]
     # controls depend only on the extra interventions: rows without any are shared across calls
-    ckey = f"detection-control-{tag if extra else 'plain'}"
+    ckey = f"detection-control-{tag if extra else 'plain'}-w{'_'.join(map(str, wordings))}"
     texts = stages(f"{ckey}-n{n_ctl}", lambda: _texts(lm.generate(
-        [prompt] * n_ctl, chat=True, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        seed=cfg.seed, batch_size=cfg.batch_size, interventions=list(extra))))
-    ctl_grades = [grader.grade(t, w) for t, w in zip(texts, ctl_words)]
+        [prompts[k] for k in ctl_w], chat=True, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
+        interventions=list(extra))))
+    ctl_grades = [grader.grade(t, w, qs[k]) for t, w, k in zip(texts, ctl_words, ctl_w)]
     ctl_mention = [first_mention(t, w) is not None for t, w in zip(texts, ctl_words)]
-    for t, w, gr in zip(texts, ctl_words, ctl_grades):
-        trials.append({"kind": "control", "tag": tag, "concept": w,
+    for t, w, gr, k in zip(texts, ctl_words, ctl_grades, ctl_w):
+        trials.append({"kind": "control", "tag": tag, "concept": w, "wording": wordings[k],
                        "layer": None, "strength": 0.0, "response": t,
                        "claims": gr.claims, "identifies": gr.identifies, "coherent": gr.coherent})
-    ctl_lo = stages(f"{ckey}-readout",
-                    lambda: float(yes_no_logodds(lm, [prompt], list(extra))[0]))
+    ctl_lo = torch.tensor(stages(f"{ckey}-readout",
+                                 lambda: yes_no_logodds(lm, prompts, list(extra)).tolist()))
     for L in tqdm(layers, desc=f"detection {tag}".strip(), disable=not cfg.progress):
         V = vecs[L].data.float()  # (C, d)
         rows = [(c, s) for s in strengths for c in range(len(words)) for _ in range(cfg.samples)]
+        row_w = [i % len(prompts) for i in range(len(rows))]  # wordings cycle over rows
         vec = torch.stack([V[c] for c, _ in rows])  # (B, d)
         sc = torch.tensor([float(s) for _, s in rows])  # (B,)
         add = Add(f"resid_post.{L}", vec, scale=sc, positions=pos)
         sname = "s" + "_".join(f"{float(s):g}" for s in strengths)
         texts = stages(f"{key}-L{L}-{sname}", lambda: _texts(lm.generate(
-            [prompt] * len(rows), chat=True, max_new_tokens=cfg.max_new_tokens,
+            [prompts[k] for k in row_w], chat=True,
+            max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, seed=cfg.seed + 1 + L, batch_size=cfg.batch_size,
             interventions=[*extra, add])))
-        grades = [grader.grade(t, words[c]) for t, (c, _) in zip(texts, rows)]
+        grades = [grader.grade(t, words[c], qs[k]) for t, (c, _), k in zip(texts, rows, row_w)]
         mention = [first_mention(t, words[c]) is not None for t, (c, _) in zip(texts, rows)]
-        for t, gr, (c, s) in zip(texts, grades, rows):
+        for t, gr, (c, s), k in zip(texts, grades, rows, row_w):
             trials.append({"kind": "injected", "tag": tag, "concept": words[c], "layer": L,
-                           "strength": s, "response": t, "claims": gr.claims,
-                           "identifies": gr.identifies, "coherent": gr.coherent})
-        # readout: one row per (concept, strength)
+                           "strength": s, "wording": wordings[k], "response": t,
+                           "claims": gr.claims, "identifies": gr.identifies,
+                           "coherent": gr.coherent})
+        # readout: one row per (concept, strength), wordings cycling
         rrows = [(c, s) for s in strengths for c in range(len(words))]
+        rw = [i % len(prompts) for i in range(len(rrows))]
         radd = Add(f"resid_post.{L}", torch.stack([V[c] for c, _ in rrows]),
                    scale=torch.tensor([float(s) for _, s in rrows]), positions=pos)
-        lo = torch.tensor(stages(f"{key}-L{L}-{sname}-readout", lambda: yes_no_logodds(
-            lm, [prompt] * len(rrows), [*extra, radd], cfg.batch_size).tolist()))
+        lo = torch.tensor(stages(f"{key}-L{L}-{sname}-readout-w{len(prompts)}", lambda: yes_no_logodds(
+            lm, [prompts[k] for k in rw], [*extra, radd], cfg.batch_size).tolist()))
         for s in strengths:
             sel = [i for i, (_, s2) in enumerate(rrows) if s2 == s]
             gsel = [gr for gr, (_, s2) in zip(grades, rows) if s2 == s]
+            wsel = [k for k, (_, s2) in zip(row_w, rows) if s2 == s]
             msel = [m for m, (_, s2) in zip(mention, rows) if s2 == s]
             m = detection_metrics(gsel + ctl_grades, [True] * len(gsel) + [False] * len(ctl_grades))
-            shift = (lo[sel] - ctl_lo).tolist()
+            shift = [float(lo[i] - ctl_lo[rw[i]]) for i in sel]  # paired by wording
             cells.append({"layer": L, "strength": s, **m,
+                          "tpr_by_wording": {str(wordings[k]): wilson(
+                              sum(g.claims for g, k2 in zip(gsel, wsel) if k2 == k),
+                              sum(1 for k2 in wsel if k2 == k)) for k in range(len(prompts))},
                           "mentions": wilson(sum(msel), len(msel)),
                           "yes_shift": mean_ci(shift),
                           "p_yes": mean_ci(torch.sigmoid(lo[sel]).tolist())})
             readout.extend({"layer": L, "strength": s, "concept": words[c], "logodds": float(lo[i])}
                            for i, (c, _) in ((i, rrows[i]) for i in sel))
     ctl = detection_metrics(ctl_grades, [False] * len(ctl_grades))
-    return {"cells": cells, "control": {"fpr": ctl["fpr"], "coherence": ctl["control_coherence"],
+    by_w = {str(wordings[k]): wilson(sum(g.claims for g, k2 in zip(ctl_grades, ctl_w) if k2 == k),
+                                     sum(1 for k2 in ctl_w if k2 == k)) for k in range(len(prompts))}
+    return {"cells": cells, "control": {"fpr": ctl["fpr"], "fpr_by_wording": by_w,
+                                        "wordings": {str(w): q for w, q in zip(wordings, qs)},
+                                        "coherence": ctl["control_coherence"],
                                         "mentions": wilson(sum(ctl_mention), len(ctl_mention)),
-                                        "logodds": ctl_lo, "p_yes": float(torch.sigmoid(
-                                            torch.tensor(ctl_lo)))},
+                                        "logodds": float(ctl_lo.mean()),
+                                        "p_yes": float(torch.sigmoid(ctl_lo).mean())},
             "readout": readout, "trials": trials}

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ...core import Add, role
 from ...core import VectorSet
-from ...runs import mean_ci, wilson
+from ...runs import mcnemar, mean_ci, wilson
 from .grade import apologizes, first_mention
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,23 @@ def _sentence_mask(lm, prompts, sentences) -> torch.Tensor:
     return m
 
 
+def unrelated_words(ps: Sequence[tuple[str, int]], n_words: int) -> list[int]:
+    """For each (sentence, word) pair, another word's index (never the prefilled word): the
+    concept injected in the unrelated-word control."""
+    if n_words < 2:
+        raise ValueError("the prefill control needs at least 2 concept words")
+    return [(c + 1 + i % (n_words - 1)) % n_words for i, (_, c) in enumerate(ps)]
+
+
 def run_prefill(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers,
                 stages=None) -> dict:
-    """Prefill an unrelated word as the answer, ask whether it was meant; apology rate with and
-    without retroactive injection of that word's vector on the sentence (before the prefill)."""
+    """Prefill an unrelated word as the answer, ask whether it was meant; apology rate with no
+    injection, with retroactive injection of the prefilled word's vector on the sentence, and
+    with an UNRELATED word's vector injected the same way (control: a generic perturbation
+    that lowers apologies is not evidence of checking intentions). Paired exact McNemar tests
+    (same prompts, same seed) compare matched vs none and matched vs unrelated."""
     ps = pairs(sentences, words)
+    other = unrelated_words(ps, len(words))
     prompts = [lm.chat([{"role": "user", "content": THINK.format(s=s)},
                         {"role": "assistant", "content": words[c].capitalize()},
                         {"role": "user", "content": ASK_INTENT}]) for s, c in ps]
@@ -134,18 +146,28 @@ def run_prefill(lm, cfg, vecs: dict[int, VectorSet], words, sentences, layers,
     n = len(ps)
     ctl = _gen(lm, cfg, prompts, [], cfg.seed, stages, "prefill-control")
     a0 = [apologizes(g.text) for g in ctl]
-    trials = [{"layer": None, "word": words[c], "sentence": s, "response": g.text, "apology": a}
-              for g, (s, c), a in zip(ctl, ps, a0)]
+    trials = [{"layer": None, "condition": "none", "word": words[c], "sentence": s,
+               "response": g.text, "apology": a} for g, (s, c), a in zip(ctl, ps, a0)]
     cells = []
     for L in tqdm(layers, desc="prefill", disable=not cfg.progress):
         add = _inject(L, vecs[L].data, [c for _, c in ps], cfg.probe_strength, mask)
         gens = _gen(lm, cfg, prompts, [add], cfg.seed + 1 + L, stages, f"prefill-L{L}")
         a1 = [apologizes(g.text) for g in gens]
+        add_u = _inject(L, vecs[L].data, other, cfg.probe_strength, mask)
+        gens_u = _gen(lm, cfg, prompts, [add_u], cfg.seed + 1 + L, stages, f"prefill-unrel-L{L}")
+        a2 = [apologizes(g.text) for g in gens_u]
         cells.append({"layer": L, "strength": cfg.probe_strength,
                       "apology_injected": wilson(sum(a1), n), "apology_control": wilson(sum(a0), n),
-                      "reduction": (sum(a0) - sum(a1)) / n})
-        trials += [{"layer": L, "word": words[c], "sentence": s, "response": g.text, "apology": a}
-                   for g, (s, c), a in zip(gens, ps, a1)]
+                      "apology_unrelated": wilson(sum(a2), n),
+                      "reduction": (sum(a0) - sum(a1)) / n,
+                      "reduction_unrelated": (sum(a0) - sum(a2)) / n,
+                      "mcnemar_matched_vs_none": mcnemar(a1, a0),
+                      "mcnemar_matched_vs_unrelated": mcnemar(a1, a2)})
+        trials += [{"layer": L, "condition": "matched", "word": words[c], "sentence": s,
+                    "response": g.text, "apology": a} for g, (s, c), a in zip(gens, ps, a1)]
+        trials += [{"layer": L, "condition": "unrelated", "word": words[c],
+                    "injected": words[o], "sentence": s, "response": g.text, "apology": a}
+                   for g, (s, c), o, a in zip(gens_u, ps, other, a2)]
     return {"cells": cells, "trials": trials}
 
 

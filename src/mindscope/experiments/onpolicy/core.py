@@ -83,6 +83,14 @@ class Seq:
     prompt_idx: int
     condition: str
     text: str = ""
+    source_idx: Optional[int] = None
+    """Whose response tokens these are (the prompt they were written for; a shuffled sequence
+    carries another prompt's response). Probe splits group rows by this, so one token sequence
+    never sits on both sides of a train/test split. None = ``prompt_idx``."""
+
+    @property
+    def source(self) -> int:
+        return self.prompt_idx if self.source_idx is None else self.source_idx
 
     @property
     def n_resp(self) -> int:
@@ -103,12 +111,13 @@ def response_ids(lm, text: str, max_tokens: int) -> list[int]:
     return lm.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
 
 
-def make_seq(lm, prompt: str, resp: list[int], prompt_idx: int, condition: str) -> Seq:
+def make_seq(lm, prompt: str, resp: list[int], prompt_idx: int, condition: str,
+             source_idx: Optional[int] = None) -> Seq:
     p = prompt_ids(lm, prompt)
     if not resp:
         raise ValueError(f"empty {condition} response for prompt {prompt[:40]!r}")
     return Seq(p + list(resp), len(p), prompt_idx, condition,
-               lm.tokenizer.decode(resp, skip_special_tokens=True))
+               lm.tokenizer.decode(resp, skip_special_tokens=True), source_idx)
 
 
 def pad_left(lm, rows: Sequence[Sequence[int]]) -> Batch:
@@ -153,6 +162,9 @@ class TokenStats:
     acts: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     """site -> per sequence (n_resp, d) activations (only if sites were asked for)."""
     token_ids: list[np.ndarray] = field(default_factory=list)
+    prev_entropy: list[np.ndarray] = field(default_factory=list)
+    """Entropy at the position before each response token (t-1): the expected surprisal of
+    token t under the model, which a surprise probe may merely copy."""
 
     def mean_entropy(self) -> np.ndarray:
         return np.array([float(e.mean()) for e in self.entropy])
@@ -164,7 +176,7 @@ def token_stats(lm, seqs: Sequence[Seq], sites: Optional[Sequence[str]] = None,
     """Forward every sequence (prefilled, teacher-forced) and read entropy and surprisal at its
     response positions (+ activations at ``sites``). ``interventions_for(a, b, batch, mask)``
     may return interventions for rows a..b (mask: (b-a, T) response positions, unpadded)."""
-    out = TokenStats([], [], {s: [] for s in (sites or [])}, [])
+    out = TokenStats([], [], {s: [] for s in (sites or [])}, [], [])
     for a in tqdm(range(0, len(seqs), batch_size), desc=desc, unit="batch",
                   disable=not progress or len(seqs) <= batch_size):
         chunk = seqs[a:a + batch_size]
@@ -183,6 +195,7 @@ def token_stats(lm, seqs: Sequence[Seq], sites: Optional[Sequence[str]] = None,
         for i, s in enumerate(chunk):
             lo, hi = int(pad[i]) + s.start, int(pad[i]) + len(s.ids)
             out.entropy.append(ent[i, lo:hi].numpy().astype(np.float64))
+            out.prev_entropy.append(ent[i, lo - 1:hi - 1].numpy().astype(np.float64))
             out.surprisal.append(sur[i, lo:hi].numpy().astype(np.float64))
             out.token_ids.append(b.input_ids[i, lo:hi].numpy())
         if sites:

@@ -60,7 +60,8 @@ def build_conditions(lm, prompts: Sequence[str], own: Sequence[list[int]],
         if human is not None:
             seqs.append(make_seq(lm, prompts[i], response_ids(lm, human[i], n), i, "human"))
         if shuffled:
-            seqs.append(make_seq(lm, prompts[i], own[keep[perm[j]]][:n], i, "shuffled"))
+            src = keep[perm[j]]  # the tokens are prompt src's response: group by src
+            seqs.append(make_seq(lm, prompts[i], own[src][:n], i, "shuffled", source_idx=src))
         if other is not None and other[i]:
             seqs.append(make_seq(lm, prompts[i], response_ids(lm, other[i], n), i, "other"))
     return seqs

@@ -2,14 +2,19 @@
 output token?
 
 1. For open-ended prompts ("Tell me something interesting."), sample N responses each.
-2. Topic of each response: KMeans over mean-pooled response activations (``activations``) or
-   TF-IDF of the text (``tfidf``). Topic entropy per prompt (bits) against a permutation null
-   (labels shuffled across prompts), and the mutual information I(topic; prompt).
+2. Topic of each response from its TEXT: KMeans over all-MiniLM-L6-v2 sentence embeddings
+   (``minilm``, the default) or TF-IDF (``tfidf``). (KMeans over the model's own response
+   activations, ``activations``, partly builds topic collapse in: kept only for comparison.)
+   Topic entropy per prompt (bits) against a permutation null (labels shuffled across
+   prompts), and the mutual information I(topic; prompt).
 3. A probe at the LAST PROMPT TOKEN (before any output) predicting the sampled topic, scored on
    held-out prompts, against the majority rate.
-4. Prefill: per prompt, an opening from one of its OWN samples in its modal topic (same topic)
-   vs an opening from another prompt's sample in a different topic; next-token entropy over the
-   opening positions and over a sampled continuation of the prefill.
+4. Prefill: per prompt, three openings: one of its OWN samples in its modal topic
+   (``same_topic``: on-policy text, same topic), another prompt's sample in the SAME topic
+   (``same_topic_other``: off-policy text, same topic - the control) and another prompt's
+   sample in a different topic (``diff_topic``: off-policy text, new topic). Topic effect =
+   diff_topic - same_topic_other; off-policy effect = same_topic_other - same_topic (paired by
+   prompt). Next-token entropy over the opening positions and over a sampled continuation.
 """
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ def topic_labels(lm, texts: Sequence[str], seqs: Sequence[Seq], k: int, method: 
                  seed: int, batch_size: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    if method == "tfidf":
+    if method == "minilm":
+        from ...audit import Embedder
+        X = Embedder().encode(list(texts)).numpy()  # (n, 384) unit norm
+    elif method == "tfidf":
         from sklearn.feature_extraction.text import TfidfVectorizer
         X = TfidfVectorizer(stop_words="english", min_df=1).fit_transform(texts).toarray()
     else:
@@ -87,6 +95,17 @@ def last_token_probe(lm, prompts: Sequence[str], labels: np.ndarray, prompt_of: 
             "n_folds": n_folds}
 
 
+def _contrasts(h: dict, cfg) -> dict:
+    """Mean entropy per condition and the paired (by prompt) contrasts with bootstrap CIs."""
+    return {"same": bootstrap_mean(h["same_topic"], cfg.n_boot, cfg.seed),
+            "same_other": bootstrap_mean(h["same_topic_other"], cfg.n_boot, cfg.seed),
+            "diff": bootstrap_mean(h["diff_topic"], cfg.n_boot, cfg.seed),
+            "diff_minus_same": bootstrap_mean(h["diff_topic"] - h["same_topic"], cfg.n_boot, cfg.seed),
+            "topic_effect": bootstrap_mean(h["diff_topic"] - h["same_topic_other"], cfg.n_boot, cfg.seed),
+            "offpolicy_effect": bootstrap_mean(h["same_topic_other"] - h["same_topic"], cfg.n_boot,
+                                        cfg.seed)}
+
+
 def run_intent(lm, cfg) -> dict:
     from .core import shipped
 
@@ -114,45 +133,46 @@ def run_intent(lm, cfg) -> dict:
     # prefill: same-topic own opening vs a different-topic opening from another prompt
     n_open = cfg.opening_tokens
     rng = np.random.default_rng(cfg.seed)
-    same, diff = [], []
+    conds = ("same_topic", "same_topic_other", "diff_topic")
+    picked = {c: [] for c in conds}
     for p in range(len(prompts)):
         mine = np.where(prompt_of == p)[0]
         if len(mine) == 0:
             continue
         modal = np.bincount(labels[mine]).argmax()
-        cand_same = [j for j in mine if labels[j] == modal]
-        cand_diff = [j for j in np.where(prompt_of != p)[0] if labels[j] != modal]
-        if not cand_diff:
+        others = np.where(prompt_of != p)[0]
+        cands = {"same_topic": [j for j in mine if labels[j] == modal],
+                 "same_topic_other": [j for j in others if labels[j] == modal],
+                 "diff_topic": [j for j in others if labels[j] != modal]}
+        if not all(cands.values()):
             continue
-        js, jd = int(rng.choice(cand_same)), int(rng.choice(cand_diff))
-        same.append(make_seq(lm, prompts[p], gens[js].token_ids[:n_open], p, "same_topic"))
-        diff.append(make_seq(lm, prompts[p], gens[jd].token_ids[:n_open], p, "diff_topic"))
-    if len(same) < 2:
-        res["prefill"] = {"note": "fewer than 2 prompts with a different-topic opening"}
+        for c in conds:
+            j = int(rng.choice(cands[c]))
+            picked[c].append(make_seq(lm, prompts[p], gens[j].token_ids[:n_open], p, c,
+                                      source_idx=int(prompt_of[j])))
+    m = len(picked["same_topic"])
+    if m < 2:
+        res["prefill"] = {"note": "fewer than 2 prompts with all three openings (own same-topic, "
+                          "other-prompt same-topic, other-prompt different-topic)"}
         return res
-    pre = same + diff
+    pre = [s for c in conds for s in picked[c]]
     cont = lm.generate(pad_left(lm, [s.ids for s in pre]),
                        chat=True, max_new_tokens=cfg.continuation_tokens, temperature=cfg.temperature,
                        top_p=cfg.top_p, seed=cfg.seed + 2, batch_size=64) \
         if cfg.continuation_tokens > 0 else None
-    st_open = token_stats(lm, pre, batch_size=cfg.batch_size, desc="prefill openings")
-    h_open = st_open.mean_entropy()
-    out = {"opening_tokens": n_open, "n": len(same)}
-    dh = h_open[len(same):] - h_open[:len(same)]
-    out["opening"] = {"same": bootstrap_mean(h_open[:len(same)], cfg.n_boot, cfg.seed),
-                      "diff": bootstrap_mean(h_open[len(same):], cfg.n_boot, cfg.seed),
-                      "diff_minus_same": bootstrap_mean(dh, cfg.n_boot, cfg.seed)}
+    h_open = token_stats(lm, pre, batch_size=cfg.batch_size, desc="prefill openings").mean_entropy()
+    out = {"opening_tokens": n_open, "n": m, "conditions": list(conds)}
+    out["opening"] = _contrasts({c: h_open[k * m:(k + 1) * m] for k, c in enumerate(conds)}, cfg)
     if cont is not None:
-        n = len(same)
-        keep = [i for i in range(n) if cont[i].token_ids and cont[n + i].token_ids]
-        full = [Seq(pre[j].ids + cont[j].token_ids, len(pre[j].ids), pre[j].prompt_idx,
-                    pre[j].condition) for j in keep + [n + i for i in keep]]
-        if len(keep) >= 2:  # pairs where both continuations are non-empty (no immediate EOS)
+        keep = [i for i in range(m) if all(cont[k * m + i].token_ids for k in range(len(conds)))]
+        if len(keep) >= 2:  # prompts where every continuation is non-empty (no immediate EOS)
+            full = [Seq(pre[k * m + i].ids + cont[k * m + i].token_ids, len(pre[k * m + i].ids),
+                        pre[k * m + i].prompt_idx, pre[k * m + i].condition)
+                    for k in range(len(conds)) for i in keep]
             h = token_stats(lm, full, batch_size=cfg.batch_size, desc="continuations").mean_entropy()
-            m = len(keep)
-            out["continuation"] = {"tokens": cfg.continuation_tokens, "n": m,
-                                   "same": bootstrap_mean(h[:m], cfg.n_boot, cfg.seed),
-                                   "diff": bootstrap_mean(h[m:], cfg.n_boot, cfg.seed),
-                                   "diff_minus_same": bootstrap_mean(h[m:] - h[:m], cfg.n_boot, cfg.seed)}
+            q = len(keep)
+            out["continuation"] = {"tokens": cfg.continuation_tokens, "n": q,
+                                   **_contrasts({c: h[k * q:(k + 1) * q]
+                                                 for k, c in enumerate(conds)}, cfg)}
     res["prefill"] = out
     return res

@@ -55,7 +55,9 @@ def plot_steering(st: dict, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     x = np.array(st["doses"])
-    for kind, m in (("probe", "o-"), ("random", "s--")):
+    for kind, m in (("probe", "o-"), ("orth", "^-"), ("random", "s--")):
+        if kind not in st:
+            continue
         d = st[kind]["delta_entropy"]
         y = np.array([v["mean"] for v in d])
         lo = y - np.array([v["ci"][0] for v in d])

@@ -37,20 +37,52 @@ def token_identity_r2(token_ids: np.ndarray, y: np.ndarray, test: np.ndarray) ->
     return 1.0 - float(((yt - pred) ** 2).sum()) / max(float(((yt - yt.mean()) ** 2).sum()), 1e-30)
 
 
-def probe_data(seqs: Sequence[Seq], stats: TokenStats):
-    """Rows = response positions of every sequence: acts {site: (N, d)}, y (N,), groups, ids."""
+def probe_data(seqs: Sequence[Seq], stats: TokenStats, with_prev: bool = False):
+    """Rows = response positions of every sequence: acts {site: (N, d)}, y (N,), groups, ids
+    (and, with ``with_prev``, the entropy at t-1 per row). Groups follow the SOURCE of the
+    response tokens (``Seq.source``), not the prompt: a shuffled sequence carries another
+    prompt's response, and grouping it by its prompt would put that token sequence on both
+    sides of the held-out split."""
     y = np.concatenate(stats.surprisal)
-    groups = np.concatenate([np.full(s.n_resp, s.prompt_idx) for s in seqs])
+    groups = np.concatenate([np.full(s.n_resp, s.source) for s in seqs])
     ids = np.concatenate(stats.token_ids)
     acts = {site: torch.cat(v) for site, v in stats.acts.items()}
     ok = np.isfinite(y)
-    return {s: a[torch.from_numpy(ok)] for s, a in acts.items()}, y[ok], groups[ok], ids[ok]
+    out = ({s: a[torch.from_numpy(ok)] for s, a in acts.items()}, y[ok], groups[ok], ids[ok])
+    if with_prev:
+        prev = (np.concatenate(stats.prev_entropy) if stats.prev_entropy
+                else np.full(len(y), np.nan))
+        out = out + (prev[ok],)
+    return out
+
+
+def _ols_r2(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray) -> float:
+    """Held-out R^2 of least squares with an intercept."""
+    A = np.c_[Xtr, np.ones(len(Xtr))]
+    coef = np.linalg.lstsq(A, ytr, rcond=None)[0]
+    pred = np.c_[Xte, np.ones(len(Xte))] @ coef
+    return 1.0 - float(((yte - pred) ** 2).sum()) / max(float(((yte - yte.mean()) ** 2).sum()), 1e-30)
+
+
+def beyond_entropy(probe_pred: np.ndarray, prev_entropy: np.ndarray, y: np.ndarray,
+                   test: np.ndarray) -> dict:
+    """Does the probe know more than the entropy at t-1 (= the expected surprisal of token t)?
+    Held-out R^2 of y on H(t-1) alone, on [probe, H(t-1)], and the partial R^2 the probe adds:
+    (R2_full - R2_H) / (1 - R2_H). Fitted on the train rows, scored on the test rows."""
+    tr = ~test
+    H = prev_entropy[:, None]
+    r2_h = _ols_r2(H[tr], y[tr], H[test], y[test])
+    F = np.c_[probe_pred, prev_entropy]
+    r2_full = _ols_r2(F[tr], y[tr], F[test], y[test])
+    return {"r2_prev_entropy": r2_h, "r2_probe_plus_prev_entropy": r2_full,
+            "r2_added_by_probe": r2_full - r2_h,
+            "partial_r2": (r2_full - r2_h) / max(1.0 - r2_h, 1e-12)}
 
 
 def surprise_probes(seqs: Sequence[Seq], stats: TokenStats, C: float = 0.01, seed: int = 0,
                     test_size: float = 0.25) -> tuple[dict, LayerSweep]:
     """One ridge probe per site (held-out prompts), with the control task and token baseline."""
-    acts, y, groups, ids = probe_data(seqs, stats)
+    acts, y, groups, ids, prev = probe_data(seqs, stats, with_prev=True)
     if len(np.unique(groups)) < 2:
         raise ValueError("the surprise probe needs at least 2 prompts (held out by prompt)")
     sw = layer_sweep(acts, y, groups=groups, kind="ridge", C=C, control="task", token_ids=ids,
@@ -61,8 +93,41 @@ def surprise_probes(seqs: Sequence[Seq], stats: TokenStats, C: float = 0.01, see
            "r2_control_task": [sw.control.get(s, float("nan")) for s in sw.sites],
            "r2_token_identity": token_identity_r2(ids, y, test), "n_rows": int(len(y)),
            "n_test": int(test.sum()), "surprisal_mean": float(y.mean()),
-           "surprisal_sd": float(y.std()), "C": C, "best_site": sw.best_site}
+           "surprisal_sd": float(y.std()), "C": C, "best_site": sw.best_site,
+           "groups": "source of the response tokens"}
+    if np.isfinite(prev).all():
+        res["beyond_entropy"] = {s: beyond_entropy(sw.evals[s].probe.predict(acts[s].numpy()),
+                                                   prev, y, test) for s in sw.sites}
     return res, sw
+
+
+def entropy_readout(stats: TokenStats, site: str, seqs: Sequence[Seq], C: float = 0.01,
+                    seed: int = 0) -> torch.Tensor:
+    """A ridge readout of next-token entropy at ``site`` (same rows and split as the surprise
+    probe): its weight (d,) in raw activation space."""
+    from ...probes import evaluate_probe
+
+    X = torch.cat(stats.acts[site]).numpy()
+    y = np.concatenate(stats.entropy)
+    groups = np.concatenate([np.full(s.n_resp, s.source) for s in seqs])
+    e = evaluate_probe(X, y, groups=groups, kind="ridge", C=C, seed=seed)
+    return e.probe.weight[0].float()
+
+
+def orthogonal_to(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """w minus its component along h (both (d,))."""
+    hu = h / h.norm().clamp(min=1e-12)
+    return w - (w @ hu) * hu
+
+
+def covariance_directions(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """n unit directions drawn from N(0, Cov(X)) (variance-matched random controls):
+    r = Xc^T g / sqrt(N) with g ~ N(0, I_N), so E[r r^T] = Cov(X); X (N, d) -> (n, d)."""
+    Xc = X.double() - X.double().mean(0, keepdim=True)
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(n, Xc.shape[0], generator=g, dtype=torch.float64)
+    R = (G @ Xc) / max(1, Xc.shape[0]) ** 0.5  # (n, d)
+    return (R / R.norm(dim=1, keepdim=True).clamp(min=1e-12)).float()
 
 
 def pick_steer_site(lm, sw: LayerSweep, site: Optional[str]) -> str:
@@ -89,22 +154,31 @@ def surprise_vector(lm, sw: LayerSweep, site: str, seqs: Sequence[Seq]) -> Vecto
 
 def steer_dose_response(lm, vec: Vector, seqs: Sequence[Seq], doses: Sequence[float],
                         batch_size: int = 8, seed: int = 0, n_boot: int = 1000,
-                        resid_norm: Optional[float] = None) -> dict:
+                        resid_norm: Optional[float] = None, orth: Optional[Vector] = None,
+                        rand: Optional[torch.Tensor] = None) -> dict:
     """Add ``dose / |w| * u`` (u = probe direction: the probe's prediction moves by ``dose`` nats)
-    at every response position of ``seqs``; the same norm along a random direction per text as
-    the control. Entropy change vs dose 0, per text, averaged over response positions."""
+    at every response position of ``seqs``. ``orth``: the probe's component orthogonal to the
+    entropy readout (unit, ``meta['weight_norm']`` = |w_perp|), stepped so the probe still moves
+    by ``dose`` nats while the entropy readout does not move (to first order). Control: the
+    probe step's norm along a random direction per text, drawn variance-matched (``rand``
+    (n, d) from ``covariance_directions``; isotropic if None). Entropy change vs dose 0, per
+    text, averaged over response positions."""
     doses = sorted(set(float(d) for d in doses) | {0.0})
     wn = float(vec.meta["weight_norm"])
-    g = torch.Generator().manual_seed(seed)
-    rand = torch.randn(len(seqs), vec.d, generator=g)
-    rand = rand / rand.norm(dim=1, keepdim=True)  # (n, d) one random unit direction per text
+    if rand is None:
+        g = torch.Generator().manual_seed(seed)
+        rand = torch.randn(len(seqs), vec.d, generator=g)
+        rand = rand / rand.norm(dim=1, keepdim=True)  # (n, d) one random unit direction per text
+    kinds = ("probe", "orth", "random") if orth is not None else ("probe", "random")
+    own_norm = {"probe": wn, "random": wn,
+                "orth": float(orth.meta["weight_norm"]) if orth is not None else wn}
     rows, V, S, key = [], [], [], []
     for i, s in enumerate(seqs):
         for dz in doses:
-            for kind in (("probe",) if dz == 0 else ("probe", "random")):
+            for kind in (("probe",) if dz == 0 else kinds):
                 rows.append(s)
-                V.append(vec.data if kind == "probe" else rand[i])
-                S.append(dz / wn)
+                V.append(vec.data if kind == "probe" else orth.data if kind == "orth" else rand[i])
+                S.append(dz / own_norm[kind])
                 key.append((i, dz, kind))
     V, S = torch.stack(V).float(), torch.tensor(S, dtype=torch.float32)  # (R, d), (R,)
 
@@ -119,7 +193,8 @@ def steer_dose_response(lm, vec: Vector, seqs: Sequence[Seq], doses: Sequence[fl
     if resid_norm:
         out["resid_norm"] = resid_norm
         out["norm_frac"] = [abs(dz) / wn / resid_norm for dz in doses]
-    for kind in ("probe", "random"):
+    out["random_control"] = "variance-matched (drawn from the activation covariance)"
+    for kind in kinds:
         dH = np.array([[H[(i, dz, "probe" if dz == 0 else kind)] - base[i] for dz in doses]
                        for i in range(n)])  # (n, D)
         out[kind] = {"delta_entropy": [bootstrap_mean(dH[:, j], n_boot, seed)
@@ -140,6 +215,15 @@ def run_surprise(lm, seqs: Sequence[Seq], stats: TokenStats, cfg) -> tuple[dict,
     own = [s for s in seqs if s.condition == "own"][:cfg.n_steer]
     k = [j for j, s in enumerate(seqs) if s.condition == "own"][:cfg.n_steer]
     rn = float(torch.cat([stats.acts[site][j] for j in k]).norm(dim=1).mean())
+    w = sw.evals[site].probe.weight[0].float()
+    h = entropy_readout(stats, site, seqs, cfg.probe_C, cfg.seed)
+    wp = orthogonal_to(w, h)
+    orth = Vector(wp / wp.norm(), site=site, model=lm.name, method="probe_orth_entropy",
+                  normalisation="unit", meta={"weight_norm": float(wp.norm()),
+                                              "cos_probe_entropy_readout": float(
+                                                  w @ h / (w.norm() * h.norm()))})
+    rand = covariance_directions(torch.cat(stats.acts[site]), len(own), cfg.seed + 11)
     res["steering"] = steer_dose_response(lm, vec, own, cfg.steer_doses, cfg.batch_size, cfg.seed,
-                                          cfg.n_boot, resid_norm=rn)
+                                          cfg.n_boot, resid_norm=rn, orth=orth, rand=rand)
+    res["steering"]["cos_probe_entropy_readout"] = orth.meta["cos_probe_entropy_readout"]
     return res, vec

@@ -30,12 +30,12 @@ from typing import Optional
 
 import torch
 
-from ...runs import RunDir, save_html, save_png
+from ...runs import RunDir, save_html, save_png, weights_note
 
 from .._common import at_least_one, choose, one_of
 from .._protocol import protocol
-from .axis import (assistant_axis, axis_vectorset, generate_responses, keep_rows,
-                   persona_space, response_acts, role_vectors, token_thresholds)
+from .axis import (axis_vectorset, balanced_axis, check_balanced, generate_responses, keep_rows,
+                   persona_space, response_acts, role_scores, role_vectors, token_thresholds)
 from .data import load_drift, load_roles, role_prompts
 from .effects import capability, drift, jailbreaks, steer_axis
 from .report import build_report, plot_drift, plot_space, plot_steering
@@ -53,17 +53,26 @@ class Config:
     prompts_per_role: int = 2
     """System prompts per role (the shipped templates, up to 3)."""
     n_questions: int = 2
-    """Extraction questions per system prompt (shipped: 6)."""
+    """Extraction questions per system prompt (shipped: 6), the SAME questions for every role
+    and for the default assistant (unequal sets would put question content into the axis)."""
     n_default_prompts: int = 4
     """Default-assistant system prompts (shipped: 4)."""
-    default_questions: int = 4
-    """Questions per default-assistant prompt (more default data steadies the axis and tau)."""
     max_new_tokens: int = 32
     """Tokens per role / default response."""
     temperature: float = 0.7
     """Sampling temperature of role and default responses (paper: 0.7)."""
     role_filter: str = "rule"
-    """``rule``: drop role responses the identity judge calls the assistant; ``none``: keep all."""
+    """Keep role responses whose 0-3 role score is >= ``min_role_score`` (paper: 3): ``rule``
+    scores with the offline rule (``role_score``), ``judge`` with ``judge``; ``none`` keeps all."""
+    min_role_score: int = 3
+    """Lowest role score kept (0-3)."""
+    judge: Optional[str] = None
+    """Judge for ``role_filter='judge'`` and the second opinion on the transcripts: ``lm`` (the
+    loaded model as a logit judge) or an OpenAI-compatible base URL; None = ``lm`` second
+    opinion only."""
+    second_opinion: bool = True
+    """Grade the identity / jailbreak / role transcripts with the judge too and report
+    rule-vs-judge agreement."""
     layer: Optional[int] = None
     """Analysis and steering layer (resid_post.L); None = 2/3 depth (20 of 30)."""
     cap_layers: Optional[tuple] = None
@@ -93,10 +102,11 @@ class Config:
         self.parts = choose(self.parts, PARTS, "part")
         if self.n_roles < 3:
             raise ValueError("n_roles must be >= 3 (PCA of role vectors)")
-        at_least_one(self, ("prompts_per_role", "n_questions", "n_default_prompts",
-                            "default_questions", "max_new_tokens", "steer_tokens", "drift_tokens",
+        at_least_one(self, ("prompts_per_role", "n_questions", "n_default_prompts", "max_new_tokens", "steer_tokens", "drift_tokens",
                             "jailbreak_tokens", "eval_items", "eval_tokens", "batch_size"))
-        one_of("role_filter", self.role_filter, ("rule", "none"))
+        one_of("role_filter", self.role_filter, ("rule", "judge", "none"))
+        if not 0 <= self.min_role_score <= 3:
+            raise ValueError(f"min_role_score must be 0..3; got {self.min_role_score}")
         if not 0 <= self.cap_percentile <= 100:
             raise ValueError(f"cap_percentile must be in [0, 100]; got {self.cap_percentile}")
         if self.cap_layers is not None:
@@ -106,7 +116,7 @@ class Config:
     @classmethod
     def quick(cls, **over) -> "Config":
         """A small run: 12 roles x 1 prompt x 2 questions, short answers, 4 eval items."""
-        base = dict(n_roles=12, prompts_per_role=1, n_default_prompts=2, default_questions=2,
+        base = dict(n_roles=12, prompts_per_role=1, n_default_prompts=2,
                     max_new_tokens=16, steer_strengths=(-0.3, 0.0, 0.3), steer_tokens=16,
                     drift_tokens=16, jailbreak_tokens=16, eval_items=4, eval_tokens=24)
         return cls(**{**base, **over})
@@ -159,6 +169,60 @@ class Result:
         return save_html(self.out_dir / "report.html", build_report(self))
 
 
+def persona_jobs(roles, data: dict, cfg: Config) -> list[tuple]:
+    """(key, system prompt, question) for every role prompt and default prompt, all answering
+    the same ``cfg.n_questions`` questions."""
+    qs = data["questions"][:cfg.n_questions]
+    jobs = [(r["name"], sp, q) for r in roles
+            for sp in role_prompts(r, data["templates"][:cfg.prompts_per_role]) for q in qs]
+    jobs += [("default", sp, q) for sp in data["default_system_prompts"][:cfg.n_default_prompts]
+             for q in qs]
+    return jobs
+
+
+def make_persona_judge(cfg: Config, lm):
+    """The judge named by ``cfg.judge`` (None/'lm' -> the loaded model as a logit judge)."""
+    if cfg.role_filter != "judge" and not cfg.second_opinion:
+        return None
+    from ...judges import LogitJudge
+
+    if cfg.judge in (None, "lm"):
+        return LogitJudge(lm, batch_size=min(cfg.batch_size, 16))
+    from ...evals import make_judge
+    return make_judge(cfg.judge)
+
+
+def grader_agreement(Rs: dict, resp, scores, descr: dict, judge, seed: int) -> dict:
+    """Rule graders on their labelled test sets, and (with a judge) rule-vs-judge agreement on
+    this run's own transcripts (role scores, identity under steering, jailbreak harm)."""
+    from .. import graders as G
+
+    out = {n: G.validate(n, "test")["rule"] for n in ("persona_identity", "persona_role",
+                                                       "persona_jailbreak")}
+    out = {"labelled_test": out}
+    if judge is None or not hasattr(judge, "yes_no"):
+        return out
+    idx = [i for i, k in enumerate(resp.keys) if k != "default"]
+    items = [{"role": resp.keys[i], "description": descr[resp.keys[i]],
+              "question": resp.questions[i], "text": resp.texts[i]} for i in idx]
+    run = {"role_score": G.compare([scores[i] for i in idx], judge.digit([G.role_question(it) for it in items]), seed)}
+    from .data import identity, jailbreak_harmful
+    st = Rs.get("steering")
+    if st:
+        texts = [e["response"] for e in st.get("examples", [])]
+        if texts:
+            run["identity_steering"] = G.compare(
+                [identity(t) == "assistant" for t in texts],
+                judge.yes_no([G.identity_question({"text": t}) for t in texts]), seed)
+    jb = Rs.get("jailbreaks")
+    if jb:
+        texts = [e["response"] for m in ("default", "capped") for e in jb[m]["examples"]]
+        run["jailbreak"] = G.compare([jailbreak_harmful(t) for t in texts],
+                                     judge.yes_no([G.jailbreak_question({"text": t}) for t in texts]), seed)
+    out["run_rule_vs_judge"] = {"judge": judge.name, **run}
+    return out
+
+
 def default_layers(lm) -> tuple[int, tuple]:
     L = lm.n_layers
     lo, hi = round(0.6 * L), round(0.8 * L)
@@ -180,14 +244,14 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     data, dd = load_roles(), load_drift()
     roles = data["roles"][:cfg.n_roles]
     run_dir = RunDir(out, cfg, lm, experiment="persona")
-    jobs = [(r["name"], sp, q) for r in roles
-            for sp in role_prompts(r, data["templates"][:cfg.prompts_per_role])
-            for q in data["questions"][:cfg.n_questions]]
-    jobs += [("default", sp, q) for sp in data["default_system_prompts"][:cfg.n_default_prompts]
-             for q in data["questions"][:cfg.default_questions]]
+    jobs = persona_jobs(roles, data, cfg)
+    check_balanced([k for k, _, _ in jobs], [q for _, _, q in jobs])
     resp = generate_responses(lm, jobs, cfg.max_new_tokens, cfg.temperature, cfg.seed,
                               cfg.batch_size)
-    rows = keep_rows(resp, cfg.role_filter)
+    judge = make_persona_judge(cfg, lm)
+    descr = {r["name"]: r["description"] for r in roles}
+    scores = role_scores(resp, descr, judge if cfg.role_filter == "judge" else None)
+    rows = keep_rows(resp, cfg.role_filter, scores, cfg.min_role_score)
     sites = [f"resid_post.{i}" for i in range(lm.n_layers)]
     acts = response_acts(lm, resp, rows, sites, min(cfg.batch_size, 16))  # (n, L, d)
     keys = [resp.keys[i] for i in rows]
@@ -197,7 +261,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     if len(names) < 3 or len(D) == 0:
         raise ValueError(f"too few responses left ({len(names)} roles, {len(D)} default); "
                          "raise max_new_tokens or use role_filter='none'")
-    axis = assistant_axis(D, R)  # (L, d)
+    axis = balanced_axis(acts, keys, [resp.questions[i] for i in rows])  # (L, d)
     res = Result(cfg, out)
     res.axis = axis_vectorset(lm, axis, sites, {"n_roles": len(names), "n_default": len(D),
                                                 "role_filter": cfg.role_filter})
@@ -207,10 +271,16 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
                                  method="response_mean")
     res.role_vectors.save(out / "role_vectors.safetensors")
     Rs = res.results
-    Rs.update({"model": lm.name, "layer": layer, "cap_layers": list(cap_layers),
-               "n_roles": len(names), "n_role_generated": sum(k != "default" for k in resp.keys),
+    Rs.update({"model": lm.name, "weights": weights_note(lm), "seed": cfg.seed,
+               "layer": layer, "cap_layers": list(cap_layers),
+               "n_roles": len(names), "n_roles_asked": len(roles),
+               "n_role_generated": sum(k != "default" for k in resp.keys),
                "n_role_responses": int((~is_def).sum()), "n_default_responses": len(D),
-               "role_filter": cfg.role_filter, "judge": "rule identity judge (keyword patterns)"})
+               "questions": list(dict.fromkeys(q for _, _, q in jobs)),
+               "role_filter": cfg.role_filter, "min_role_score": cfg.min_role_score,
+               "role_score_hist": {str(v): sum(1 for x in scores if x == v) for v in range(4)},
+               "judge": "rule identity judge (keyword patterns)",
+               "axis": "question-balanced: mean over questions of mean(default) - mean(roles)"})
     Rs["space"] = persona_space(R, axis, names, layer, D.mean(0))
     res.plots["space"] = save_png(out / "persona_space.png", plot_space(Rs["space"]))
     def_rows = [i for i in rows if resp.keys[i] == "default"]
@@ -234,8 +304,10 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
         Rs["capability"] = capability(lm, axis, taus, cfg.eval_items, cfg.eval_tokens,
                                       out / "capability", min(cfg.batch_size, 8))
     Rs["responses"] = [{"key": resp.keys[i], "system": resp.systems[i], "question": resp.questions[i],
-                        "response": resp.texts[i], "kept": i in set(rows)}
+                        "response": resp.texts[i], "kept": i in set(rows), "role_score": scores[i]}
                        for i in range(len(resp.texts))]
+    Rs["grader_agreement"] = grader_agreement(Rs, resp, scores, descr,
+                                              judge if cfg.second_opinion else None, cfg.seed)
     Rs["seconds"] = time.perf_counter() - t0
     run_dir.save_results(Rs)
     res.report()

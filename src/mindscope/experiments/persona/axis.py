@@ -24,7 +24,7 @@ import mindscope as ms
 
 from ...core import VectorSet, pca
 from ...steering import row_means
-from .data import identity
+from .data import role_score
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +69,59 @@ def response_acts(lm, resp: Responses, rows: Sequence[int], sites: Sequence[str]
     return torch.cat(out)
 
 
-def keep_rows(resp: Responses, role_filter: str) -> list[int]:
-    """Rows used for vectors: non-empty responses; with ``role_filter='rule'`` role responses the
-    identity judge calls ``assistant`` are dropped (a role keeps all if none would be left)."""
+def check_balanced(keys: Sequence[str], questions: Sequence[str]) -> None:
+    """Every role and the default assistant must answer the same questions: otherwise
+    mean(default) - mean(roles) carries question content. Raises ValueError naming the first
+    key whose question set differs from the default's."""
+    by: dict[str, set] = {}
+    for k, q in zip(keys, questions):
+        by.setdefault(k, set()).add(q)
+    if "default" not in by:
+        raise ValueError("no default-assistant responses: the axis needs them")
+    ref = by["default"]
+    for k, qs in by.items():
+        if qs != ref:
+            raise ValueError(f"unequal question sets: {k!r} answers {len(qs)} question(s), the "
+                             f"default assistant {len(ref)} (differ: {sorted(qs ^ ref)[:3]}); "
+                             "every role and the default must answer the same questions")
+
+
+def role_scores(resp: Responses, roles: dict, judge=None) -> list[Optional[int]]:
+    """0-3 role score per row (None for default rows): ``judge`` (a ``judges.LogitJudge``, or
+    an evals ``Judge`` asked whether the response is fully in role: yes -> 3, no -> 0), else
+    the offline rule ``role_score``."""
+    out: list[Optional[int]] = [None] * len(resp.texts)
+    idx = [i for i, k in enumerate(resp.keys) if k != "default"]
+    items = [{"role": resp.keys[i], "description": roles[resp.keys[i]], "question": resp.questions[i],
+              "text": resp.texts[i]} for i in idx]
+    if judge is None:
+        vals = [role_score(it["text"], it["role"], it["description"]) for it in items]
+    elif hasattr(judge, "digit"):
+        from ..graders import role_question
+        vals = judge.digit([role_question(it) for it in items])
+    else:
+        from ...evals import Rubric
+        crit = ("Answer yes only if the response is fully in role: it speaks in the first person "
+                "as {d}, fits that role, and never presents itself as an AI or assistant.")
+        vals = [3 if judge.grade(it["question"], it["text"],
+                                 Rubric(criteria=crit.format(d=it["description"]))).correct else 0
+                for it in items]
+    for i, v in zip(idx, vals):
+        out[i] = int(v)
+    return out
+
+
+def keep_rows(resp: Responses, role_filter: str, scores: Optional[Sequence] = None,
+              min_score: int = 3) -> list[int]:
+    """Rows used for vectors: non-empty responses; unless ``role_filter='none'``, role responses
+    with a role score below ``min_score`` are dropped (the paper keeps score 3). A role left
+    with no response is dropped, never refilled with out-of-role responses."""
     rows = [i for i, t in enumerate(resp.texts) if t]
     if role_filter == "none":
         return rows
-    kept = []
-    for key in dict.fromkeys(resp.keys[i] for i in rows):
-        mine = [i for i in rows if resp.keys[i] == key]
-        good = mine if key == "default" else [i for i in mine if identity(resp.texts[i]) != "assistant"]
-        if not good:
-            log.info("role %r: every response reads as the assistant; keeping them all", key)
-            good = mine
-        kept += good
-    return sorted(kept)
+    if scores is None:
+        raise ValueError("keep_rows needs role scores unless role_filter='none'")
+    return [i for i in rows if resp.keys[i] == "default" or (scores[i] or 0) >= min_score]
 
 
 def role_vectors(acts: torch.Tensor, keys: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -96,6 +134,29 @@ def role_vectors(acts: torch.Tensor, keys: Sequence[str]) -> tuple[list[str], to
 def assistant_axis(default: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
     """mean(default responses) - mean(role vectors), per layer: (n_d, L, d), (n_r, L, d) -> (L, d)."""
     return default.mean(0) - roles.mean(0)
+
+
+def balanced_axis(acts: torch.Tensor, keys: Sequence[str], questions: Sequence[str]) -> torch.Tensor:
+    """The Assistant axis with question content cancelled: mean over questions q of
+    [mean(default responses to q) - mean over roles of (role's mean response to q)], using the
+    questions both sides kept. acts (n, L, d) -> (L, d). With every question kept on both sides
+    and equal counts this equals ``assistant_axis`` of the role vectors.
+
+    >>> a = torch.tensor([[[10.]], [[0.]], [[11.]], [[1.]], [[1.]]])  # q1, q2 offsets 10 / 0
+    >>> balanced_axis(a, ["r", "r", "default", "default", "default"], ["q1", "q2", "q1", "q2", "q2"]).item()
+    1.0
+    """
+    karr, qarr = np.asarray(keys), np.asarray(questions)
+    diffs = []
+    for q in dict.fromkeys(questions):
+        dm = (karr == "default") & (qarr == q)
+        role_means = [acts[torch.as_tensor((karr == k) & (qarr == q))].mean(0)
+                      for k in dict.fromkeys(keys) if k != "default" and ((karr == k) & (qarr == q)).any()]
+        if dm.any() and role_means:
+            diffs.append(acts[torch.as_tensor(dm)].mean(0) - torch.stack(role_means).mean(0))
+    if not diffs:
+        raise ValueError("no question was answered by both the default assistant and a kept role")
+    return torch.stack(diffs).mean(0)
 
 
 def persona_space(roles: torch.Tensor, axis: torch.Tensor, role_names: Sequence[str],

@@ -20,7 +20,7 @@ import torch
 
 import mindscope as ms
 
-from ...runs import wilson
+from ...runs import mcnemar, wilson
 from .data import identity, jailbreak_harmful
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,8 @@ def jailbreaks(lm, prompts: Sequence[str], system: Optional[str], axis: torch.Te
                                   for p, g, h in zip(prompts, gs, harm)]}
     a, b = res["default"]["harmful"]["k"], res["capped"]["harmful"]["k"]
     res["reduction"] = (a - b) / a if a else None
+    res["mcnemar"] = mcnemar([e["harmful"] for e in res["default"]["examples"]],
+                             [e["harmful"] for e in res["capped"]["examples"]])  # paired by prompt
     return res
 
 
