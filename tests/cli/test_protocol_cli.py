@@ -1,5 +1,6 @@
 """``mindscope run PROTOCOL``: one command per registered protocol, options from Config."""
 from dataclasses import dataclass
+from typing import Optional
 
 import pytest
 from typer.testing import CliRunner
@@ -33,6 +34,8 @@ class ToyConfig:
     """Words to count."""
     grader: str = "rule"
     """Who grades."""
+    cap: Optional[tuple] = None
+    """Untyped items: numbers become numbers."""
 
     @classmethod
     def quick(cls, **over):
@@ -65,9 +68,9 @@ def test_config_field_becomes_an_option_with_its_docstring(monkeypatch, tmp_path
         name = "toy"
     monkeypatch.setattr(mindscope, "load", lambda spec: LM())
     r = CliRunner().invoke(cmd, ["--n-widgets", "7", "--words", "x", "--words", "y",
-                                 "--judge", "lm", "-o", str(tmp_path)])
+                                 "--judge", "lm", "--cap", "18", "--cap", "0.5", "-o", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert seen[-1] == ToyConfig(n_widgets=7, words=("x", "y"), grader="lm")
+    assert seen[-1] == ToyConfig(n_widgets=7, words=("x", "y"), grader="lm", cap=(18, 0.5))
     r = CliRunner().invoke(cmd, ["--quick", "-o", str(tmp_path)])  # unset options keep quick()
     assert r.exit_code == 0, r.output
     assert seen[-1] == ToyConfig.quick()

@@ -50,6 +50,19 @@ def _first_sentence(doc: str) -> str:
     return re.split(r"(?<=[.?!])\s", doc, maxsplit=1)[0]
 
 
+def _number(x: Any) -> Any:
+    """An item of a tuple field with no element type (``cap_layers: Optional[tuple] = None``):
+    ``"18"`` -> 18, ``"0.5"`` -> 0.5, other text as written."""
+    if not isinstance(x, str):
+        return x
+    for t in (int, float):
+        try:
+            return t(x)
+        except ValueError:
+            pass
+    return x
+
+
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -99,8 +112,8 @@ def protocol_app(spec) -> typer.Typer:
     def command(model: str, out: Path, quick: bool, **kw: Any) -> None:
         from ._experiment import run_and_print
 
-        over = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()
-                if v is not None and v != [] and v != ()}
+        over = {k: (tuple(map(_number, v)) if isinstance(v, (list, tuple)) else v)
+                for k, v in kw.items() if v is not None and v != [] and v != ()}
         if "model" in names:
             over["model"] = model
         module = SimpleNamespace(Config=spec.config, run=spec.run, __name__=spec.module)

@@ -111,9 +111,9 @@ def config_fields(cls: type) -> list[ConfigField]:
     for f in dataclasses.fields(cls):
         default = (f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append(ConfigField(f.name, f.type if isinstance(f.type, str) else
-                               getattr(f.type, "__name__", str(f.type)), default,
-                               docs.get(f.name, "")))
+        t = (f.type if isinstance(f.type, str) else f.type.__name__ if isinstance(f.type, type)
+             else str(f.type).replace("typing.", ""))  # Optional[tuple], not "Optional"
+        out.append(ConfigField(f.name, t, default, docs.get(f.name, "")))
     return out
 
 
