@@ -160,9 +160,10 @@ def onpolicy_rows(r: dict) -> list[dict]:
     su = r.get("surprise")
     if su:
         bs = su["best_site"]
-        rows.append({"measure": f"surprise probe held-out R² ({bs}; split by token source)",
+        rows.append({"measure": "surprise probe held-out R², best layer (split by token source)",
                      "paper": "a linear readout of s_t exists", "value": max(
-                         x for x in su["r2_test"] if x is not None), "n": f"{su['n_test']} test rows",
+                         x for x in su["r2_test"] if x is not None),
+                     "n": f"{su['n_test']} test rows; s0 site {bs}",
                      "grader": "none"})
         be = (su.get("beyond_entropy") or {}).get(bs)
         if be:
