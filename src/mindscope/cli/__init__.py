@@ -52,6 +52,8 @@ _GROUPS = [
     ("protocols", "protocols_cmd", "protocols", "List the registered protocols and their settings."),
     ("circuits", "app", "circuits",
      "Circuit tracing: transcoders for every layer, attribution graphs, the graph browser."),
+    # one command per registered protocol, options from its Config (built on use, see _protocols)
+    ("_protocols", "run_app", "run", "Run a registered protocol; options from its Config."),
 ]
 
 

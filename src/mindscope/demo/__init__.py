@@ -6,6 +6,7 @@ evaluation -> features -> steering -> introspection -> entropy gap -> report.htm
 True
 """
 from ._report import build_report
-from ._study import STEPS, DemoConfig, DemoState, run_demo
+from ._study import STEPS, DemoConfig, DemoState, demo_protocols, run_demo
 
-__all__ = ["DemoConfig", "DemoState", "run_demo", "build_report", "STEPS"]
+__all__ = ["DemoConfig", "DemoState", "run_demo", "build_report", "STEPS",
+           "demo_protocols"]

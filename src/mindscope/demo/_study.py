@@ -29,11 +29,20 @@ from typing import Callable, Optional
 import torch
 
 from ..core import guard_settings
+from ..experiments import protocols
 from ..runs import to_jsonable, write_json
 
 log = logging.getLogger(__name__)
 
-STEPS = ("harvest", "sae", "evaluate", "features", "steering", "introspection", "entropy_gap",
+
+
+def demo_protocols() -> dict[str, str]:
+    """``{protocol: demo step}``: the registered protocols the demo runs, read from the registry
+    (``@protocol(name, demo_step=...)``); each step is ``_steps.step_<step>``."""
+    return {n: p.demo_step for n, p in protocols().items() if p.demo_step}
+
+
+STEPS = ("harvest", "sae", "evaluate", "features", "steering", *demo_protocols().values(),
          "report")
 
 

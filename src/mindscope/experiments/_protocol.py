@@ -58,18 +58,21 @@ class ProtocolSpec:
     module: str
     doc: str
     """First paragraph of the protocol package's docstring."""
+    demo_step: Optional[str] = None
+    """The ``mindscope demo`` step that runs this protocol (quick config); None: not in the demo."""
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}
 
 
-def protocol(name: str, config: Optional[type] = None):
-    """Register ``run`` as protocol ``name`` (``config`` defaults to its module's ``Config``)."""
+def protocol(name: str, config: Optional[type] = None, demo_step: Optional[str] = None):
+    """Register ``run`` as protocol ``name`` (``config`` defaults to its module's ``Config``;
+    ``demo_step``: the demo step that runs it, which the demo then lists)."""
     def deco(run: Callable) -> Callable:
         mod = sys.modules[run.__module__]
         cfg = config or getattr(mod, "Config")
         doc = " ".join((mod.__doc__ or "").strip().split("\n\n")[0].split())
-        _REGISTRY[name] = ProtocolSpec(name, run, cfg, run.__module__, doc)
+        _REGISTRY[name] = ProtocolSpec(name, run, cfg, run.__module__, doc, demo_step)
         return run
     return deco
 
@@ -108,9 +111,9 @@ def config_fields(cls: type) -> list[ConfigField]:
     for f in dataclasses.fields(cls):
         default = (f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append(ConfigField(f.name, f.type if isinstance(f.type, str) else
-                               getattr(f.type, "__name__", str(f.type)), default,
-                               docs.get(f.name, "")))
+        t = (f.type if isinstance(f.type, str) else f.type.__name__ if isinstance(f.type, type)
+             else str(f.type).replace("typing.", ""))  # Optional[tuple], not "Optional"
+        out.append(ConfigField(f.name, t, default, docs.get(f.name, "")))
     return out
 
 

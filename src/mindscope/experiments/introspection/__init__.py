@@ -246,7 +246,7 @@ def _partial(rd, cfg, metrics, trials, lm, t0) -> None:
         write_json(rd.path / "trials.json", trials)
 
 
-@protocol("introspection")
+@protocol("introspection", demo_step="introspection")
 def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Result:
     """Run ``config.protocols`` on ``lm``; with ``out_dir`` write run_config.json, results.json,
     trials.json, bias.safetensors (mechanisms) and report.html there.

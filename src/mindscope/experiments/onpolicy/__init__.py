@@ -258,7 +258,7 @@ def _other_responses(cfg: Config, prompts: list[str], lm_cls_load) -> Optional[l
     return [other.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
 
 
-@protocol("onpolicy")
+@protocol("onpolicy", demo_step="entropy_gap")
 def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=None) -> Result:
     """Run the selected protocols on ``lm`` and write ``run_config.json``, ``results.json``, the
     plots, ``surprise_vector.safetensors`` (+ .json) and ``report.html`` into ``out_dir``.
