@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from mindscope.sae import SAEConfig, TensorBatches, TrainConfig, Trainer, init_distributed
+from mindscope.sae import (SAEConfig, TensorBatches, TrainConfig, Trainer, init_distributed,
+                           shutdown_distributed)
 
 
 class Slow(TensorBatches):
@@ -33,9 +34,11 @@ if __name__ == "__main__":
     ap.add_argument("--ckpt", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    init_distributed()
+    init_distributed("cpu")
     src = Slow(data(), batch_size=64, seed=3)
     src.sleep = a.sleep
     specs = [(SAEConfig("topk", 16, 64, k=4), TrainConfig(steps=a.steps, dead_tokens=256, seed=1)),
              (SAEConfig("relu", 16, 32), TrainConfig(steps=a.steps, seed=2))]
-    Trainer(specs, a.out, checkpoint_every=a.ckpt, progress=False, plots=False).fit(src)
+    Trainer(specs, a.out, checkpoint_every=a.ckpt, progress=False, plots=False,
+            device="cpu").fit(src)
+    shutdown_distributed()

@@ -76,7 +76,8 @@ def train_cmd(
     site: Optional[str] = typer.Option(None, "--site", help="Site in the store (if it holds several)."),
     outlier_factor: float = typer.Option(10.0, "--outlier-factor", help="Drop rows with norm > this x batch median (0 = keep all)."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
-    bf16: bool = typer.Option(False, "--bf16", help="Encoder matmul in bfloat16."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="Encoder matmul in bfloat16 (default: on for CUDA, off on CPU)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: the rank's GPU)."),
     seed: int = typer.Option(0, "--seed", help="Init and data-order seed."),
     eval_batches: int = typer.Option(8, "--eval-batches", help="Held-out batches for the final metrics."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -84,9 +85,9 @@ def train_cmd(
     """Train SAE(s) on a store; writes <out>/<name>/{cfg.json,sae.safetensors,metrics.json,*.png}."""
     _setup(quiet)
     from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, Trainer, evaluate,
-                               init_distributed, plot_density)
+                               init_distributed, plot_density, shutdown_distributed)
 
-    rank, _ = init_distributed()
+    rank, _, dev = init_distributed(device)
     st, site, d, model = _store(store, site)
     steps = max(1, _count(tokens) // batch_size)
     specs = [(SAEConfig(arch, d, n, k=k, model=model, site=site,
@@ -94,8 +95,9 @@ def train_cmd(
               TrainConfig(steps=steps, lr=lr, l1_coef=l1, l0_coef=l0, bf16=bf16, seed=seed,
                           outlier_factor=outlier_factor or None))
              for n in _list(latents, _count)]
-    tr = Trainer(specs, out, checkpoint_every=checkpoint_every, progress=not quiet)
+    tr = Trainer(specs, out, checkpoint_every=checkpoint_every, progress=not quiet, device=dev)
     saes = tr.fit(StoreBatches(st, batch_size, seed, "train", site))
+    shutdown_distributed()
     if rank != 0:
         return
     held = _heldout(st, site, batch_size, eval_batches)
@@ -159,19 +161,22 @@ def sweep_cmd(
     batch_size: int = typer.Option(4096, "--batch-size"),
     site: Optional[str] = typer.Option(None, "--site"),
     eval_batches: int = typer.Option(4, "--eval-batches"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: the rank's GPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a (latents x tokens x lr) grid from one stream and fit scaling laws."""
     _setup(quiet)
-    from mindscope.sae import SAEConfig, StoreBatches, TrainConfig, init_distributed, sweep
+    from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, init_distributed,
+                               shutdown_distributed, sweep)
 
     grid = dict(n_latents=_list(latents, _count), tokens=_list(tokens, _count), lrs=_list(lrs, _lr))
-    init_distributed()
+    _, _, dev = init_distributed(device)
     st, site, d, model = _store(store, site)
     res = sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
                 **grid, batch_size=batch_size, budget=budget, out_dir=out,
-                progress=not quiet)
+                progress=not quiet, device=dev)
+    shutdown_distributed()
     typer.echo(json.dumps(res["laws"], indent=2))
 
 

@@ -1,6 +1,8 @@
 """mindscope.core: model loading, sites, interventions, capture, generate, chat spans."""
 from ._capture import Captured, Monitor
 from ._chat import ChatPrompt, render_chat
+from ._device import (autocast_dtype, dist_info, follow, init_distributed, module_device,
+                      resolve_device, shutdown_distributed, to_module)
 from ._families import FAMILIES, Family
 from ._files import BadInputError, read_json
 from ._generate import Generation
@@ -15,4 +17,5 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
-           "RunLockedError"]
+           "RunLockedError", "resolve_device", "module_device", "follow", "to_module",
+           "autocast_dtype", "init_distributed", "shutdown_distributed", "dist_info"]

@@ -16,11 +16,12 @@ from ._kernels import (jumprelu, sparse_decode, sparse_decode_dense, step, topk_
 from ._metrics import evaluate, model_metrics, plot_density, plot_history
 from ._planner import fit_power_law, flops, plan, sweep
 from ._sae import SAE
-from ._trainer import Trainer, init_distributed, lr_at, sparsity_at
+from ..core import init_distributed, shutdown_distributed
+from ._trainer import Trainer, lr_at, sparsity_at, train_device
 
 __all__ = ["ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches", "StoreBatches",
            "drop_outliers", "geometric_median", "export_saelens", "import_saelens",
            "export_sparsify", "import_sparsify", "load_any", "topk_encode", "topk_encode_dense",
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",
            "plot_history", "plot_density", "fit_power_law", "flops", "sweep", "plan", "lr_at",
-           "sparsity_at", "init_distributed"]
+           "sparsity_at", "init_distributed", "shutdown_distributed", "train_device"]
