@@ -61,7 +61,7 @@ class SAE(nn.Module):
         return None
 
     def _scaled_in(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.W_enc.dtype) * self.cfg.scale_in
+        x = x.to(self.W_enc.device, self.W_enc.dtype) * self.cfg.scale_in
         return x - self.b_dec if self.cfg.b_dec_in else x
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
