@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mindscope.activations import ActivationStore, harvest, open_corpus
-from mindscope.activations._windows import RankEncoder, _encode
+from mindscope.activations import RankEncoder, encode_docs
 from mindscope.sae import StoreBatches, TensorBatches
 
 
@@ -27,7 +27,7 @@ class CountingTok:
 def test_rank_encoder_shares_the_work_and_equals_one_process(tiny, text_corpus):
     tok = tiny("llama").tokenizer
     docs = list(open_corpus(text_corpus))[:13]
-    ref = _encode(docs, tok)
+    ref = encode_docs(docs, tok)
     toks = [CountingTok(tok) for _ in range(3)]
     encs = [RankEncoder(t, r, 3) for r, t in enumerate(toks)]
     payloads = [e.payload(docs) for e in encs]

@@ -111,7 +111,7 @@ def test_export_pages_equal_live_render_and_links_resolve(browser_env, tmp_path)
 
 def test_tokens_matches_naive_reference():
     """tokens() (cached escapes, inlined clamp) renders exactly as the plain formula."""
-    from mindscope.report._html import esc
+    from mindscope.runs import esc
 
     def naive(strs, acts, max_act=None, center=None, color="255,140,0"):
         mx = max_act if max_act else max([a for a in acts if a is not None] + [1e-9])

@@ -58,7 +58,7 @@ def holder(tmp_path):
 def _writers(tiny, corpus_dir, store, sae_dirs):
     from mindscope.activations import harvest
     from mindscope.evals._store import RunStore
-    from mindscope.experiments._common import RunDir
+    from mindscope.runs import RunDir
     from mindscope.features import analyze
     from mindscope.sae import SAEConfig, TensorBatches, TrainConfig, Trainer, sweep
 
@@ -118,7 +118,7 @@ def test_lock_is_reentrant_in_process_and_released(tmp_path):
 
 
 def test_lock_released_when_owner_object_dies(tmp_path):
-    from mindscope.experiments._common import RunDir
+    from mindscope.runs import RunDir
 
     d = tmp_path / "gc"
     rd = RunDir(d, {}, experiment="x")

@@ -17,3 +17,8 @@ __all__ = ["ActivationStore", "StoreReader", "CorruptStoreError", "harvest", "Ha
            "auto_batch_size", "Corpus", "Document", "BadRecords", "BadRecordError", "open_corpus",
            "build_default_corpus", "corpus_info", "default_corpus_dir", "WindowConfig", "Window",
            "iter_windows", "keep_mask", "ROLES"]
+
+# Used by other mindscope packages: public here so no package imports another's private module.
+from ._store import to_float32
+from ._windows import RankEncoder, encode_docs
+__all__ += ["to_float32", "encode_docs", "RankEncoder"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from ..core._files import BadInputError, inside, loads_checked, need, read_json
+from ..core import BadInputError, inside, loads_checked, need, read_json
 
 log = logging.getLogger(__name__)
 TEXT_EXT = (".txt", ".md")

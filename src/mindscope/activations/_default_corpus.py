@@ -28,7 +28,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from ..core._files import atomic_dir, read_json
+from ..core import atomic_dir, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -187,7 +187,7 @@ def _collect(budget: dict) -> dict[str, list[dict]]:
 
 
 def default_corpus_dir() -> Path:
-    from ..core._load import cache_dir
+    from ..core import cache_dir
 
     v = sys.version_info
     return cache_dir() / "corpus" / f"default-v{VERSION}-py{v.major}.{v.minor}.{v.micro}"
@@ -233,7 +233,7 @@ def corpus_info(path: str | Path | None = None, tokenizer=None, name: str | None
         return info
     name = name or getattr(tokenizer, "name_or_path", "tokenizer")
     if name not in info["tokens"]:
-        from ..core._chat import render_chat
+        from ..core import render_chat
 
         counts = {"prose": 0, "code": 0, "chat": 0}
         with open(path / "corpus.jsonl", encoding="utf-8") as fh:
@@ -247,7 +247,5 @@ def corpus_info(path: str | Path | None = None, tokenizer=None, name: str | None
                 counts[r["kind"]] += len(ids)
         counts["total"] = sum(counts.values())
         info["tokens"][name] = counts
-        tmp = path / ".info.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, path / "info.json")
+        atomic_write_text(path / "info.json", json.dumps(info, indent=1))
     return info

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core._files import BadInputError, atomic_write_text, inside, need, need_int, read_json
-from ..core._hooks import StopForward
-from ..core._lock import run_lock
+from ..core import BadInputError, atomic_write_text, inside, need, need_int, read_json
+from ..core import StopForward
+from ..core import run_lock
 from ._corpus import Corpus, open_corpus
 from ._store import FORMAT, ActivationStore, file_sha256, shard_name, site_dir
 from ._windows import ROLES, RankEncoder, WindowConfig, iter_windows, keep_mask

@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ..core._files import BadInputError, inside, need, need_int, read_json
+from ..core import BadInputError, inside, need, need_int, read_json
 
 log = logging.getLogger(__name__)
 FORMAT = "mindscope.activations/1"

@@ -90,9 +90,9 @@ def keep_mask(ids: np.ndarray, cfg: WindowConfig, tokenizer) -> np.ndarray:
     return keep
 
 
-def _encode(docs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
+def encode_docs(docs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ids, role codes) per document."""
-    from ..core._chat import render_chat
+    from ..core import render_chat
 
     out: list = [None] * len(docs)
     plain = [i for i, d in enumerate(docs) if d.text is not None]
@@ -122,7 +122,7 @@ def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Option
     windows the caller does not need (the stream is still read, so indices stay global).
     ``encode(docs) -> [(ids, roles)]`` replaces the tokenizer call (``RankEncoder``: each
     data-parallel rank tokenizes only its share of the documents)."""
-    encode = encode or (lambda chunk: _encode(chunk, tokenizer))
+    encode = encode or (lambda chunk: encode_docs(chunk, tokenizer))
     bos, sep = special_ids(tokenizer)
     L = cfg.length
     body = L - 1 if cfg.bos == "window" else L
@@ -187,7 +187,7 @@ class RankEncoder:
         """Encode this rank's documents -> one int64 tensor [lengths, ids..., roles...]."""
         import torch
 
-        enc = _encode(list(docs[self.rank::self.world]), self.tok)
+        enc = encode_docs(list(docs[self.rank::self.world]), self.tok)
         self.docs_encoded += len(enc)
         lens = np.asarray([len(ids) for ids, _ in enc], dtype=np.int64)
         parts = [lens] + [ids for ids, _ in enc] + [r.astype(np.int64) for _, r in enc]

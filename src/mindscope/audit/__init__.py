@@ -15,7 +15,7 @@ score the report against the sealed answer key.
 """
 from ._biases import Bias, BiasBank, demonstrations, documents, load_biases
 from ._diff import model_diff
-from ._evaluate import CLASSES, EvalConfig, EvalResult, eval_items, evaluate_organism
+from ._evaluate import CLASSES, OrganismEvalConfig, OrganismEvalResult, eval_items, evaluate_organism
 from ._game import (AuditReport, GameResult, HumanAuditor, LLMAuditor, ScriptedAuditor,
                     play_game, root_cause_found, score_report)
 from ._organism import AnswerKey, Organism, load_answer_key, open_organism
@@ -28,10 +28,13 @@ from ._train import OrganismConfig, build_organism, mean_loss, merge, trainable_
 
 __all__ = ["Bias", "BiasBank", "load_biases", "documents", "demonstrations", "OrganismConfig",
            "build_organism", "trainable_copy", "train_stage", "merge", "mean_loss", "Organism",
-           "open_organism", "AnswerKey", "load_answer_key", "EvalConfig", "EvalResult", "CLASSES",
+           "open_organism", "AnswerKey", "load_answer_key", "OrganismEvalConfig", "OrganismEvalResult", "CLASSES",
            "eval_items", "evaluate_organism", "TrainingData", "Embedder", "embedder_path",
            "search_training_data", "sample", "prefill_attack", "persona_sample", "user_turn_prompt",
            "top_features", "describe_features", "FeatureIndex", "logit_tokens", "steer_feature",
            "attribute_token", "model_diff", "AuditSession", "AuditLog", "TOOLS", "BudgetExhausted",
            "AuditReport", "score_report", "root_cause_found", "ScriptedAuditor", "HumanAuditor",
            "LLMAuditor", "play_game", "GameResult"]
+
+# Old names, kept importable (not in __all__: evals.EvalConfig/EvalResult are the benchmark ones).
+EvalConfig, EvalResult = OrganismEvalConfig, OrganismEvalResult

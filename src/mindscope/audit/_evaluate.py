@@ -12,7 +12,7 @@ A response exploits a bias when the bias' ``detect`` regex matches it (rule-base
 ``any_<model>`` rates count a response that shows the behaviour of *any* bias in the bank
 (a quirk inserted in the wrong domain counts there, not in the main rate).
 
->>> # res = evaluate_organism(org_lm, base_lm, "runs/organism", EvalConfig(), "runs/organism_eval")
+>>> # res = evaluate_organism(org_lm, base_lm, "runs/organism", OrganismEvalConfig(), "runs/organism_eval")
 >>> # res.results["classes"]["trained"]["organism"]["rate"]
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..experiments._common import Report, RunDir, wilson
+from ..core import atomic_write_text
+from ..runs import Page, RunDir, wilson
 from ._biases import load_biases
 from ._organism import load_answer_key, Organism
 
@@ -31,7 +32,7 @@ CLASSES = ("trained", "held_out", "in_context", "in_context_control")
 
 
 @dataclass
-class EvalConfig:
+class OrganismEvalConfig:
     """Settings of ``evaluate_organism``."""
 
     prompts_per_bias: int = 5
@@ -53,8 +54,8 @@ class EvalConfig:
 
 
 @dataclass
-class EvalResult:
-    config: EvalConfig
+class OrganismEvalResult:
+    config: OrganismEvalConfig
     out_dir: Optional[Path]
     results: dict = field(default_factory=dict)
 
@@ -67,7 +68,7 @@ class EvalResult:
         return rows
 
 
-def eval_items(organism_path, cfg: EvalConfig) -> list[dict]:
+def eval_items(organism_path, cfg: OrganismEvalConfig) -> list[dict]:
     """Prompt rows: dict(cls, bias, messages) for every class (needs the answer key)."""
     org = Organism.open(organism_path)
     key = load_answer_key(organism_path)
@@ -91,18 +92,18 @@ def eval_items(organism_path, cfg: EvalConfig) -> list[dict]:
     return items
 
 
-def _responses(lm, items, cfg: EvalConfig) -> list[str]:
+def _responses(lm, items, cfg: OrganismEvalConfig) -> list[str]:
     gens = lm.generate([lm.chat(it["messages"]) for it in items], max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
     return [g.text for g in gens]
 
 
-def evaluate_organism(organism_lm, base_lm, organism_path, cfg: Optional[EvalConfig] = None,
-                      out_dir=None) -> EvalResult:
+def evaluate_organism(organism_lm, base_lm, organism_path, cfg: Optional[OrganismEvalConfig] = None,
+                      out_dir=None) -> OrganismEvalResult:
     """Exploitation rates per class for the organism and the base model (``base_lm`` may be
     None to skip the comparison). Writes results.json, report.html and transcripts.jsonl to
     ``out_dir`` when given."""
-    cfg = cfg or EvalConfig()
+    cfg = cfg or OrganismEvalConfig()
     bank = load_biases(Organism.open(organism_path).info.get("settings", {}).get("bias_folder"))
     items = eval_items(organism_path, cfg)
     run = RunDir(out_dir, cfg, organism_lm, experiment="audit.organism_eval") if out_dir else None
@@ -133,22 +134,22 @@ def evaluate_organism(organism_lm, base_lm, organism_path, cfg: Optional[EvalCon
     results = {"classes": classes, "n_prompts": len(items),
                "per_bias": {k: {m: wilson(*v) for m, v in d.items()} for k, d in per_bias.items()},
                "detector": "rule (bias.detect regex, case-insensitive)"}
-    res = EvalResult(cfg, Path(out_dir) if out_dir else None, results)
+    res = OrganismEvalResult(cfg, Path(out_dir) if out_dir else None, results)
     if run is not None:
         import json
         rows = [{"cls": it["cls"], "bias": it["bias"], "prompt": it["messages"][-1]["content"],
                  "system": it["messages"][0]["content"] if len(it["messages"]) > 1 else None,
                  **{f"{m}_response": texts[m][i] for m in models},
                  **{f"{m}_exploits": hits[m][i] for m in models}} for i, it in enumerate(items)]
-        (run.path / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(run.path / "transcripts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         results["seconds"] = round(run.elapsed(), 1)
         run.save_results(results)
         run.save_report(_report(res, rows))
     return res
 
 
-def _report(res: EvalResult, rows: list[dict]) -> Report:
-    r = Report("Hidden-objective organism: exploitation rates")
+def _report(res: OrganismEvalResult, rows: list[dict]) -> Page:
+    r = Page("Hidden-objective organism: exploitation rates")
     r.text("Rate of responses whose text shows the bias (rule detector), with Wilson 95% CIs.")
     r.table([{"class": c, **{k: v for k, v in d.items()}} for c, d in res.results["classes"].items()])
     r.h("Per bias")

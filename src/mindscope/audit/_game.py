@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..experiments._common import Report, write_json
+from ..runs import Page, save_html, write_json
 from ._organism import AnswerKey, load_answer_key
 from ._session import AuditSession, BudgetExhausted
 
@@ -198,7 +198,7 @@ class LLMAuditor:
 
     def __init__(self, client, max_chars: int = 4000):
         if isinstance(client, str):
-            from ..evals._http import ChatClient
+            from ..judges import ChatClient
             client = ChatClient(client)
         self.client, self.max_chars = client, max_chars
 
@@ -264,7 +264,7 @@ def play_game(session: AuditSession, auditor, organism_path, out_dir=None) -> Ga
         write_json(out / "score.json", {**score, "auditor": getattr(auditor, "name", "?"),
                                         "tool_calls": session.used, "budget": session.budget,
                                         "seconds": round(time.time() - t0, 1)})
-        r = Report("Auditing game")
+        r = Page("Auditing game")
         r.text(f"Auditor: {getattr(auditor, 'name', '?')}; tool calls {session.used} of budget {session.budget}.")
         r.table([{k: score[k] for k in ("root_cause_found", "recall", "recall_trained",
                                          "recall_held_out", "precision", "n_claims", "n_biases")}])
@@ -272,5 +272,5 @@ def play_game(session: AuditSession, auditor, organism_path, out_dir=None) -> Ga
         r.text("Root cause: " + report.root_cause)
         r.table([{"claim": c["claim"], "matches": ", ".join(c["matches"])} for c in score["claims"]])
         r.text("Missed: " + ", ".join(score["missed"]))
-        (out / "report.html").write_text(r.html())
+        save_html(out / "report.html", r)
     return res

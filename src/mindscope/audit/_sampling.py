@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from ..core._chat import ChatPrompt, render_chat
+from ..core import ChatPrompt, render_chat
 
 Messages = Union[str, Sequence[dict]]
 

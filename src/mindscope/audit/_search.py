@@ -135,11 +135,8 @@ class TrainingData:
                 log.info("embedding %d training records (once)", len(texts))
                 self._emb = get_embedder().encode(texts)
                 if self.cache is not None:
-                    from safetensors.torch import save_file
-                    self.cache.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = self.cache.with_suffix(".tmp")
-                    save_file({f"emb_{h}": self._emb.contiguous()}, str(tmp))
-                    os.replace(tmp, self.cache)
+                    from ..core import atomic_save_tensors
+                    atomic_save_tensors(self.cache, {f"emb_{h}": self._emb})
         return self._emb
 
     def semantic(self, query: str, top_k: int = 10, width: int = 300) -> list[dict]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..experiments._common import to_jsonable
+from ..runs import to_jsonable
 from ._diff import model_diff
 from ._sae_tools import FeatureIndex, attribute_token, steer_feature, top_features
 from ._sampling import persona_sample, prefill_attack, sample

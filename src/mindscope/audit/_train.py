@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..core._chat import render_chat
-from ..core._files import atomic_dir
+from ..core import render_chat
+from ..core import atomic_dir
 from ._biases import BiasBank, demo_prompts, demonstrations, documents, load_biases, trim_answer
 from ._organism import FORMAT, KEY_FILE, Organism, key_hash, key_text, make_key
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..core._files import atomic_save_tensors, atomic_write_text
+from ..core import atomic_save_tensors, atomic_write_text
 
 Token = Union[int, str]
 

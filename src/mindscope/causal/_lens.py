@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..core._files import BadInputError, load_safetensors, need_int, read_json, safetensors_header
+from ..core import BadInputError, load_safetensors, need_int, read_json, safetensors_header
 from ._common import Token, lens_logits, save_files, token_id
 
 log = logging.getLogger(__name__)

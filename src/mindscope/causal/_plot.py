@@ -1,9 +1,8 @@
 """Heatmaps (matplotlib, PNG) for patching and attribution results."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+from ..runs import save_figure
 from typing import Optional, Sequence
 
 import torch
@@ -31,16 +30,4 @@ def heatmap(scores: torch.Tensor, rows: Sequence[str], cols: Sequence[str], path
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label=cbar)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_figure(path, fig)

@@ -36,6 +36,7 @@ _GROUPS = [
     ("persona", "app", "persona", "Persona space, the Assistant axis, drift and activation capping."),
     ("audit", "organism_app", "organism", "Hidden-objective model organism: build, eval."),
     ("audit", "audit_app", "audit", "Auditor's toolkit, audit log and the auditing game."),
+    ("protocols", "protocols_cmd", "protocols", "List the registered protocols and their settings."),
 ]
 
 

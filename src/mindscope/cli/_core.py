@@ -38,7 +38,7 @@ def parse_steer(spec: str, lm):
 
 
 def _load_vector(path: Path):
-    from mindscope.core._files import load_safetensors
+    from mindscope.core import load_safetensors
 
     try:  # the header is checked before any tensor is read; never pickle
         tensors = load_safetensors(path, "vector file")

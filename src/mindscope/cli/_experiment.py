@@ -44,9 +44,22 @@ def run_and_print(module, over: dict, quick: bool, model: str, out: Path):
     logging.getLogger("mindscope").setLevel(logging.INFO)
     res = module.run(lm, cfg, out)
     con = Console()
-    for row in res.summary_rows():
-        v = row["value"]
-        v = f"{v['rate']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" if isinstance(v, dict) else v
-        con.print(f"{row['metric']}: {v:.3f}" if isinstance(v, float) else f"{row['metric']}: {v}")
+    print_summary(res, con, title=f"{module.__name__.rsplit('.', 1)[-1]}: {lm.name}")
     con.print(f"report: {out / 'report.html'}")
     return res
+
+
+def print_summary(res, console=None, title: str = "") -> None:
+    """``res.summary_rows()`` as a two-column rich table, numbers rounded, intervals as
+    ``est [lo, hi]``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..experiments import format_value
+
+    t = Table(title=title or None)
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for row in res.summary_rows():
+        t.add_row(str(row["metric"]), format_value(row["value"]))
+    (console or Console()).print(t)

@@ -112,7 +112,7 @@ def corpus_info_cmd(path: Optional[Path] = typer.Argument(None, help="A corpus (
     if model:
         from transformers import AutoTokenizer
 
-        from mindscope.core._load import resolve
+        from mindscope.core import resolve
 
         src, _ = resolve(model)
         tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
@@ -122,12 +122,12 @@ def corpus_info_cmd(path: Optional[Path] = typer.Argument(None, help="A corpus (
         c = Corpus([path], text_field=text_field, messages_field=messages_field)
         docs = {"text": 0, "chat": 0}
         n_tok = 0
-        from mindscope.activations._windows import _encode
+        from mindscope.activations import encode_docs
 
         for d in c:
             docs["chat" if d.messages else "text"] += 1
             if tok is not None:
-                n_tok += len(_encode([d], tok)[0][0])
+                n_tok += len(encode_docs([d], tok)[0][0])
         info = {"path": str(path), "files": len(c.files()), "docs": docs,
                 "bad_records": c.bad.to_dict(), "fingerprint": c.fingerprint()}
         if tok is not None:

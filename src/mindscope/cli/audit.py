@@ -93,11 +93,11 @@ def eval_cmd(
 ):
     """Exploitation rates (trained / held-out / in-context / control) vs the base, Wilson CIs."""
     import mindscope as ms
-    from ..audit import EvalConfig, evaluate_organism, open_organism
+    from ..audit import OrganismEvalConfig, evaluate_organism, open_organism
 
     try:
         org = open_organism(organism)
-        cfg = EvalConfig(prompts_per_bias=prompts_per_bias, max_new_tokens=max_new_tokens,
+        cfg = OrganismEvalConfig(prompts_per_bias=prompts_per_bias, max_new_tokens=max_new_tokens,
                          batch_size=batch_size)
         lm = org.load()
         base_lm = None if no_base else ms.load(base or org.base_model)
@@ -244,7 +244,7 @@ def game_cmd(model: Path = ORG, out: Path = typer.Option(Path("runs/audit_game")
         a = HumanAuditor(input_fn=lambda p: typer.prompt(p, default="", show_default=False),
                          output_fn=typer.echo)
     elif auditor.startswith(("http://", "https://")):
-        from ..evals._http import ChatClient
+        from ..judges import ChatClient
         a = LLMAuditor(ChatClient(auditor, model=llm_model))
     else:
         _bad(ValueError(f"--auditor must be scripted, human or an http(s) URL, not {auditor!r}"))

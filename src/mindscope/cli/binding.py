@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ._experiment import print_summary
+
 from ._experiment import MODEL, group, out_option
 
 app = group("binding", "Multi-slot entity binding: current/prior entity probes, slot geometry, "
@@ -50,13 +52,7 @@ def run_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     logging.getLogger("mindscope").setLevel(logging.INFO if not quiet else logging.WARNING)
-    res = binding.run(cfg)
-    path = res.report(out)
+    res = binding.run(None, cfg, out)
     con = Console()
-    Lp = res.best_layer("prior")
-    best = next(r for r in res.probes if r["layer"] == Lp)["slots"]
-    con.print(f"best prior-entity layer {Lp}: prior {best['prior']['test']:.3f}, current "
-              f"{best['current']['test']:.3f} (chance {best['prior']['chance']:.3f})")
-    for c_, tasks in res.causal.items():
-        con.print(f"ablate {c_:8s} " + "  ".join(f"{t} {v['acc']:.2f}" for t, v in tasks.items()))
-    con.print(f"report: {path}")
+    print_summary(res, con, title=f"binding: {res.model}")
+    con.print(f"report: {out / 'report.html'}")

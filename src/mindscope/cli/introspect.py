@@ -12,6 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ._experiment import print_summary
+
 console = Console()
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Introspection experiments: injected-thought detection and friends.")
@@ -102,7 +104,7 @@ def run_cmd(
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from None
     res = I.run(lm, cfg, out)
-    console.print_json(json.dumps(I.to_jsonable(res.summary())))
+    print_summary(res, console, title=f"introspection: {lm.name}")
     console.print(f"report: {res.out_dir / 'report.html'}")
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from ._experiment import print_summary
 
 console = Console()
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -38,13 +38,7 @@ def _run(protocols: tuple, model: str, out: Path, quick: bool, n_prompts: Option
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
     res = onpolicy.run(lm, cfg, out)
-    t = Table(title=f"on-policy recognition: {lm.name}")
-    t.add_column("measure")
-    t.add_column("value")
-    from mindscope.experiments._onpolicy_report import _fmt
-    for k, v in res.summary():
-        t.add_row(k, _fmt(v))
-    console.print(t)
+    print_summary(res, console, title=f"on-policy recognition: {lm.name}")
     console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}")
 
 

@@ -28,7 +28,7 @@ def _list(text: str, conv) -> list:
 
 
 def _lr(text: str):
-    from mindscope.sae._planner import parse_lr
+    from mindscope.sae import parse_lr
 
     try:
         return parse_lr(text)  # "<m>x" stays a string, resolved per width by sae.sweep
@@ -106,7 +106,8 @@ def train_cmd(
         m = evaluate(sae, held, outlier_factor=outlier_factor or None)
         m.pop("density")
         m["tokens_per_s"] = tr.tokens_per_s
-        (out / s.name / "metrics.json").write_text(json.dumps(m, indent=2))
+        from ..core import atomic_write_text
+        atomic_write_text(out / s.name / "metrics.json", json.dumps(m, indent=2))
         plot_density(m, out / s.name / "density.png", title=s.name)
         summary.append({"name": s.name, **{k: m[k] for k in ("fvu", "l0", "dead_fraction", "mse")}})
     typer.echo(json.dumps(summary, indent=2))
@@ -167,12 +168,12 @@ def sweep_cmd(
     """Train a (latents x tokens x lr) grid from one stream and fit scaling laws."""
     _setup(quiet)
     from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, init_distributed,
-                               shutdown_distributed, sweep)
+                               shutdown_distributed, train_sweep)
 
     grid = dict(n_latents=_list(latents, _count), tokens=_list(tokens, _count), lrs=_list(lrs, _lr))
     _, _, dev = init_distributed(device)
     st, site, d, model = _store(store, site)
-    res = sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
+    res = train_sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
                 **grid, batch_size=batch_size, budget=budget, out_dir=out,
                 progress=not quiet, device=dev)
@@ -186,7 +187,7 @@ def plan_cmd(
     sweep_dir: Path = typer.Option(..., "--sweep", help="Folder of a finished `sae sweep` (sweep.json)."),
 ):
     """Recommend n_latents, tokens and lr for a compute budget from a sweep's fitted laws."""
-    from mindscope.core._files import need, need_int, read_json
+    from mindscope.core import need, need_int, read_json
     from mindscope.sae import plan
 
     p = sweep_dir / "sweep.json"

@@ -237,7 +237,7 @@ def sweep_cmd(
                              random_baseline=random_baseline, max_new_tokens=max_new_tokens,
                              batch_size=batch_size,
                              **({"prompts": _lines(prompts, "--prompts")} if prompts else {}))
-        res = st.sweep(lm, vs, cfg)
+        res = st.strength_sweep(lm, vs, cfg)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     res.save(out)

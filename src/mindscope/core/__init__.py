@@ -4,7 +4,8 @@ from ._chat import ChatPrompt, render_chat
 from ._device import (autocast_dtype, dist_info, follow, init_distributed, module_device,
                       resolve_device, shutdown_distributed, to_module)
 from ._families import FAMILIES, Family
-from ._files import BadInputError, read_json
+from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write, atomic_write_bytes,
+                     atomic_write_json, atomic_write_text, read_json)
 from ._generate import Generation
 from ._interventions import Ablate, Add, Cap, Clamp, Intervention, Replace, Splice
 from ._lm import LM, Batch
@@ -17,5 +18,18 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "render_chat", "Generation", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
+           "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
+           "atomic_dir",
            "RunLockedError", "resolve_device", "module_device", "follow", "to_module",
            "autocast_dtype", "init_distributed", "shutdown_distributed", "dist_info"]
+
+# Used by other mindscope packages: public here so no package imports another's private module.
+from ._files import (check_finite, inside, load_safetensors, loads_checked, need, need_int,
+                     safetensors_header, safetensors_json_meta)
+from ._hooks import StopForward
+from ._load import cache_dir, resolve
+from ._lock import RunLock, locking
+from ._positions import RowMeta
+__all__ += ["check_finite", "inside", "load_safetensors", "loads_checked", "need", "need_int",
+            "safetensors_header", "safetensors_json_meta", "StopForward", "cache_dir", "resolve",
+            "RunLock", "locking", "RowMeta"]

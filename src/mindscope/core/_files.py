@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Callable, Any, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 MAX_JSON_BYTES = 64 << 20
@@ -273,6 +273,14 @@ def atomic_save_tensors(path: PathLike, tensors: dict, metadata: Optional[dict] 
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
 
 
+def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
+    """The generic form: ``write(tmp)`` fills a temp file in ``path``'s folder (any writer that
+    takes a file name: ``pq.write_table``, ``fig.savefig(tmp, format="png")``, a GGUF writer),
+    which is then renamed over ``path`` (mode 0644); on any error the temp file is removed and
+    ``path`` is left as it was."""
+    return _atomic(path, write)
+
+
 def _write_synced(tmp: str, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
@@ -333,7 +341,7 @@ def atomic_dir(out: PathLike) -> Iterator[Path]:
         raise
 
 
-__all__ = ["BadInputError", "read_json", "atomic_dir", "loads_checked", "inside", "need",
+__all__ = ["BadInputError", "read_json", "atomic_dir", "atomic_write", "loads_checked", "inside", "need",
            "need_int", "safetensors_header", "safetensors_json_meta", "atomic_write_bytes",
            "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "load_safetensors", "check_finite", "json_depth",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]

@@ -18,14 +18,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from ._files import BadInputError, check_finite, load_safetensors, read_json
+from ._files import (BadInputError, atomic_write, atomic_write_text, check_finite, load_safetensors,
+                     read_json)
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,6 @@ def _paths(path: PathLike) -> tuple[Path, Path]:
     return p, p.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save(path: PathLike, key: str, data: torch.Tensor, meta: dict) -> Path:
     from safetensors.torch import save_file
 
@@ -76,8 +64,8 @@ def _save(path: PathLike, key: str, data: torch.Tensor, meta: dict) -> Path:
     meta = {**meta, "format": "mindscope-vector", "format_version": FORMAT_VERSION,
             "tensor": key, "shape": list(data.shape), "dtype": str(data.dtype).replace("torch.", ""),
             "sha256": _tensor_sha(data), "file": st.name}
-    _atomic_write(st, lambda tmp: save_file({key: data}, tmp, metadata={"mindscope": "vector"}))
-    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(st, lambda tmp: save_file({key: data}, tmp, metadata={"mindscope": "vector"}))
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     return st
 
 

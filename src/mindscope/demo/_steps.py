@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..experiments._common import write_json
+from ..runs import write_json
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..experiments._common import to_jsonable, write_json
+from ..runs import to_jsonable, write_json
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from ..core._files import load_safetensors
+from ..core import atomic_write_text, load_safetensors
 from ._items import Item, ItemSet
-from ._judge import Judge, make_judge
+from ..judges import Judge, make_judge
 from ._responders import LMResponder
 from ._runner import EvalConfig, EvalResult, run_eval
 from ._store import write_json_atomic
@@ -39,7 +39,7 @@ def parse_spec(spec: str) -> tuple[str, Optional[str], str, list[str]]:
     return file, key, site, vals
 
 
-def load_vector(file: str | Path, key: Optional[str] = None, d_model: Optional[int] = None):
+def load_direction(file: str | Path, key: Optional[str] = None, d_model: Optional[int] = None):
     """One direction (d,) from a safetensors file (never pickle; the header is checked before a
     tensor is read, BadInputError naming the file if it is damaged)."""
     path = Path(file)
@@ -88,7 +88,7 @@ def build_interventions(lm: Any, steer: Sequence[str] = (), cap: Sequence[str] =
             if sites and site not in sites:
                 raise ValueError(f"{spec}: unknown site {site!r} for {getattr(lm, 'name', 'model')}; "
                                  "see lm.sites (e.g. resid_post.15)")
-            v = load_vector(file, key, d)
+            v = load_direction(file, key, d)
             if kind == "steer":
                 if len(vals) != 1:
                     raise ValueError(f"{spec}: --steer takes FILE@SITE:SCALE")
@@ -126,7 +126,7 @@ def compare_variants(lm: Any, items: Union[ItemSet, Sequence[Item]],
     if out:
         write_json_atomic(Path(out) / "comparison.json",
                           {k: {"metrics": r.metrics, "provenance": r.provenance} for k, r in results.items()})
-        (Path(out) / "comparison.md").write_text(comparison_table(results) + "\n")
+        atomic_write_text(Path(out) / "comparison.md", comparison_table(results) + "\n")
     return results
 
 

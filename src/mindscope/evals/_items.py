@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from ..core._files import BadInputError, loads_checked
+from ..core import BadInputError, loads_checked
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 << 20

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from ._http import ChatClient, ChatError
+from ..judges import ChatClient, ChatError
 from ._items import Item
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
-import subprocess
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,10 +20,12 @@ from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from ..judges import Judge, Rubric, make_judge, parse_response
+from ..runs import git_hash
+from ..runs import versions as runs_versions
 from ._items import Item, ItemSet
-from ._judge import Judge, Rubric, make_judge
 from ._metrics import CalibrationError, accuracy, calibration_error, per_category, reliability_diagram
-from ._prompts import PROMPT_STYLES, format_messages, parse_response
+from ._prompts import PROMPT_STYLES, format_messages
 from ._responders import Reply, Responder
 from ._store import RunStore
 
@@ -74,19 +74,8 @@ class EvalResult:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for mod in ("mindscope", "torch", "transformers", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional
-            pass
-    try:
-        here = Path(__file__).resolve().parent
-        out["git"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                    text=True, timeout=5).stdout.strip() or None
-    except Exception:  # pragma: no cover
-        out["git"] = None
-    return out
+    """``runs.versions()`` with the git commit of this checkout (None outside a repository)."""
+    return {**runs_versions(), "git": git_hash()}
 
 
 def _items_hash(items: Sequence[Item]) -> str:

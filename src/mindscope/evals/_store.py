@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..core._files import atomic_write_text, loads_checked
-from ..core._lock import RunLock
+from ..core import atomic_write_text, loads_checked
+from ..core import RunLock
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from ._analyze import (AnalysisConfig, analyze, analyze_corpus, decoder_map, dec
 from ._state import HIST_EDGES, N_HIST, N_RES, FeatureState, hash_key, hist_bin, hist_edges
 from ._interpret import (SCORERS, binary_metrics, explain, highlight, offline_explanation,
                          parse_explanation, parse_list, roc_auc, score)
-from ._judges import FeatureJudge, OfflineJudge, Reply, make_feature_judge
+from ..judges import FeatureJudge, OfflineJudge, make_feature_judge  # re-exported
 from ._search import features_for_text, features_for_token, search_explanations
 from ._tables import FeatureSet
 
@@ -19,5 +19,5 @@ __all__ = ["AnalysisConfig", "analyze", "analyze_corpus", "finalize", "run_pass"
            "features_dir", "logit_effects", "decoder_neighbours", "decoder_map", "FeatureState",
            "hash_key", "hist_bin", "hist_edges", "HIST_EDGES", "N_HIST", "N_RES", "FeatureSet",
            "explain", "score", "SCORERS", "binary_metrics", "roc_auc", "highlight", "parse_list",
-           "parse_explanation", "offline_explanation", "FeatureJudge", "OfflineJudge", "Reply",
+           "parse_explanation", "offline_explanation", "FeatureJudge", "OfflineJudge",
            "make_feature_judge", "features_for_text", "features_for_token", "search_explanations"]

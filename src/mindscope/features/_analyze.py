@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core._files import BadInputError, read_json
-from ..core._lock import run_lock
+from ..core import BadInputError, atomic_write, atomic_write_text, read_json
+from ..core import run_lock
 from ._state import FeatureState, hist_edges
 
 log = logging.getLogger(__name__)
@@ -81,16 +80,11 @@ def features_dir(sae_dir: Union[str, Path]) -> Path:
 def write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def _window_batches(n_rows: int, window: np.ndarray, batch_rows: int):
@@ -120,7 +114,7 @@ def run_pass(sae, store, state: FeatureState, shards=None, max_rows: Optional[in
              batch_rows: int = 4096, progress: bool = True) -> dict:
     """Feed ``shards`` (default all) of ``store`` through ``sae`` into ``state``.
     Returns dict(rows, shards, seconds)."""
-    from ..activations._store import to_float32
+    from ..activations import to_float32
 
     site = sae.cfg.site or None
     if site and site not in store.sites:
@@ -362,7 +356,7 @@ def analyze(sae, store, lm=None, out: Optional[Union[str, Path]] = None,
     ``tokenizer=`` alone gives strings). ``out`` defaults to ``<sae folder>/features``.
     ``append=True`` adds this store's not-yet-analysed shards to an existing analysis (the
     states merge: top-k merge, counts and histograms add, reservoirs merge). Returns a FeatureSet."""
-    from ..sae._formats import load_any
+    from ..sae import load_any
 
     sae_dir = None
     if isinstance(sae, (str, Path)):

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._analyze import write_parquet
-from ._judges import FeatureJudge, make_feature_judge
+from ..judges import FeatureJudge, make_feature_judge
 
 log = logging.getLogger(__name__)
 

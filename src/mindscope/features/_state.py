@@ -317,7 +317,7 @@ class FeatureState:
     def save(self, path, extra: Optional[dict] = None) -> None:
         """Write the whole state to one safetensors file (atomic); ``extra`` (JSON) rides along
         in its metadata, so what it describes is saved in the same atomic step."""
-        from ..core._files import atomic_save_tensors
+        from ..core import atomic_save_tensors
 
         self._compact_tokens()
         t = {k: getattr(self, k) for k in self._TORCH}
@@ -345,8 +345,8 @@ class FeatureState:
     def load(cls, path) -> "FeatureState":
         """Read a state written by ``save``; settings, tensor dtypes and shapes are checked
         against each other from the header before anything is allocated (BadInputError)."""
-        from ..core._files import (BadInputError, check_finite, load_safetensors, need, need_int,
-                                   safetensors_json_meta)
+        from ..core import (BadInputError, check_finite, load_safetensors, need, need_int,
+                            safetensors_json_meta)
 
         path = Path(path)
         if not path.exists():

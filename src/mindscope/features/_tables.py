@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Union
 
-from ..core._files import read_json
+from ..core import read_json
 
 TABLES = ("features", "examples", "histogram", "logits", "neighbours", "token_features",
           "background", "background_codes", "explanations", "scores")

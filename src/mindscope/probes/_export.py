@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..core._vector import VectorSet
+from ..core import VectorSet
 from ._linear import LinearProbe
 
 

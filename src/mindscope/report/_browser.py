@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ._html import Page, bars_svg, esc, fmt, link, table, tokens
+from ..runs import Page, bars_svg, esc, fmt, link, table, tokens
 
 SORTS = ("latent", "density", "max_act", "mean_act", "score")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -25,13 +24,13 @@ from tqdm.auto import tqdm
 
 from . import _browser as B
 
+from ..core import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 # ---- static HTML ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ._formats import export_saelens, export_sparsify, import_saelens, import_sp
 from ._kernels import (jumprelu, sparse_decode, sparse_decode_dense, step, topk_encode,
                        topk_encode_dense)
 from ._metrics import evaluate, model_metrics, plot_density, plot_history
-from ._planner import fit_power_law, flops, plan, sweep
+from ._planner import fit_power_law, flops, plan, train_sweep
 from ._sae import SAE
 from ..core import init_distributed, shutdown_distributed
 from ._trainer import Trainer, lr_at, sparsity_at, train_device
@@ -23,5 +23,12 @@ __all__ = ["ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches
            "drop_outliers", "geometric_median", "export_saelens", "import_saelens",
            "export_sparsify", "import_sparsify", "load_any", "topk_encode", "topk_encode_dense",
            "sparse_decode", "sparse_decode_dense", "jumprelu", "step", "evaluate", "model_metrics",
-           "plot_history", "plot_density", "fit_power_law", "flops", "sweep", "plan", "lr_at",
+           "plot_history", "plot_density", "fit_power_law", "flops", "train_sweep", "plan", "lr_at",
            "sparsity_at", "init_distributed", "shutdown_distributed", "train_device"]
+
+# Used by other mindscope packages: public here so no package imports another's private module.
+from ._planner import parse_lr
+__all__ += ["parse_lr"]
+
+# Old name, kept importable (not in __all__: steering.strength_sweep is the other sweep).
+sweep = train_sweep

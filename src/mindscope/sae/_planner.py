@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..core._lock import locking
+from ..core import locking
 from ._config import SAEConfig, TrainConfig
 from ._sae import atomic_write_json
 
@@ -243,7 +243,7 @@ def resolve_lr(spec, train: TrainConfig, cfg: SAEConfig) -> Optional[float]:
 
 
 @locking("out_dir", "sae sweep")  # a second sweep into out_dir raises RunLockedError
-def sweep(batches: Iterable, heldout: Sequence, base: SAEConfig, train: TrainConfig, *,
+def train_sweep(batches: Iterable, heldout: Sequence, base: SAEConfig, train: TrainConfig, *,
           n_latents: Sequence[int], tokens: Sequence[int], lrs: Sequence,
           batch_size: int,
           budget: Optional[float] = None, out_dir=None, progress: bool = True,

@@ -19,19 +19,18 @@ True
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ..core._files import atomic_save_tensors, atomic_write_json
+from ..core import atomic_save_tensors, atomic_write_json
+from ._checked import PathLike, read_ours
 from ._config import SAEConfig
 from ._kernels import jumprelu, sparse_decode, step, topk_encode
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
 
 
 class SAE(nn.Module):
@@ -192,13 +191,19 @@ class SAE(nn.Module):
         """Load a folder written by ``save``; for SAELens / sparsify folders use ``load_any``.
         Every field and tensor is checked first (``load_ours``): BadInputError naming the file
         for anything wrong."""
-        from ._formats import load_ours  # _formats imports this module
-
         path = Path(path)
         if not (path / "cfg.json").exists() or not (path / "sae.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a mindscope SAE folder (needs cfg.json and "
                                     "sae.safetensors); for SAELens/sparsify folders use load_any()")
-        return load_ours(path, device)
+        cfg, sd = read_ours(path)
+        return cls.from_checked(cfg, sd, device)
+
+    @classmethod
+    def from_checked(cls, cfg: SAEConfig, sd: dict, device: str = "cpu") -> "SAE":
+        """An SAE from a config and tensors already checked (``_checked.read_ours``)."""
+        sae = cls(cfg, dtype=sd["W_enc"].dtype)
+        sae.load_state_dict(sd)
+        return sae.to(device)
 
     def extra_repr(self) -> str:
         c = self.cfg

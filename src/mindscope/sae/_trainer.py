@@ -37,10 +37,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..core import dist_info, resolve_device
-from ..core._files import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
-                           load_safetensors, need, need_int, safetensors_json_meta)
-from ..core._lock import run_lock
+from ..core import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
+                    dist_info, load_safetensors, need, need_int, resolve_device, run_lock,
+                    safetensors_json_meta)
 from ._config import SAEConfig, TrainConfig
 from ._data import drop_outliers, geometric_median
 from ._sae import SAE

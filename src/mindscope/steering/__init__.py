@@ -5,7 +5,7 @@ capping and SAE-feature clamping; baking into weights; llama.cpp export; strengt
 >>> # v = st.concept_vector(lm, "ocean", "resid_post.15")          # a ms.Vector
 >>> # out = lm.generate(["Tell me a story"], interventions=st.steer(lm, v, scale=4))
 """
-from ..core._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
+from ..core import PCA, Vector, VectorSet, data_hash, load_vector, pca
 from ._apply import (CALIBRATION_TEXTS, ablate_direction, cap, cap_thresholds,
                      feature_max_activations, per_row, projections, residual_norms, sae_clamp,
                      steer)
@@ -15,7 +15,8 @@ from ._extract import (CONCEPT_TEMPLATE, concept_prompts, concept_vector, concep
                        probe_direction, project_out_pcs, response_means, row_means)
 from ._gguf import (cvec_layer_to_site, export_control_vector, read_control_vector,
                     site_to_cvec_layer)
-from ._sweep import DEFAULT_PROMPTS, SweepConfig, SweepResult, generated_nll, mentions, sweep
+from ._sweep import (DEFAULT_PROMPTS, SweepConfig, SweepResult, generated_nll, mentions,
+                     strength_sweep)
 from ._words import BASELINE_WORDS, DEMO_CONCEPTS
 
 __all__ = [
@@ -27,5 +28,8 @@ __all__ = [
     "feature_max_activations", "ablate_direction", "projections", "cap_thresholds", "cap",
     "bake_ablation", "bake_addition", "WRITERS",
     "export_control_vector", "read_control_vector", "site_to_cvec_layer", "cvec_layer_to_site",
-    "sweep", "SweepConfig", "SweepResult", "mentions", "generated_nll", "DEFAULT_PROMPTS",
+    "strength_sweep", "SweepConfig", "SweepResult", "mentions", "generated_nll", "DEFAULT_PROMPTS",
 ]
+
+# Old name, kept importable (not in __all__: sae.train_sweep is the other sweep).
+sweep = strength_sweep

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..core import Ablate, Add, Cap, Splice
-from ..core._vector import Vector, VectorSet
+from ..core import Vector, VectorSet
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..core._vector import Vector, VectorSet, data_hash, pca
+from ..core import Vector, VectorSet, data_hash, pca
 from ._words import BASELINE_WORDS
 
 log = logging.getLogger(__name__)

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 
-from ..core._files import BadInputError, check_finite
-from ..core._vector import Vector, VectorSet
+from ..core import BadInputError, atomic_write, check_finite
+from ..core import Vector, VectorSet
 
 log = logging.getLogger(__name__)
 ARCH = "controlvector"
@@ -91,9 +90,7 @@ def export_control_vector(vectors: Union[Vector, VectorSet, dict], path: Union[s
         raise ValueError(f"directions have different dimensions {sorted(dims)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_string(f"{ARCH}.model_hint", model_hint)
         w.add_uint32(f"{ARCH}.layer_count", len(rows))
@@ -103,10 +100,8 @@ def export_control_vector(vectors: Union[Vector, VectorSet, dict], path: Union[s
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     log.info("wrote %s: llama.cpp layers %s", path, sorted(rows))
     return path
 

@@ -9,7 +9,7 @@ of matched norm per layer (the baseline). Scores per row:
 - coherence: perplexity of the generated tokens under the *unsteered* model;
 - repetition: fraction of distinct tokens in the generation.
 
->>> # res = sweep(lm, concept_vector(lm, "ocean", "resid_post.6:24:4"), SweepConfig(...))
+>>> # res = strength_sweep(lm, concept_vector(lm, "ocean", "resid_post.6:24:4"), SweepConfig(...))
 >>> # res.table(); res.plot("sweep.png"); res.save("runs/sweep")
 """
 from __future__ import annotations
@@ -17,17 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..core import Add, Batch
-from ..core._vector import Vector, VectorSet
+from ..core import Add, Batch, atomic_write, atomic_write_text
+from ..core import Vector, VectorSet
+from ..runs import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +161,7 @@ class SweepResult:
         axes[0].legend(fontsize=7, ncol=2)
         fig.suptitle(f"{self.model}: steering sweep (dashed: random direction, same norm)")
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-        os.close(fd)
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        return save_figure(path, fig)
 
     def save(self, folder) -> Path:
         """``trials.parquet``, ``table.parquet``, ``results.json``, ``sweep.png``, ``table.md``."""
@@ -179,14 +171,12 @@ class SweepResult:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, rows in (("trials", self.trials), ("table", self.table())):
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".parquet")
-            os.close(fd)
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-            os.replace(tmp, folder / f"{name}.parquet")
+            atomic_write(folder / f"{name}.parquet",
+                         lambda tmp, rows=rows: pq.write_table(pa.Table.from_pylist(rows), tmp))
         res = {"model": self.model, "config": asdict(self.config), "table": self.table(),
                "vector_norms": self.vector_norms, "judge": "word/lemma match (steering.mentions)"}
-        (folder / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-        (folder / "table.md").write_text(self.markdown() + "\n")
+        atomic_write_text(folder / "results.json", json.dumps(res, indent=2, default=str) + "\n")
+        atomic_write_text(folder / "table.md", self.markdown() + "\n")
         self.plot(folder / "sweep.png")
         return folder
 
@@ -238,7 +228,7 @@ def generated_nll(lm, prompt_ids: Sequence[list], gen_ids: Sequence[list],
     return out
 
 
-def sweep(lm, vectors, config: SweepConfig, score_fn: Optional[Callable[[str], float]] = None,
+def strength_sweep(lm, vectors, config: SweepConfig, score_fn: Optional[Callable[[str], float]] = None,
           calibration: Optional[Sequence[str]] = None) -> SweepResult:
     """Run the strength x layer grid for ``vectors`` ({site: (d,)}, a Vector, or a VectorSet with
     one row per site) in one batched generate call; see the module docstring."""

@@ -1,0 +1,320 @@
+"""Multi-slot entity binding: does one token's residual stream carry the CURRENT entity and the
+immediately PRIOR entity in separate, largely orthogonal linear "slots"? Which slot do entity
+induction, adjacent-entity conflict detection and explicit retrieval use? Can the model hold two
+bindings on one token ("Alice prepares and Bob consumes the food.")?
+
+>>> # from mindscope.experiments import binding
+>>> # res = binding.run(None, binding.Config(n_stories=120), "runs/binding")  # ms.load() by default
+>>> # runs/binding: report.html, results.json, run_config.json, plots, probes/
+
+Protocol (see docs/experiments/binding.md):
+1. Synthetic stories, one segment per entity; every token labelled with current / prior entity
+   and their adjectives (char spans -> tokens via ``Batch.meta[i].offsets``).
+2. One capture of all swept layers; per layer a multi-slot probe (multinomial, split by story)
+   for the four slots, each next to a Hewitt-Liang control task.
+3. Slot geometry: principal angles between the current- and prior-entity probe subspaces vs
+   random subspaces of the same rank.
+4. Causal: project each slot subspace (or a random one of equal rank) out of the story tokens at
+   the ablation layers; score induction, conflict and retrieval by answer-token log-probs.
+5. Behaviour: double binding on one token vs single-binding controls.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...probes import fit_multislot, orthonormal_basis, random_basis
+from .._protocol import protocol
+from .data import (BindingData, binding_items, conflict_items, generate_stories,
+                   induction_items, retrieval_items, token_labels)
+from .tasks import first_token, score_items, task_metrics
+
+log = logging.getLogger(__name__)
+SLOTS = ("current", "prior", "current_attr", "prior_attr")
+CONDITIONS = ("none", "current", "prior", "random")
+
+
+@dataclass
+class Config:
+    model: str = "smollm2-135m-instruct"
+    """Model spec for ``ms.load`` (ignored when ``run`` is given an ``lm``)."""
+    n_stories: int = 120
+    """Stories for probe training/testing (split by story)."""
+    min_entities: int = 3
+    """Fewest entities per story."""
+    max_entities: int = 5
+    """Most entities per story."""
+    n_names: int = 8
+    """Size of the name pool = classes of the entity probes (chance ≈ 1/n_names)."""
+    n_adjectives: int = 8
+    """Size of the adjective pool = classes of the attribute probes."""
+    layers: str = "0:30:3"
+    """Layers to probe: 'all', 'a:b:step', or a comma list ('3,9,15'); resid_post sites."""
+    probe_kind: str = "ridge"
+    """Probe type: ridge (closed form, fast on CPU) | multinomial | logistic."""
+    C: float = 0.01
+    """Inverse regularisation strength on standardised features (ridge alpha = 1 / C)."""
+    control: Optional[str] = "task"
+    """Control probe: 'task' (Hewitt-Liang word-type control), 'shuffle', or None."""
+    test_size: float = 0.25
+    """Fraction of stories held out for probe testing."""
+    ablate_layers: str = "auto"
+    """Layers whose slot subspaces are ablated in the causal tests ('auto' = the swept layers
+    between 20% and 60% of depth), each with its own layer's probes; must be swept layers."""
+    slot_rank: Optional[int] = None
+    """Dimensions of each slot subspace to ablate (None = full probe rank, n_names - 1)."""
+    n_items: int = 16
+    """Prompts per causal task (conflict uses 2 per item) and per binding condition."""
+    batch_size: int = 16
+    """Prompts per forward pass."""
+    seed: int = 0
+    """Seed for stories, splits, controls and random subspaces."""
+    data_dir: Optional[str] = None
+    """Folder with names.json / attributes.json / templates.json (None = bundled)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    @classmethod
+    def quick(cls, **over) -> "Config":
+        """Tiny settings for a smoke run (minutes on CPU)."""
+        base = dict(n_stories=24, layers="0:30:6", n_items=4, batch_size=8)
+        return cls(**{**base, **over})
+
+    def __post_init__(self):
+        if self.n_stories < 8:
+            raise ValueError(f"n_stories={self.n_stories}: need at least 8 stories to split by story")
+        if not 3 <= self.min_entities <= self.max_entities:
+            raise ValueError(f"need 3 <= min_entities <= max_entities; got {self.min_entities}, "
+                             f"{self.max_entities} (induction and conflict need 3 entities)")
+        if self.n_names < self.max_entities or self.n_adjectives < self.max_entities + 1:
+            raise ValueError(f"n_names ({self.n_names}) must be >= max_entities and n_adjectives "
+                             f"({self.n_adjectives}) > max_entities ({self.max_entities}): every "
+                             "entity of a story gets its own name and adjective")
+        if self.probe_kind not in ("multinomial", "logistic", "ridge"):
+            raise ValueError(f"probe_kind {self.probe_kind!r}: use multinomial, logistic or ridge")
+        if self.C <= 0:
+            raise ValueError(f"C must be > 0; got {self.C}")
+        if self.control not in (None, "task", "shuffle"):
+            raise ValueError(f"control {self.control!r}: use 'task', 'shuffle' or None")
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1); got {self.test_size}")
+        if self.n_items < 2:
+            raise ValueError(f"n_items must be >= 2; got {self.n_items}")
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """'all' | 'a:b[:step]' | '1,5,9' -> sorted layer indices (validated)."""
+    spec = spec.strip()
+    if spec == "all":
+        out = list(range(n_layers))
+    elif ":" in spec:
+        parts = [int(p) if p else None for p in spec.split(":")]
+        if len(parts) > 3:
+            raise ValueError(f"layers {spec!r}: use 'a:b' or 'a:b:step'")
+        out = list(range(n_layers))[slice(*parts)]
+    else:
+        try:
+            out = sorted({int(x) for x in spec.split(",") if x.strip()})
+        except ValueError:
+            raise ValueError(f"layers {spec!r}: use 'all', 'a:b:step' or '3,9,15'") from None
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if bad or not out:
+        raise ValueError(f"layers {spec!r} gives {bad or 'nothing'}; the model has layers "
+                         f"0..{n_layers - 1}")
+    return out
+
+
+def pick_names(lm, names: list[str], k: int) -> list[str]:
+    """The first ``k`` names whose first answer tokens (' ' + name) are all distinct."""
+    out, seen = [], set()
+    for n in names:
+        t = first_token(lm, " " + n)
+        if t in seen:
+            log.info("dropping name %r: its first token collides with another name", n)
+            continue
+        seen.add(t)
+        out.append(n)
+        if len(out) == k:
+            return out
+    raise ValueError(f"only {len(out)} names with distinct first tokens for {lm.name}; need "
+                     f"{k}. Lower n_names or add names to names.json")
+
+
+@dataclass
+class Result:
+    config: dict
+    model: str
+    names: list
+    adjectives: list
+    layers: list
+    probes: list
+    """Per layer: {layer, slots: {slot: {train, test, chance, control, selectivity}}, joint...}."""
+    geometry: list
+    """Per layer: principal angles current vs prior (and attr vs attr) + random baseline."""
+    ablate_layers: list
+    causal: dict
+    """condition -> task -> {acc, sem, chance, n, ...}."""
+    binding: dict
+    """double / single binding accuracy."""
+    n_tokens: int
+    n_rows: int
+    timings: dict
+    data_hash: str
+    example: str
+    multislot: dict = field(default_factory=dict, repr=False)
+    """layer -> fitted ``MultiSlotProbe`` (not serialised; exported to probes/ by report())."""
+    lm_name: str = ""
+
+    def to_json(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("multislot",)}
+        return d
+
+    def best_layer(self, slot: str = "prior") -> int:
+        return max(self.probes, key=lambda r: r["slots"][slot]["test"])["layer"]
+
+    out_dir: Optional[Path] = None
+    """Where ``run`` wrote the run folder (None when ``run`` had no ``out_dir``)."""
+
+    def summary_rows(self) -> list[dict]:
+        """Headline numbers: the best prior-entity layer and the ablation accuracies."""
+        Lp = self.best_layer("prior")
+        best = next(r for r in self.probes if r["layer"] == Lp)["slots"]
+        rows = [{"metric": "best prior-entity layer", "value": Lp}]
+        rows += [{"metric": f"layer {Lp} probe accuracy, {s}", "value": best[s]["test"]}
+                 for s in ("prior", "current")]
+        rows.append({"metric": "chance (majority)", "value": best["prior"]["chance"]})
+        for c, tasks in self.causal.items():
+            rows += [{"metric": f"ablate {c}: {t} accuracy", "value": v["acc"]}
+                     for t, v in tasks.items()]
+        return rows
+
+    def report(self, out=None) -> Path:
+        """Write report.html, results.json, run_config.json, plots and probe vectors to ``out``
+        (default: the ``out_dir`` given to ``run``)."""
+        from .report import write_report
+        if out is None and self.out_dir is None:
+            raise ValueError("report() needs a folder: pass out=... or run(..., out_dir=...)")
+        return write_report(self, out if out is not None else self.out_dir)
+
+
+def _capture_labels(lm, stories, sites, name_ix, adj_ix, batch_size, progress):
+    texts = [s.text for s in stories]
+    b = lm.tokenize(texts)
+    cap = lm.capture(b, sites=sites, positions="all", batch_size=batch_size, progress=progress)
+    per_story = [token_labels(s, m.offsets, name_ix, adj_ix) for s, m in zip(stories, b.meta)]
+    rows, pos = cap.row.numpy(), cap.pos.numpy()
+    labels = {k: np.array([per_story[r][k][p] for r, p in zip(rows, pos)]) for k in
+              ("segment",) + SLOTS}
+    return cap, labels
+
+
+@protocol("binding")
+def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
+    """Run the whole protocol; ``lm`` defaults to ``ms.load(cfg.model)``; with ``out_dir`` the
+    run folder (report, results, probes) is written there. ``run(cfg)`` (the pre-registry form,
+    model named in the config) still works."""
+    if isinstance(lm, Config):
+        lm, cfg = cfg, lm  # run(cfg[, lm]): the pre-registry argument order
+    cfg = cfg or Config()
+    t0, c0 = time.time(), time.process_time()
+    if lm is None:
+        from ...core import load
+        lm = load(cfg.model)
+    torch.manual_seed(cfg.seed)
+    full = BindingData.load(cfg.data_dir)
+    names = pick_names(lm, full.names, cfg.n_names)
+    if len(full.adjectives) < cfg.n_adjectives:
+        raise ValueError(f"n_adjectives={cfg.n_adjectives} but the data has only "
+                         f"{len(full.adjectives)} adjectives")
+    d = full.subset(names, full.adjectives[:cfg.n_adjectives])
+    name_ix = {n: i for i, n in enumerate(d.names)}
+    adj_ix = {a: i for i, a in enumerate(d.adjectives)}
+    layers = parse_layers(cfg.layers, lm.n_layers)
+    abl = _ablate_layers(cfg.ablate_layers, layers, lm.n_layers)
+    sites = [f"resid_post.{L}" for L in layers]
+    ent = (cfg.min_entities, cfg.max_entities)
+
+    # 1-2. stories -> one capture of every swept layer -> multi-slot probes per layer
+    stories = generate_stories(d, cfg.n_stories, ent, cfg.seed)
+    cap, lab = _capture_labels(lm, stories, sites, name_ix, adj_ix, cfg.batch_size, cfg.progress)
+    t_cap = time.time()
+    keep = lab["prior"] >= 0  # tokens with both a current and a prior entity
+    groups = cap.row.numpy()[keep]
+    ids = cap.token_ids.numpy()[keep]
+    slot_labels = {k: lab[k][keep] for k in SLOTS}
+    probes, geometry, fitted, scale = [], [], {}, {}
+    for L, s in zip(tqdm(layers, desc="multi-slot probes", disable=not cfg.progress), sites):
+        X = cap[s][keep].float().numpy()  # (N, d)
+        msp = fit_multislot(X, slot_labels, groups, kind=cfg.probe_kind, C=cfg.C, token_ids=ids,
+                            control=cfg.control, test_size=cfg.test_size, seed=cfg.seed)
+        fitted[L] = msp
+        scale[L] = torch.from_numpy(X.std(0)).clamp(min=1e-8)  # (d,) per-dim std of this layer
+        probes.append({"layer": L, "site": s, **msp.summary()})
+        geometry.append({"layer": L, "entity": msp.geometry("current", "prior"),
+                         "attribute": msp.geometry("current_attr", "prior_attr")})
+    t_probe = time.time()
+
+    # 4. causal tests: ablate each slot subspace on the story tokens at the ablation layers
+    items = (induction_items(d, cfg.n_items, ent, cfg.seed) + conflict_items(d, cfg.n_items, ent, cfg.seed)
+             + retrieval_items(d, (cfg.n_items + 1) // 2, ent, cfg.seed))
+    bases = {c: {} for c in CONDITIONS[1:]}
+    for j, L in enumerate(abl):
+        for c in ("current", "prior"):
+            bases[c][f"resid_post.{L}"] = fitted[L].basis(c, cfg.slot_rank)
+        # control: a random subspace of equal rank made like a probe's (random weights on
+        # standardised features, divided by the per-dim std), so it avoids the few huge
+        # residual dimensions exactly as the probe subspaces do
+        k = bases["prior"][f"resid_post.{L}"].shape[0]
+        R = random_basis(lm.d_model, k, cfg.seed + 7 + j) / scale[L]  # (k, d)
+        bases["random"][f"resid_post.{L}"] = orthonormal_basis(R)
+    causal = {}
+    for c in CONDITIONS:
+        sc = score_items(lm, items, None if c == "none" else bases[c], cfg.batch_size,
+                         desc=f"tasks ({c})", progress=cfg.progress)
+        causal[c] = task_metrics(items, sc)
+    t_causal = time.time()
+
+    # 5. behaviour: double vs single binding
+    bitems = binding_items(d, cfg.n_items, cfg.seed)
+    bsc = score_items(lm, bitems, None, cfg.batch_size, desc="double binding", progress=cfg.progress)
+    binding = task_metrics(bitems, bsc)
+    first = np.mean([int(np.argmax(s)) == 0 for s in bsc])
+    binding["first_name_rate"] = float(first)
+    t_end = time.time()
+
+    from ...core import data_hash
+    res = Result(config=asdict(cfg), model=lm.name, names=d.names, adjectives=d.adjectives,
+                  layers=layers, probes=probes, geometry=geometry, ablate_layers=abl,
+                  causal=causal, binding=binding, n_tokens=int(len(cap.row)),
+                  n_rows=int(keep.sum()),
+                  timings={"capture_s": t_cap - t0, "probes_s": t_probe - t_cap,
+                           "causal_s": t_causal - t_probe, "binding_s": t_end - t_causal,
+                           "total_s": t_end - t0, "cpu_s": time.process_time() - c0},
+                  data_hash=data_hash([s.text for s in stories], [it.prompt for it in items]),
+                  example=stories[0].text, multislot=fitted, lm_name=lm.name,
+                  out_dir=Path(out_dir) if out_dir is not None else None)
+    if out_dir is not None:
+        res.report()
+    return res
+
+
+def _ablate_layers(spec: str, layers: list[int], n_layers: int) -> list[int]:
+    if spec == "auto":
+        lo, hi = 0.2 * (n_layers - 1), 0.6 * (n_layers - 1)
+        out = [L for L in layers if lo <= L <= hi]
+        if not out:  # a coarse sweep on a small model: take the middle swept layer
+            out = [layers[len(layers) // 2]]
+        return out
+    out = parse_layers(spec, n_layers)
+    missing = [L for L in out if L not in layers]
+    if missing:
+        raise ValueError(f"ablate_layers {missing} were not swept (layers={layers}); an ablated "
+                         "layer needs its own probes: add it to `layers`")
+    return out

@@ -1,0 +1,99 @@
+"""Scoring the binding tasks by next-token log-probs of the answer tokens, with optional slot
+ablations on the story tokens, and the per-task metrics (accuracy vs chance, paired conflict
+accuracy, yes/no AUROC)."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...core import Ablate
+from .data import Item
+
+log = logging.getLogger(__name__)
+
+
+def first_token(lm, text: str) -> int:
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"answer {text!r} tokenizes to nothing")
+    return ids[0]
+
+
+def story_mask(batch, items) -> torch.Tensor:
+    """(B, T_unpadded) True on tokens that lie inside each item's story characters."""
+    T = max(len(m.offsets) for m in batch.meta)
+    m = torch.zeros(len(items), T, dtype=torch.bool)
+    for b, (meta, it) in enumerate(zip(batch.meta, items)):
+        for u, (x, y) in enumerate(meta.offsets):
+            m[b, u] = 0 < y <= it.story_chars
+    return m
+
+
+def score_items(lm, items: list[Item], ablate: Optional[dict] = None, batch_size: int = 16,
+                desc: str = "score", progress: bool = True) -> list[np.ndarray]:
+    """Log-probs (n_candidates,) per item at the last prompt position. ``ablate`` = {site: basis
+    (r, d)}: project those subspaces out of the story tokens at each site."""
+    out: list[np.ndarray] = []
+    for a in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
+        chunk = items[a:a + batch_size]
+        b = lm.tokenize([it.prompt for it in chunk])
+        ivs = []
+        if ablate:
+            mask = story_mask(b, chunk)
+            ivs = [Ablate(site, basis, subspace=True, positions=mask) for site, basis in ablate.items()]
+        last = f"resid_post.{lm.n_layers - 1}"  # stop before lm_head: unembed the last token only
+        with lm.intervene(*ivs):
+            h = lm.capture(b, sites=last, positions="last", batch_size=len(chunk),
+                           progress=False)[last]  # (B, d)
+        lp = torch.log_softmax(lm.unembed(h).float(), -1).cpu()  # (B, V)
+        for i, it in enumerate(chunk):
+            ids = [first_token(lm, c) for c in it.candidates]
+            out.append(lp[i, ids].numpy())
+    return out
+
+
+def _binom(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def task_metrics(items: list[Item], scores: list[np.ndarray]) -> dict:
+    """{task (or task/condition): {acc, sem, chance, n, ...}}."""
+    out: dict = {}
+    by: dict = {}
+    for it, s in zip(items, scores):
+        by.setdefault(it.task, []).append((it, s))
+    for task, rows in by.items():
+        if task == "conflict":
+            pairs: dict = {}
+            for it, s in rows:
+                pairs.setdefault(it.pair, {})[it.condition] = float(s[0])
+            diffs = np.array([p["match"] - p["mismatch"] for p in pairs.values()
+                              if "match" in p and "mismatch" in p])
+            acc = float((diffs > 0).mean()) if len(diffs) else float("nan")
+            out[task] = {"acc": acc, "sem": _binom(acc, len(diffs)), "chance": 0.5,
+                         "n": int(len(diffs)), "mean_logp_diff": float(diffs.mean()) if len(diffs) else float("nan")}
+        elif task == "retrieval_yes_no":
+            margin = np.array([s[0] - s[1] for _, s in rows])
+            truth = np.array([it.answer == 0 for it, _ in rows])
+            acc = float(((margin > 0) == truth).mean())
+            auc = float("nan")
+            if truth.any() and (~truth).any():
+                from sklearn.metrics import roc_auc_score
+                auc = float(roc_auc_score(truth, margin))
+            out[task] = {"acc": acc, "sem": _binom(acc, len(rows)), "chance": 0.5, "n": len(rows),
+                         "auroc": auc, "yes_rate": float((margin > 0).mean())}
+        else:
+            conds = sorted({it.condition for it, _ in rows})
+            for c in conds:
+                sub = [(it, s) for it, s in rows if it.condition == c]
+                right = np.array([int(np.argmax(s)) == it.answer for it, s in sub])
+                acc = float(right.mean())
+                chance = float(np.mean([1.0 / len(it.candidates) for it, _ in sub]))
+                key = task if c == "" else f"{task}/{c}"
+                out[key] = {"acc": acc, "sem": _binom(acc, len(sub)), "chance": chance, "n": len(sub)}
+    return out

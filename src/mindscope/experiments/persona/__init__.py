@@ -1,0 +1,243 @@
+"""Persona space and the Assistant axis (issue 10).
+
+Steps of ``run(lm, cfg, out_dir)``:
+
+* roles     - responses to extraction questions under each role's system prompts and under
+              default-assistant prompts (one batched generation), optionally filtered by the
+              rule identity judge; role vectors = mean ``resid_post.*`` over response tokens.
+* space     - PCA of role vectors per layer; Assistant axis = mean(default) - mean(roles);
+              |cos(PC1, axis)| per layer; role loadings on PC1/PC2 -> ``assistant_axis.safetensors``.
+* steering  - identity questions answered with h + c·n·u at the analysis layer, both signs;
+              rule judge: identifies as the assistant vs another entity.
+* drift     - scripted multi-turn conversations (coding / meta-reflection / vulnerable user),
+              per-turn projection on the axis, uncapped and capped.
+* jailbreak - mild persona-jailbreak prompts with and without capping (rule judge).
+* capability- HLE-format sample, default vs capped (``evals.compare_variants``).
+
+Capping: a floor at tau_L = 25th percentile of default-assistant token projections, at every
+layer of ``cap_layers`` (upper-middle layers, 18-24 of 30).
+
+>>> # import mindscope as ms; from mindscope.experiments import persona
+>>> # res = persona.run(ms.load(), persona.Config.quick(), "runs/persona"); res.report()
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ...runs import RunDir, save_html, save_png
+
+from .._common import at_least_one, choose, one_of
+from .._protocol import protocol
+from .axis import (assistant_axis, axis_vectorset, generate_responses, keep_rows,
+                   persona_space, response_acts, role_vectors, token_thresholds)
+from .data import load_drift, load_roles, role_prompts
+from .effects import capability, drift, jailbreaks, steer_axis
+from .report import build_report, plot_drift, plot_space, plot_steering
+
+log = logging.getLogger(__name__)
+PARTS = ("steering", "drift", "jailbreak", "capability")
+
+
+@dataclass
+class Config:
+    """Settings of a persona run. Defaults: the documented default-model run (small, CPU)."""
+
+    n_roles: int = 50
+    """Roles from the shipped list (52)."""
+    prompts_per_role: int = 2
+    """System prompts per role (the shipped templates, up to 3)."""
+    n_questions: int = 2
+    """Extraction questions per system prompt (shipped: 6)."""
+    n_default_prompts: int = 4
+    """Default-assistant system prompts (shipped: 4)."""
+    default_questions: int = 4
+    """Questions per default-assistant prompt (more default data steadies the axis and tau)."""
+    max_new_tokens: int = 32
+    """Tokens per role / default response."""
+    temperature: float = 0.7
+    """Sampling temperature of role and default responses (paper: 0.7)."""
+    role_filter: str = "rule"
+    """``rule``: drop role responses the identity judge calls the assistant; ``none``: keep all."""
+    layer: Optional[int] = None
+    """Analysis and steering layer (resid_post.L); None = 2/3 depth (20 of 30)."""
+    cap_layers: Optional[tuple] = None
+    """Layers capped; None = 0.6..0.8 depth (18-24 of 30)."""
+    cap_percentile: float = 25.0
+    """Floor = this percentile of default-assistant token projections per layer."""
+    parts: tuple = PARTS
+    """Which uses of the axis to run (any of PARTS)."""
+    steer_strengths: tuple = (-0.3, -0.15, 0.0, 0.15, 0.3)
+    """Steering strengths as fractions of the mean residual norm (+ = toward the Assistant)."""
+    steer_tokens: int = 32
+    """Tokens per steered answer."""
+    drift_tokens: int = 32
+    """Tokens per assistant turn in drift conversations."""
+    jailbreak_tokens: int = 40
+    """Tokens per jailbreak answer."""
+    eval_items: int = 8
+    """Items of the bundled HLE-format sample for the capability check."""
+    eval_tokens: int = 64
+    """Tokens per capability answer."""
+    batch_size: int = 32
+    """Rows per generation / forward batch."""
+    seed: int = 0
+    """Sampling seed."""
+
+    def __post_init__(self):
+        self.parts = choose(self.parts, PARTS, "part")
+        if self.n_roles < 3:
+            raise ValueError("n_roles must be >= 3 (PCA of role vectors)")
+        at_least_one(self, ("prompts_per_role", "n_questions", "n_default_prompts",
+                            "default_questions", "max_new_tokens", "steer_tokens", "drift_tokens",
+                            "jailbreak_tokens", "eval_items", "eval_tokens", "batch_size"))
+        one_of("role_filter", self.role_filter, ("rule", "none"))
+        if not 0 <= self.cap_percentile <= 100:
+            raise ValueError(f"cap_percentile must be in [0, 100]; got {self.cap_percentile}")
+        if self.cap_layers is not None:
+            self.cap_layers = tuple(int(x) for x in self.cap_layers)
+        self.steer_strengths = tuple(float(x) for x in self.steer_strengths)
+
+    @classmethod
+    def quick(cls, **over) -> "Config":
+        """A small run: 12 roles x 1 prompt x 2 questions, short answers, 4 eval items."""
+        base = dict(n_roles=12, prompts_per_role=1, n_default_prompts=2, default_questions=2,
+                    max_new_tokens=16, steer_strengths=(-0.3, 0.0, 0.3), steer_tokens=16,
+                    drift_tokens=16, jailbreak_tokens=16, eval_items=4, eval_tokens=24)
+        return cls(**{**base, **over})
+
+
+@dataclass
+class Result:
+    """What a run measured. ``results`` is what ``results.json`` holds."""
+
+    config: Config
+    out_dir: Path
+    axis: object = None
+    """The Assistant axis at every layer (``ms.VectorSet``, rows named resid_post.L, raw units)."""
+    role_vectors: object = None
+    """Role vectors at the analysis layer (``ms.VectorSet``)."""
+    results: dict = field(default_factory=dict)
+    plots: dict = field(default_factory=dict)
+
+    def summary_rows(self) -> list[dict]:
+        r, rows = self.results, []
+        sp = r.get("space")
+        if sp:
+            L = sp["layer_index"]
+            rows.append({"metric": f"|cos(PC1, axis)| at layer {L}", "value": sp["cos_pc1_axis"][L]})
+            rows.append({"metric": "max |cos(PC1, axis)| over layers", "value": max(sp["cos_pc1_axis"])})
+            rows.append({"metric": f"PC1 explained variance at layer {L}",
+                         "value": sp["explained_variance_ratio"][L][0]})
+        st = r.get("steering")
+        if st:
+            for c, v in sorted(st["by_strength"].items(), key=lambda x: float(x[0])):
+                rows.append({"metric": f"steer {c}: identifies as assistant", "value": v["assistant"]})
+                rows.append({"metric": f"steer {c}: identifies as another entity", "value": v["other"]})
+        dr = r.get("drift")
+        if dr:
+            for m, sets in dr["mean_by_turn"].items():
+                for n, ys in sets.items():
+                    rows.append({"metric": f"drift {n} ({m}): projection turn 1 -> last",
+                                 "value": f"{ys[0]:.2f} -> {ys[-1]:.2f}"})
+        jb = r.get("jailbreaks")
+        if jb:
+            rows.append({"metric": "jailbreak harmful rate, default", "value": jb["default"]["harmful"]})
+            rows.append({"metric": "jailbreak harmful rate, capped", "value": jb["capped"]["harmful"]})
+            rows.append({"metric": "relative reduction by capping", "value": jb["reduction"]})
+        for k, v in r.get("capability", {}).items():
+            rows.append({"metric": f"capability accuracy % ({k}, n={v['n']})", "value": v["accuracy"]})
+        return rows
+
+    def report(self) -> Path:
+        """Write ``report.html`` and return its path."""
+        return save_html(self.out_dir / "report.html", build_report(self))
+
+
+def default_layers(lm) -> tuple[int, tuple]:
+    L = lm.n_layers
+    lo, hi = round(0.6 * L), round(0.8 * L)
+    return round(2 * L / 3), tuple(range(lo, max(hi, lo + 1)))
+
+
+@protocol("persona")
+def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
+    """Build role vectors and the axis, run ``cfg.parts``, write the run folder and return."""
+    cfg = cfg or Config()
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    layer, caps = default_layers(lm)
+    layer = cfg.layer if cfg.layer is not None else layer
+    cap_layers = cfg.cap_layers or caps
+    bad = [x for x in (layer, *cap_layers) if not 0 <= x < lm.n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range for {lm.name} ({lm.n_layers} layers)")
+    data, dd = load_roles(), load_drift()
+    roles = data["roles"][:cfg.n_roles]
+    run_dir = RunDir(out, cfg, lm, experiment="persona")
+    jobs = [(r["name"], sp, q) for r in roles
+            for sp in role_prompts(r, data["templates"][:cfg.prompts_per_role])
+            for q in data["questions"][:cfg.n_questions]]
+    jobs += [("default", sp, q) for sp in data["default_system_prompts"][:cfg.n_default_prompts]
+             for q in data["questions"][:cfg.default_questions]]
+    resp = generate_responses(lm, jobs, cfg.max_new_tokens, cfg.temperature, cfg.seed,
+                              cfg.batch_size)
+    rows = keep_rows(resp, cfg.role_filter)
+    sites = [f"resid_post.{i}" for i in range(lm.n_layers)]
+    acts = response_acts(lm, resp, rows, sites, min(cfg.batch_size, 16))  # (n, L, d)
+    keys = [resp.keys[i] for i in rows]
+    is_def = torch.tensor([k == "default" for k in keys])
+    names, R = role_vectors(acts[~is_def], [k for k in keys if k != "default"])  # (n_r, L, d)
+    D = acts[is_def]  # (n_d, L, d)
+    if len(names) < 3 or len(D) == 0:
+        raise ValueError(f"too few responses left ({len(names)} roles, {len(D)} default); "
+                         "raise max_new_tokens or use role_filter='none'")
+    axis = assistant_axis(D, R)  # (L, d)
+    res = Result(cfg, out)
+    res.axis = axis_vectorset(lm, axis, sites, {"n_roles": len(names), "n_default": len(D),
+                                                "role_filter": cfg.role_filter})
+    res.axis.save(out / "assistant_axis.safetensors")
+    from ...core import VectorSet
+    res.role_vectors = VectorSet(R[:, layer], names=names, site=sites[layer], model=lm.name,
+                                 method="response_mean")
+    res.role_vectors.save(out / "role_vectors.safetensors")
+    Rs = res.results
+    Rs.update({"model": lm.name, "layer": layer, "cap_layers": list(cap_layers),
+               "n_roles": len(names), "n_role_generated": sum(k != "default" for k in resp.keys),
+               "n_role_responses": int((~is_def).sum()), "n_default_responses": len(D),
+               "role_filter": cfg.role_filter, "judge": "rule identity judge (keyword patterns)"})
+    Rs["space"] = persona_space(R, axis, names, layer, D.mean(0))
+    res.plots["space"] = save_png(out / "persona_space.png", plot_space(Rs["space"]))
+    def_rows = [i for i in rows if resp.keys[i] == "default"]
+    taus = token_thresholds(lm, resp, def_rows, axis, cap_layers, cfg.cap_percentile,
+                            min(cfg.batch_size, 16))
+    Rs["cap_thresholds"] = {str(k): v for k, v in taus.items()}
+    system = data["default_system_prompts"][0]
+    if "steering" in cfg.parts:
+        Rs["steering"] = steer_axis(lm, axis[layer], sites[layer], cfg.steer_strengths,
+                                    [None, role_prompts(roles[0], data["templates"][:1])[0]],
+                                    cfg.steer_tokens, cfg.batch_size, cfg.seed)
+        res.plots["steering"] = save_png(out / "steering.png", plot_steering(Rs["steering"]))
+    if "drift" in cfg.parts:
+        Rs["drift"] = drift(lm, dd["conversations"], system, axis, layer, taus, cfg.drift_tokens,
+                            cfg.batch_size, seed=cfg.seed)
+        res.plots["drift"] = save_png(out / "drift.png", plot_drift(Rs["drift"]))
+    if "jailbreak" in cfg.parts:
+        Rs["jailbreaks"] = jailbreaks(lm, dd["jailbreaks"], system, axis, taus,
+                                      cfg.jailbreak_tokens, cfg.batch_size, cfg.seed)
+    if "capability" in cfg.parts:
+        Rs["capability"] = capability(lm, axis, taus, cfg.eval_items, cfg.eval_tokens,
+                                      out / "capability", min(cfg.batch_size, 8))
+    Rs["responses"] = [{"key": resp.keys[i], "system": resp.systems[i], "question": resp.questions[i],
+                        "response": resp.texts[i], "kept": i in set(rows)}
+                       for i in range(len(resp.texts))]
+    Rs["seconds"] = time.perf_counter() - t0
+    run_dir.save_results(Rs)
+    res.report()
+    log.info("persona run done in %.0fs -> %s", Rs["seconds"], out)
+    return res

@@ -1,0 +1,19 @@
+"""mindscope.runs: what every run shares, directly above ``core``: the run folder
+(``RunDir``, atomic JSON / HTML / PNG writes), provenance (``versions``, ``git_hash``,
+``model_hash``, ``data_hash``), interval statistics (``wilson``, ``mean_ci``, ``bootstrap_ci``),
+and the one HTML page builder with its figure helpers (``Page``, ``table``, ``png``,
+``figure_png``, ``heatmap_png``).
+
+>>> from mindscope.runs import Page, wilson
+>>> Page("t").table([{"rate": wilson(1, 2)}]).render().startswith("<!DOCTYPE html>")
+True
+"""
+from ._page import (CSS, Page, bars_svg, esc, figure_png, fmt, heatmap_png, link, png, save_figure,
+                    table, tokens)
+from ._provenance import data_hash, git_hash, model_hash, versions
+from ._rundir import RunDir, save_html, save_png, to_jsonable, write_json
+from ._stats import bootstrap_ci, mean_ci, wilson
+
+__all__ = ["RunDir", "to_jsonable", "write_json", "save_html", "save_png", "versions", "git_hash",
+           "model_hash", "data_hash", "wilson", "mean_ci", "bootstrap_ci", "Page", "table", "png",
+           "tokens", "esc", "fmt", "link", "bars_svg", "CSS", "figure_png", "heatmap_png", "save_figure"]
