@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The CPU suite stays on the CPU on a GPU machine too ('auto' devices resolve to cpu);
+# tests/gpu sets the device it tests (docs/gpu.md).
+os.environ.setdefault("MINDSCOPE_DEVICE", "cpu")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -21,6 +21,12 @@ def pytest_collection_modifyitems(config, items):
             it.add_marker(pytest.mark.skip(reason=NO_CUDA))
 
 
+@pytest.fixture(autouse=True)
+def _policy_device(monkeypatch):
+    """The root conftest pins 'auto' to the CPU for the CPU suite; here 'auto' means the GPU."""
+    monkeypatch.setenv("MINDSCOPE_DEVICE", DEV)
+
+
 @pytest.fixture(scope="session")
 def gpu_lm():
     """The tiny llama on cuda:0 in fp32 (exact comparisons) ..."""

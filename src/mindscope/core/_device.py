@@ -43,9 +43,12 @@ def cuda_missing_error(request) -> BadInputError:
 
 
 def resolve_device(device: DeviceLike = None) -> torch.device:
-    """'auto'/None -> cuda if visible else cpu; 'cuda' without CUDA -> BadInputError naming
-    the fix; 'cuda:N' past the GPU count -> BadInputError."""
+    """'auto'/None -> ``$MINDSCOPE_DEVICE`` if set, else cuda if visible, else cpu; 'cuda'
+    without CUDA -> BadInputError naming the fix; 'cuda:N' past the GPU count -> BadInputError."""
     if device is None or (isinstance(device, str) and device.strip().lower() in ("auto", "")):
+        env = os.environ.get("MINDSCOPE_DEVICE", "").strip().lower()
+        if env not in ("", "auto"):
+            return resolve_device(env)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
