@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.mindscope-installed
 # any other request would pull gigabytes of CUDA wheels.
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test install clean-venv bench
+.PHONY: demo test install clean-venv bench test-gpu bench-gpu
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
+
+# GPU machines (docs/gpu.md): tests/gpu skips with the reason where torch sees no CUDA GPU, and
+# bench_gpu.py says it needs CUDA and measures nothing. TORCH must then be a CUDA build of torch.
+test-gpu: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs --timeout=1800 tests/gpu
+
+bench-gpu: install
+	$(BIN)/python benchmarks/bench_gpu.py --json benchmarks/gpu_results.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # the demo registers its SAE: tests write into a throw-away registry, never the user's cache
 os.environ.setdefault("MINDSCOPE_SAE_REGISTRY", tempfile.mkdtemp(prefix="mindscope-test-saes-"))
+# The CPU suite stays on the CPU on a GPU machine too ('auto' devices resolve to cpu);
+# tests/gpu sets the device it tests (docs/gpu.md).
+os.environ.setdefault("MINDSCOPE_DEVICE", "cpu")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

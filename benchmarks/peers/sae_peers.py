@@ -39,12 +39,22 @@ ap.add_argument("--lr", type=float, default=None)
 ap.add_argument("--aux", type=float, default=1 / 32)
 ap.add_argument("--b-dec-mean", action="store_true")
 ap.add_argument("--threads", type=int, default=0)
+ap.add_argument("--device", default="cpu", help="cpu or cuda (sparsify only; bench_gpu.py)")
+ap.add_argument("--bf16", action="store_true", help="sparsify forward under bf16 autocast")
 args = ap.parse_args()
+DEV = torch.device(args.device)
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
 if args.threads:
     torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 data = load_file(args.data)
-train, held = data["train"].float(), data["held"].float()
+train, held = data["train"].float().to(DEV), data["held"].float().to(DEV)
 d, B, n = train.shape[1], args.batch, args.latents
 steps = train.shape[0] // B
 lr = args.lr or 2e-4 / (n / 2 ** 14) ** 0.5
@@ -67,20 +77,23 @@ def run_sparsify():
 
     from sparsify import SparseCoder, SparseCoderConfig
     out["version"] = version("eai-sparsify")
-    sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=args.k), device="cpu", dtype=torch.float32)
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=args.k), device=DEV, dtype=torch.float32)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    since_fired = torch.zeros(n, dtype=torch.long)
+    since_fired = torch.zeros(n, dtype=torch.long, device=DEV)
     dead_threshold = 10_000_000
     times = []
     for s in range(steps):
         x = batch(s)
+        sync()
         t0 = time.perf_counter()
         if s == 0:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
         dead_mask = since_fired > dead_threshold if args.aux > 0 else None
-        o = sae(x=x, y=x, dead_mask=dead_mask, total_variance=(x - x.mean(0)).pow(2).sum())
-        did_fire = torch.zeros(n, dtype=torch.bool)
+        # --bf16: the forward under bf16 autocast, as mindscope trains on CUDA (like for like)
+        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=args.bf16):
+            o = sae(x=x, y=x, dead_mask=dead_mask, total_variance=(x - x.mean(0)).pow(2).sum())
+        did_fire = torch.zeros(n, dtype=torch.bool, device=DEV)
         did_fire[o.latent_indices.flatten()] = True
         (o.fvu + args.aux * o.auxk_loss).backward()
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -89,11 +102,12 @@ def run_sparsify():
         with torch.no_grad():
             since_fired += x.shape[0]
             since_fired[did_fire] = 0
+        sync()
         times.append(time.perf_counter() - t0)
     with torch.no_grad():
         sae.set_decoder_norm_to_unit_norm()
         o = sae(held)
-        fired = torch.zeros(n, dtype=torch.bool)
+        fired = torch.zeros(n, dtype=torch.bool, device=DEV)
         fired[o.latent_indices[o.latent_acts > 0].flatten()] = True
         l0 = float((o.latent_acts > 0).sum(-1).float().mean())
         return times, o.sae_out, fired, l0

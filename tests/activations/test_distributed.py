@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +18,9 @@ def test_torchrun_two_ranks_equal_one_process(tiny_dir, text_corpus, tmp_path):
            "--corpus", str(text_corpus), "--sites", "resid_post.1,resid_post.3", "--tokens",
            str(20 * L), "--window", str(L), "--shard-tokens", str(2 * L), "--batch-size", "2",
            "--device", "cpu", "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    # this checkout's src first: the ranks must run the code under test, not an installed copy
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     lm = ms.load(str(tiny_dir))

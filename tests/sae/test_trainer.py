@@ -163,3 +163,33 @@ def test_two_process_data_parallel_matches_single_process(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-4, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+
+
+def _torchrun(*args):
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", WORKER, *map(str, args)],
+                   check=True, env=ENV, timeout=300)
+
+
+def test_checkpoint_resumes_on_another_number_of_ranks(tmp_path):
+    """2 ranks stop at step 5, 1 rank finishes; 1 rank stops at 5, 2 ranks finish: both equal
+    one uninterrupted single-process run (the checkpoint holds no per-rank state, and each rank
+    reads its rows of the same global batches)."""
+    from _worker import train
+
+    ref, a, b = tmp_path / "ref", tmp_path / "a", tmp_path / "b"
+    train(ref, steps=12, ckpt=0)
+    _torchrun(a, "--steps", 12, "--ckpt", 0, "--stop-at", 5)        # 2 ranks, stopped part-way
+    with safe_open(str(a / "checkpoint.safetensors"), "pt") as f:
+        import json
+        assert json.loads(f.metadata()["trainer"])["step"] == 5
+    train(a, steps=12, ckpt=0)                                       # ... resumed on 1 rank
+    train(b, steps=12, ckpt=0, stop=5)                               # 1 rank, stopped part-way
+    _torchrun(b, "--steps", 12, "--ckpt", 0)                         # ... resumed on 2 ranks
+    r = _final(ref)
+    for run in (a, b):
+        got = _final(run)
+        assert got.keys() == r.keys() and len(r) >= 8
+        for k in r:
+            assert torch.allclose(got[k], r[k], atol=2e-4, rtol=1e-4), (run.name, k,
+                                                                         (got[k] - r[k]).abs().max())

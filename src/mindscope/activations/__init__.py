@@ -20,5 +20,5 @@ __all__ = ["ActivationStore", "StoreReader", "CorruptStoreError", "harvest", "Ha
 
 # Used by other mindscope packages: public here so no package imports another's private module.
 from ._store import to_float32
-from ._windows import encode_docs
-__all__ += ["to_float32", "encode_docs"]
+from ._windows import RankEncoder, encode_docs
+__all__ += ["to_float32", "encode_docs", "RankEncoder"]

@@ -32,7 +32,7 @@ from ..core import StopForward
 from ..core import run_lock
 from ._corpus import Corpus, open_corpus
 from ._store import FORMAT, ActivationStore, file_sha256, shard_name, site_dir
-from ._windows import ROLES, WindowConfig, iter_windows, keep_mask
+from ._windows import ROLES, RankEncoder, WindowConfig, iter_windows, keep_mask
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -356,15 +356,26 @@ def _harvest(lm, out, sites, corpus, n_tokens, window, batch_size, shard_tokens,
     else:
         atomic_write_text(rec_path, json.dumps(record, indent=1))
     done = _done_shards(out, cfg.sites)
+    encode, per_call = None, 64
+    if world > 1:
+        # every rank must see the same finished shards before any writes a new one
+        torch.distributed.barrier()
+        # Tokenizing is shared: each rank encodes 1/world of the documents and the ranks swap
+        # ids over a CPU group (gloo even when the model runs on NCCL).
+        group = None if torch.distributed.get_backend() == "gloo" else \
+            torch.distributed.new_group(backend="gloo")
+        encode, per_call = RankEncoder(lm.tokenizer, rank, world, group), 64 * world
     mine = [k for k in range(cfg.n_shards) if k % world == rank]
     todo = [k for k in mine if k not in done]
+    todo_all = [k for k in range(cfg.n_shards) if k not in done]
     _clean_partial(out, todo)
     if done:
         log.info("resuming %s: %d shards done, %d to do on rank %d", out, len(done), len(todo), rank)
     B = cfg.batch_size or auto_batch_size(lm, wcfg.length)
     W = cfg.shard_windows
     todo_set = set(todo)
-    last = (max(todo) + 1) * W if todo else 0
+    # all ranks read the stream to the same end (the shared tokenizer needs every rank)
+    last = (max(todo_all) + 1) * W if todo_all else 0
     readers = _Readers(lm, cfg.sites)
     writer = _Writer(out, cfg.sites, dtype)
     writer.start()
@@ -377,7 +388,8 @@ def _harvest(lm, out, sites, corpus, n_tokens, window, batch_size, shard_tokens,
             shard, buf = None, []
             n_win = min(last, cfg.n_windows)
             for w in iter_windows(corpus, lm.tokenizer, wcfg, n_windows=n_win,
-                                  want=lambda i: i // W in todo_set):
+                                  want=lambda i: i // W in todo_set, encode=encode,
+                                  docs_per_call=per_call):
                 if stop.is_set():
                     return
                 k = w.index // W

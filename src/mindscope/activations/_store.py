@@ -301,12 +301,14 @@ class StoreReader:
       fixed hash, so every run and every reader agree.
     - the last partial batch of an epoch is yielded unless ``drop_last``.
     - ``verify="size"`` (default) checks file sizes, ``"sha256"`` also hashes each shard on its
-      first read."""
+      first read.
+    - part=(rank, world): read only shards ``k % world == rank`` (data-parallel training)."""
 
     def __init__(self, store: ActivationStore, batch_size: int, site: str, shuffle: bool = True,
                  seed: int = 0, split: str = "train", epochs: int = 1, buffer_rows: int = 65536,
                  heldout_fraction: float = 0.05, split_by: str = "document",
-                 drop_last: bool = False, device="cpu", verify: str = "size"):
+                 drop_last: bool = False, device="cpu", verify: str = "size",
+                 part: tuple = (0, 1)):
         if split not in ("train", "heldout", "all"):
             raise ValueError(f"split must be 'train', 'heldout' or 'all', not {split!r}")
         if split_by not in ("document", "shard"):
@@ -325,6 +327,10 @@ class StoreReader:
         self.buffer_rows = max(int(buffer_rows), batch_size)
         self.heldout_fraction, self.split_by = heldout_fraction, split_by
         self.drop_last, self.device, self.verify = drop_last, torch.device(device), verify
+        rank, world = (int(v) for v in part)
+        if not 0 <= rank < world:
+            raise ValueError(f"part=(rank, world) needs 0 <= rank < world, got {part}")
+        self.part = (rank, world)
         self.peak_buffer_rows = 0
         self._rows: Optional[list] = None
         self._verified: set = set()
@@ -343,8 +349,11 @@ class StoreReader:
             return self._rows
         out: list = []
         held = self._heldout_shards() if self.split_by == "shard" else set()
+        rank, world = self.part
         for k, sh in enumerate(self.store.shards):
-            if self.split == "all":
+            if k % world != rank:               # another data-parallel rank's shard: never read
+                out.append(np.arange(0))
+            elif self.split == "all":
                 out.append(np.arange(sh["rows"]))
             elif self.split_by == "shard":
                 side = "heldout" if k in held else "train"

@@ -120,11 +120,14 @@ def encode_docs(docs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Optional[int] = None,
-                 want=None, docs_per_call: int = 64) -> Iterator[Window]:
+                 want=None, docs_per_call: int = 64, encode=None) -> Iterator[Window]:
     """Windows 0, 1, 2, ... of the packed corpus (stops after ``n_windows`` or at the corpus'
     end; a last partial window is dropped, with a warning naming its size; a corpus shorter
     than one window is refused with the fix). ``want(index) -> bool`` skips building arrays for
-    windows the caller does not need (the stream is still read, so indices stay global)."""
+    windows the caller does not need (the stream is still read, so indices stay global).
+    ``encode(docs) -> [(ids, roles)]`` replaces the tokenizer call (``RankEncoder``: each
+    data-parallel rank tokenizes only its share of the documents)."""
+    encode = encode or (lambda chunk: encode_docs(chunk, tokenizer))
     bos, sep = special_ids(tokenizer)
     L = cfg.length
     body = L - 1 if cfg.bos == "window" else L
@@ -163,7 +166,7 @@ def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Option
         chunk = [d for _, d in zip(range(docs_per_call), docs)]
         if not chunk:
             break
-        for d, (ids, role) in zip(chunk, encode_docs(chunk, tokenizer)):
+        for d, (ids, role) in zip(chunk, encode(chunk)):
             if cfg.bos == "document":
                 push(np.array([bos]), *marker)
             push(ids, np.full(len(ids), d.doc_id, dtype=np.int64), role)
@@ -179,3 +182,57 @@ def iter_windows(corpus: Corpus, tokenizer, cfg: WindowConfig, n_windows: Option
     if buffered > 0:
         log.warning("the corpus ended: its last %d tokens (less than one window of %d) are not "
                     "harvested", buffered, L)
+
+
+class RankEncoder:
+    """Tokenize a chunk of documents across data-parallel ranks: rank r encodes documents
+    ``i % world == r`` of the chunk, then the ranks swap token ids (two all_gathers of int64
+    tensors on ``group``, a CPU/gloo group) so every rank holds the whole chunk, in order. Every
+    rank must call it with the same chunks (they all read the same corpus stream)."""
+
+    def __init__(self, tokenizer, rank: int, world: int, group=None):
+        self.tok, self.rank, self.world, self.group = tokenizer, rank, world, group
+        self.docs_encoded = 0
+
+    def __call__(self, docs) -> list:
+        return self.assemble(docs, self.exchange(self.payload(docs)))
+
+    def payload(self, docs):
+        """Encode this rank's documents -> one int64 tensor [lengths, ids..., roles...]."""
+        import torch
+
+        enc = encode_docs(list(docs[self.rank::self.world]), self.tok)
+        self.docs_encoded += len(enc)
+        lens = np.asarray([len(ids) for ids, _ in enc], dtype=np.int64)
+        parts = [lens] + [ids for ids, _ in enc] + [r.astype(np.int64) for _, r in enc]
+        return torch.from_numpy(np.concatenate(parts))
+
+    def exchange(self, payload) -> list:
+        """Every rank's payload, in rank order (two all_gathers: sizes, then padded data)."""
+        import torch
+        import torch.distributed as dist
+
+        n = torch.tensor([payload.numel()], dtype=torch.int64)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        dist.all_gather(sizes, n, group=self.group)
+        buf = torch.zeros(max(int(v) for v in sizes), dtype=torch.int64)
+        buf[:payload.numel()] = payload
+        got = [torch.zeros_like(buf) for _ in range(self.world)]
+        dist.all_gather(got, buf, group=self.group)
+        return [g[:int(k)] for g, k in zip(got, sizes)]
+
+    def assemble(self, docs, payloads) -> list:
+        """(ids, roles) per document of ``docs``, in order, from every rank's payload."""
+        out: list = [None] * len(docs)
+        for r, flat in enumerate(payloads):
+            idx = range(r, len(docs), self.world)
+            flat = flat.numpy()
+            lens = flat[:len(idx)]
+            total = int(lens.sum())
+            ids_all = flat[len(idx):len(idx) + total]
+            roles_all = flat[len(idx) + total:len(idx) + 2 * total]
+            a = 0
+            for i, ln in zip(idx, lens):
+                out[i] = (ids_all[a:a + ln].copy(), roles_all[a:a + ln].astype(np.int8))
+                a += int(ln)
+        return out

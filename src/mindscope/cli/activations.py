@@ -1,14 +1,13 @@
 """CLI for the activations layer: ``mindscope harvest`` and ``mindscope corpus build|info``.
 
 Thin: parses options and calls ``mindscope.activations``. Under ``torchrun`` (WORLD_SIZE > 1)
-``harvest`` joins the process group (nccl on GPUs, gloo on CPU) and each rank harvests its
-shards. Also runnable alone: ``python -m mindscope.cli.activations harvest ...``.
+``harvest`` joins the process group (``mindscope.core.init_distributed``: nccl on GPUs, gloo
+on CPU), each rank tokenizes its share of the documents and harvests its shards. Also runnable alone: ``python -m mindscope.cli.activations harvest ...``.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -43,27 +42,6 @@ def _logging(quiet: bool) -> None:
                             format="%(levelname)s %(name)s: %(message)s")
 
 
-def _init_dist(device: str) -> tuple[Optional[str], bool]:
-    """Join torch.distributed under torchrun; returns (device, started)."""
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device, False
-    if torch.distributed.is_initialized():
-        return device, False
-    cuda = torch.cuda.is_available() and device not in ("cpu",)
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    import datetime
-
-    # Ranks wait for each other only at the end; allow for uneven progress on long harvests.
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo",
-                                         timeout=datetime.timedelta(hours=24))
-    return device, True
-
-
 @app.command("harvest")
 def harvest_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Store folder (resumes if it holds a partial harvest)."),
@@ -88,7 +66,6 @@ def harvest_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Harvest activations of MODEL at SITES over TOKENS of a corpus into OUT."""
-    import torch
 
     from mindscope.activations import harvest, open_corpus
 
@@ -102,25 +79,27 @@ def harvest_cmd(
     if corpus != "default":
         need_path(Path(corpus), "--corpus", "any", "give a file, a folder, or 'default'")
     _logging(quiet)
-    device, started = _init_dist(device)
-    try:
-        lm = load_model(model, dtype=dtype, device=device, quiet=quiet)
-        lm.expand_sites(sites)  # fail on a bad site before any corpus work
-        src = open_corpus(corpus, text_field=text_field, messages_field=messages_field,
-                          on_error=on_error)
-        store = harvest(lm, out, sites=sites, corpus=src, n_tokens=n_tokens,
-                        window=window, bos=bos, skip_positions=skip_positions,
-                        skip_tokens=skip_tokens, batch_size=batch_size or None,
-                        shard_tokens=shard_tokens, store_dtype=store_dtype, progress=not quiet)
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        if rank == 0:
-            m = store.manifest
-            typer.echo(f"{out}: {m['n_tokens']} rows x {m['d_model']} of {', '.join(m['sites'])} "
-                       f"({m['dtype']}, {m['n_shards']} shards, "
-                       f"{m['corpus']['bad_records']['count']} bad records skipped)")
-    finally:
-        if started:
-            torch.distributed.destroy_process_group()
+    import datetime
+
+    from mindscope.core import init_distributed, shutdown_distributed
+
+    # Ranks wait for each other only at the end; allow for uneven progress on long harvests.
+    # On an error the process group ends at exit (atexit), and the CLI prints the error.
+    rank, _, dev = init_distributed(device, timeout=datetime.timedelta(hours=24))
+    lm = load_model(model, dtype=dtype, device=str(dev), quiet=quiet)
+    lm.expand_sites(sites)  # fail on a bad site before any corpus work
+    src = open_corpus(corpus, text_field=text_field, messages_field=messages_field,
+                      on_error=on_error)
+    store = harvest(lm, out, sites=sites, corpus=src, n_tokens=n_tokens,
+                    window=window, bos=bos, skip_positions=skip_positions,
+                    skip_tokens=skip_tokens, batch_size=batch_size or None,
+                    shard_tokens=shard_tokens, store_dtype=store_dtype, progress=not quiet)
+    shutdown_distributed()          # success: every rank waits, then the group is destroyed
+    if rank == 0:
+        m = store.manifest
+        typer.echo(f"{out}: {m['n_tokens']} rows x {m['d_model']} of {', '.join(m['sites'])} "
+                   f"({m['dtype']}, {m['n_shards']} shards, "
+                   f"{m['corpus']['bad_records']['count']} bad records skipped)")
 
 
 @corpus_app.command("build")

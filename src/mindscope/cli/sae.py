@@ -89,7 +89,8 @@ def train_cmd(
     site: Optional[str] = typer.Option(None, "--site", help="Site in the store (if it holds several)."),
     outlier_factor: float = typer.Option(10.0, "--outlier-factor", min=0.0, help="Drop rows with norm > this x batch median (0 = keep all)."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1, help="Steps between checkpoints."),
-    bf16: bool = typer.Option(False, "--bf16", help="Encoder matmul in bfloat16."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="Encoder matmul in bfloat16 (default: on for CUDA, off on CPU)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: the rank's GPU)."),
     seed: int = typer.Option(0, "--seed", help="Init and data-order seed."),
     eval_batches: int = typer.Option(8, "--eval-batches", min=1, help="Held-out batches for the final metrics."),
     register_as: Optional[str] = typer.Option(None, "--register", help="Also register the (first) SAE under this name in the local registry ('auto': MODEL/SITE/ARCH-N)."),
@@ -101,15 +102,16 @@ def train_cmd(
     positive(lr, "--lr")
     n_tokens = _count(tokens, "--tokens")
     widths = [_count(t, "--latents") for t in latents.split(",") if t.strip()]
-    if arch == "topk" or arch == "batchtopk":
+    from mindscope.sae import archs
+    if archs.get(arch).uses_k:
         for n in widths:
             if k > n:
                 raise typer.BadParameter(f"--k {k} is larger than --latents {n}", param_hint="--k")
     from mindscope.core import atomic_write_json
     from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, Trainer, evaluate,
-                               init_distributed, plot_density)
+                               init_distributed, plot_density, shutdown_distributed)
 
-    rank, _ = init_distributed()
+    rank, _, dev = init_distributed(device)
     st, site, d, model = _store(store, site)
     steps = max(1, n_tokens // batch_size)
     specs = [(SAEConfig(arch, d, n, k=k, model=model, site=site,
@@ -117,8 +119,9 @@ def train_cmd(
               TrainConfig(steps=steps, lr=lr, l1_coef=l1, l0_coef=l0, bf16=bf16, seed=seed,
                           outlier_factor=outlier_factor or None))
              for n in widths]
-    tr = Trainer(specs, out, checkpoint_every=checkpoint_every, progress=not quiet)
+    tr = Trainer(specs, out, checkpoint_every=checkpoint_every, progress=not quiet, device=dev)
     saes = tr.fit(StoreBatches(st, batch_size, seed, "train", site))
+    shutdown_distributed()
     if rank != 0:
         return
     try:  # the SAEs are saved: a failing evaluation must not lose them, only their metrics
@@ -246,19 +249,22 @@ def sweep_cmd(
     site: Optional[str] = typer.Option(None, "--site"),
     eval_batches: int = typer.Option(4, "--eval-batches", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (under torchrun: the rank's GPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a (latents x tokens x lr) grid from one stream and fit scaling laws."""
     _setup(quiet)
-    from mindscope.sae import SAEConfig, StoreBatches, TrainConfig, init_distributed, train_sweep
+    from mindscope.sae import (SAEConfig, StoreBatches, TrainConfig, init_distributed,
+                               shutdown_distributed, train_sweep)
 
     grid = dict(n_latents=_list(latents, _count), tokens=_list(tokens, _count), lrs=_list(lrs, _lr))
-    init_distributed()
+    _, _, dev = init_distributed(device)
     st, site, d, model = _store(store, site)
     res = train_sweep(StoreBatches(st, batch_size, 0, "train", site), _heldout(st, site, batch_size, eval_batches),
                 SAEConfig(arch, d, 2 * d, k=k, model=model, site=site), TrainConfig(steps=1),
                 **grid, batch_size=batch_size, budget=budget, out_dir=out,
-                progress=not quiet)
+                progress=not quiet, device=dev)
+    shutdown_distributed()
     if as_json:
         typer.echo(json.dumps(res["laws"], indent=2))
     else:

@@ -2,6 +2,8 @@
 from ._capture import Captured
 from ._record import Monitor, Recorder
 from ._chat import ChatPrompt, render_chat
+from ._device import (autocast_dtype, dist_info, follow, init_distributed, module_device,
+                      resolve_device, shutdown_distributed, to_module)
 from ._families import FAMILIES, Family
 from ._files import (BadInputError, atomic_dir, atomic_save_tensors, atomic_write, atomic_write_bytes,
                      atomic_write_json, atomic_write_text, guard_settings, read_json,
@@ -25,7 +27,9 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",
            "atomic_dir", "RunLockedError", "Site", "Recorder", "ImagePrompt", "image_placeholder",
            "VectorSpec", "parse_vector_spec", "spec_interventions", "load_direction", "guard_settings",
-           "settings_diff"]
+           "settings_diff",
+           "resolve_device", "module_device", "follow", "to_module", "autocast_dtype",
+           "init_distributed", "shutdown_distributed", "dist_info"]
 
 # Used by other mindscope packages: public here so no package imports another's private module.
 from ._files import (check_finite, inside, load_safetensors, loads_checked, need, need_int,

@@ -55,9 +55,25 @@ def _cache_kw(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:
+class _Gens:
+    """One seeded generator per device, made when first needed: ``torch.multinomial`` needs a
+    generator on the device of the probabilities (the logits' device)."""
+
+    def __init__(self, seed):
+        self.seed, self.by_device = seed, {}
+
+    def on(self, device: torch.device):
+        if self.seed is None:
+            return None
+        if device not in self.by_device:
+            self.by_device[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self.by_device[device]
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gens: "_Gens") -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
+    gen = gens.on(logits.device)
     probs = torch.softmax(logits.float() / temperature, -1)  # (B, V)
     if top_p < 1.0:
         sp, si = probs.sort(-1, descending=True)
@@ -85,7 +101,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                          f"{temperature!r} and {top_p!r}")
     batch = self.tokenize(prompts, chat=chat)
     n = len(batch)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gens = _Gens(seed)   # seeded per device: CPU and CUDA draw different (reproducible) samples
     eos = set()
     for t in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
         eos.update(t if isinstance(t, (list, tuple)) else [t] if t is not None else [])
@@ -110,7 +126,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                 pos = self.position_ids(mask)[:, -1:]  # (B, 1)
                 logits = res.logits[:, -1]
                 for step in range(max_new_tokens):
-                    nxt = _sample(logits, temperature, top_p, gen).cpu()  # (B,)
+                    nxt = _sample(logits, temperature, top_p, gens).cpu()  # (B,)
                     lp = torch.log_softmax(logits.float(), -1).gather(
                         -1, nxt.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
                     if eos_t is not None and stop_at_eos:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from ._device import module_device
 from ._positions import PositionSpec
 
 Scale = Union[float, torch.Tensor]
@@ -86,9 +87,15 @@ class Ablate(Intervention):
     """If True, ``direction`` (k, d) spans a subspace to remove (not one direction per row)."""
 
     def apply_rows(self, h, rows):
-        if self.subspace:
-            q, _ = torch.linalg.qr(self.direction.to(h).T)  # (d, k) orthonormal basis
-            return h - (h @ q) @ q.T
+        if self.subspace:   # QR has no bf16/fp16 kernel, and the basis wants fp32 anyway
+            d = self.direction.to(device=h.device, dtype=torch.float32)
+            if d.shape[-1] != h.shape[-1]:
+                raise ValueError(f"Ablate at {self.site}: subspace has dimension {d.shape[-1]} "
+                                 f"but the site has d = {h.shape[-1]}; was it made for another "
+                                 "model?")
+            q, _ = torch.linalg.qr(d.T)                       # (d, k) orthonormal basis, fp32
+            hf = h.float()                                    # (n, d)
+            return (hf - (hf @ q) @ q.T).to(h.dtype)
         u = self._dir(self.direction, rows, h)
         return h - (h * u).sum(-1, keepdim=True) * u
 
@@ -172,6 +179,8 @@ class Splice(Intervention):
     keep_error: bool = True
 
     def apply_rows(self, h, rows):
+        if isinstance(self.sae, torch.nn.Module) and module_device(self.sae) != h.device:
+            self.sae.to(h.device)       # the SAE follows the model (its module's device)
         f = self.sae.encode(h)
         recon = self.sae.decode(f)
         f2 = self.edit(f) if self.edit is not None else f

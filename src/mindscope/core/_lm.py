@@ -16,6 +16,7 @@ from typing import Iterable, Sequence, Union
 import torch
 
 from ._chat import ChatPrompt, render_chat
+from ._device import to_module
 from ._families import Family, family_for
 from ._hooks import Dispatcher, masked_apply
 from ._interventions import Intervention
@@ -369,7 +370,9 @@ class LM:
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding: (…, d) -> (…, V) logits."""
         head = self.model.get_output_embeddings()
-        return head(self.module(self.family_spec.final_norm)(h.to(self.device, self.dtype)))
+        norm = self.module(self.family_spec.final_norm)
+        x = norm(to_module(h.to(self.dtype), norm))      # each part on its own device (sharded)
+        return head(to_module(x, head))
 
     # ---- interventions -----------------------------------------------------------------
     @contextlib.contextmanager

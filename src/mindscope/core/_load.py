@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ._device import resolve_device
+from ._files import BadInputError
 from ._lm import LM
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,43 @@ def _dtype(dtype) -> torch.dtype:
 
 
 def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use device='cpu'")
-    return dev
+    return resolve_device(device)
+
+
+def _check_device_map(device_map, device) -> None:
+    if device not in (None, "auto"):
+        raise BadInputError(f"both device={device!r} and device_map={device_map!r} given",
+                            fix="give one: device for a single device, device_map='auto' to "
+                                "shard over every visible GPU")
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced",
+                                                          "balanced_low_0", "sequential"):
+        resolve_device(device_map)           # 'cuda:1' etc.: same checks as device=
+    if isinstance(device_map, dict):
+        for v in device_map.values():
+            if isinstance(v, str) and v in ("disk", "meta"):
+                raise BadInputError(f"device_map places weights on {v!r}",
+                                    fix="map every module to a GPU (cuda:N / N) or 'cpu'")
+            if not isinstance(v, str) or v != "cpu":
+                resolve_device(f"cuda:{v}" if isinstance(v, int) else v)
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise BadInputError("device_map needs the 'accelerate' package",
+                            fix="pip install accelerate") from None
+
+
+def _sharded_or_error(model, name: str, max_memory) -> None:
+    """A model accelerate put (partly) on disk or meta does not fit: say so and how to fix."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    off = sorted({str(v) for v in placed.values() if str(v) in ("disk", "meta")})
+    if off:
+        raise BadInputError(f"model {name} does not fit the memory given (device_map 'auto' "
+                            f"would put {sum(str(v) in off for v in placed.values())} module(s) "
+                            f"on {'/'.join(off)}; max_memory={max_memory})",
+                            fix="use more GPUs, dtype='bfloat16', or raise max_memory")
+    if "cpu" in {str(v) for v in placed.values()} and torch.cuda.is_available():
+        log.warning("%s: some modules were placed on the CPU (device_map=%s); forwards will be "
+                    "slow", name, placed)
 
 
 def _file_key(path: Path) -> str:
@@ -175,16 +208,38 @@ def resolve(spec: str, allow_download: bool = False) -> tuple[Path | str, str]:
                             "folder, a .gguf file or a hub id (org/name)")
 
 
-def load(spec: str = DEFAULT_MODEL, dtype="float32", device=None, allow_download: bool = False) -> LM:
+def load(spec: str = DEFAULT_MODEL, dtype="float32", device=None, allow_download: bool = False,
+         device_map=None, max_memory: Optional[dict] = None) -> LM:
     """Load a model as an ``LM``. ``dtype``: float32 / bfloat16 / float16; ``device``: 'cpu',
-    'cuda', 'auto' (default: cpu unless a GPU is visible)."""
+    'cuda', 'cuda:N', 'auto' (default: cpu unless a GPU is visible). ``device_map='auto'``
+    (needs accelerate) shards the layers over every visible GPU instead, within
+    ``max_memory`` ({0: '70GiB', 1: '70GiB', 'cpu': '100GiB'}); a model that would spill to
+    disk is refused with the fix. Sites and interventions work across the shards (each edit
+    runs on its module's device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dt = _dtype(dtype)
+    if device_map is not None:
+        _check_device_map(device_map, device)
+    else:
+        dev = _device(device)       # a bad device fails before any file is read
     src, name = resolve(spec, allow_download)
-    dt, dev = _dtype(dtype), _device(device)
     offline = {} if allow_download else {"local_files_only": True}
     tok = AutoTokenizer.from_pretrained(str(src), **offline)
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dt, **offline).to(dev)
+    if device_map is not None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dt, device_map=device_map,
+                                                         max_memory=max_memory, **offline)
+        except ValueError as e:
+            if "offload" in str(e) or "disk" in str(e):
+                raise BadInputError(f"model {name} does not fit the memory given (device_map="
+                                    f"{device_map!r}, max_memory={max_memory})",
+                                    fix="use more GPUs, dtype='bfloat16', or raise max_memory") \
+                    from None
+            raise
+        _sharded_or_error(model, name, max_memory)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dt, **offline).to(dev)
     proc = None
     if any((Path(src) / f).exists() for f in ("preprocessor_config.json", "processor_config.json")):
         from transformers import AutoProcessor  # a vision-language model: images via its processor

@@ -309,13 +309,13 @@ class PCA:
     """(d,) the mean subtracted before the decomposition (zeros if not centred)."""
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) @ self.components.T  # (N, n)
+        return (x.float() - self.mean.to(x.device)) @ self.components.to(x.device).T  # (N, n)
 
 
 def pca(x: torch.Tensor, n_components: Optional[int] = None, center: bool = True) -> PCA:
     """PCA of rows x (N, d) by SVD (float64), like scikit-learn's (sign: largest |loading| > 0)."""
     x = x.double()
-    mean = x.mean(0) if center else torch.zeros(x.shape[1], dtype=x.dtype)
+    mean = x.mean(0) if center else torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     u, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
     signs = torch.sign(vt.gather(1, vt.abs().argmax(1, keepdim=True))).squeeze(1)
     vt = vt * signs.unsqueeze(1)

@@ -105,8 +105,9 @@ def _window_batches(n_rows: int, window: np.ndarray, batch_rows: int):
 
 @torch.no_grad()
 def encode(sae, x: torch.Tensor) -> torch.Tensor:
-    """Dense non-negative codes (B, n) in float32."""
-    return sae.encode(x.to(sae.W_enc.dtype)).float().clamp(min=0)
+    """Dense non-negative codes (B, n) in float32, on the CPU (where the feature state lives);
+    the encoder runs on the SAE's device."""
+    return sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype)).float().clamp(min=0).cpu()
 
 
 def run_pass(sae, store, state: FeatureState, shards=None, max_rows: Optional[int] = None,
@@ -195,7 +196,7 @@ def logit_effects(lm, W_dec: torch.Tensor, n: int = 10, final_norm: bool = True,
 @torch.no_grad()
 def decoder_neighbours(W_dec: torch.Tensor, n: int = 10, chunk: int = 1024):
     """(cosines (N, n), indices (N, n)) of the nearest other rows by cosine."""
-    W = torch.nn.functional.normalize(W_dec.detach().float(), dim=1)
+    W = torch.nn.functional.normalize(W_dec.detach().float().cpu(), dim=1)
     n = min(n, W.shape[0] - 1)
     vals, idx = [], []
     for a in range(0, W.shape[0], chunk):
@@ -208,7 +209,7 @@ def decoder_neighbours(W_dec: torch.Tensor, n: int = 10, chunk: int = 1024):
 
 def decoder_map(W_dec: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
     """2-D coordinates (N, 2) of the unit decoder directions: UMAP (cosine) or PCA."""
-    W = torch.nn.functional.normalize(W_dec.detach().float(), dim=1)
+    W = torch.nn.functional.normalize(W_dec.detach().float().cpu(), dim=1)
     if method in ("auto", "umap"):
         try:
             import umap  # type: ignore
@@ -387,6 +388,8 @@ def _analyze(sae, store, lm, out: Path, cfg, append, max_tokens, shards, tokeniz
 
     store = store if isinstance(store, ActivationStore) else ActivationStore.open(store)
     cfg = cfg or AnalysisConfig()
+    if lm is not None:
+        sae = sae.to(lm.device)     # the device policy: the SAE follows the model
     state_p, info_p = out / "state.safetensors", out / "analysis.json"
     sources: list = []
     if append and state_p.exists():

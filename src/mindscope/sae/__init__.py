@@ -21,7 +21,8 @@ from ._planner import fit_power_law, flops, plan, train_sweep
 from ._registry import list_saes, register, registry_dir, resolve_sae
 from ._sae import SAE
 from ._synth import SynthConfig, SynthData, synth_eval, synth_scores
-from ._trainer import Trainer, init_distributed, lr_at, sparsity_at
+from ..core import init_distributed, shutdown_distributed
+from ._trainer import Trainer, lr_at, sparsity_at, train_device
 
 __all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "TensorBatches", "StoreBatches",
            "drop_outliers", "geometric_median", "export_saelens", "import_saelens",
@@ -30,7 +31,8 @@ __all__ = ["archs", "ARCHS", "SAE", "SAEConfig", "TrainConfig", "Trainer", "Tens
            "plot_history", "plot_density", "fit_power_law", "flops", "train_sweep", "plan", "lr_at",
            "sparsity_at", "init_distributed", "SynthConfig", "SynthData", "synth_eval",
            "synth_scores", "BenchConfig", "bench", "check_sae", "pareto_plot", "write_bench",
-           "heldout_batches", "register", "list_saes", "registry_dir", "resolve_sae"]
+           "heldout_batches", "register", "list_saes", "registry_dir", "resolve_sae",
+           "shutdown_distributed", "train_device"]
 
 # Used by other mindscope packages: public here so no package imports another's private module.
 from ._planner import parse_lr

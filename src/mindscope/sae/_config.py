@@ -144,8 +144,9 @@ class TrainConfig:
     """Drop rows whose norm exceeds this multiple of the batch median (BOS-like outliers). None = keep."""
     fast: bool = True
     """topk: use the sparse autograd kernels (same math as the dense path)."""
-    bf16: bool = False
-    """Run the encoder matmul in bfloat16 (autocast-style; weights and grads stay fp32)."""
+    bf16: Optional[bool] = None
+    """Run the encoder matmul in bfloat16 (autocast; weights, grads and Adam stay fp32).
+    None = on for CUDA, off on CPU (the device policy, docs/gpu.md)."""
     seed: int = 0
     """Seed of the weight initialisation."""
     name: str = ""

@@ -8,6 +8,7 @@ True
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from typing import Iterator, Optional, Union
@@ -58,6 +59,14 @@ class TensorBatches:
         if batch_size > self.n:
             raise ValueError(f"batch_size={batch_size} exceeds the {self.n} rows available")
         self.per_epoch = self.n // batch_size
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> "TensorBatches":
+        """The same global batches, of which this source yields only rank ``rank``'s rows
+        (``tensor_split(world)[rank]`` of each): a data-parallel rank gathers nothing else."""
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        return out
 
     def iter_from(self, step: int) -> Iterator:
         epoch, off = divmod(step, self.per_epoch)
@@ -65,6 +74,8 @@ class TensorBatches:
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
             for i in range(off, self.per_epoch):
                 idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+                if self.world > 1:
+                    idx = idx.tensor_split(self.world)[self.rank]
                 out = tuple(t[idx] for t in self.xs)
                 yield out if len(out) > 1 else out[0]
             epoch, off = epoch + 1, 0
@@ -82,6 +93,21 @@ class StoreBatches:
                  site: Optional[str] = None):
         self.store, self.batch_size, self.seed, self.split = store, batch_size, seed, split
         self.site = site
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> "StoreBatches":
+        """Rank ``rank`` of ``world`` reads only the shards ``k % world == rank`` and yields its
+        ``tensor_split`` share of every global batch; the ranks' rows together make the global
+        batch. The stream depends on ``world`` (resuming on another rank count continues the
+        weights and schedule exactly, with a differently drawn data order)."""
+        n = len(self.store.shards)
+        if n < world:
+            raise ValueError(f"the activation store has {n} shard(s), fewer than the {world} "
+                             "ranks (each rank reads whole shards); harvest with a smaller "
+                             "--shard-tokens or train on fewer ranks")
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        return out
 
     @classmethod
     def open(cls, path, batch_size: int, seed: int = 0, split: str = "train",
@@ -96,8 +122,11 @@ class StoreBatches:
     def _stream(self):
         for e in itertools.count():
             got = False
-            for b in self.store.reader(self.batch_size, site=self.site, shuffle=True, seed=self.seed + e,
-                                       split=self.split, drop_last=True):
+            b_local = len(range(self.batch_size)[self.rank::self.world]) if self.world > 1 \
+                else self.batch_size
+            for b in self.store.reader(b_local, site=self.site, shuffle=True, seed=self.seed + e,
+                                       split=self.split, drop_last=True,
+                                       part=(self.rank, self.world)):
                 got = True
                 yield b
             if not got:

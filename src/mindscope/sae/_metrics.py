@@ -33,6 +33,7 @@ from typing import Iterable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..core import module_device
 from ._data import drop_outliers
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,18 @@ def evaluate(sae, batches: Iterable, max_batches: Optional[int] = None,
     """Metrics of ``sae`` on held-out ``batches`` ((B, d) or (x, y) pairs). Rows whose norm exceeds
     ``outlier_factor`` x the batch median are excluded (reported as ``excluded_rows``)."""
     n = sae.cfg.n_latents
+    dev = module_device(sae) if isinstance(sae, torch.nn.Module) else torch.device("cpu")
+    # batches follow the SAE's device; sums accumulate in fp64
     se = sq = 0.0
     s1 = None
     N = excluded = 0
     l0 = cos = 0.0
-    counts = torch.zeros(n, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.float64, device=dev)
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, batch)
-        x, y = x.float(), y.float()
+        x, y = x.to(dev, torch.float32), y.to(dev, torch.float32)
         if outlier_factor:
             keep = drop_outliers(x, outlier_factor) & drop_outliers(y, outlier_factor)
             excluded += int((~keep).sum())
@@ -73,7 +76,7 @@ def evaluate(sae, batches: Iterable, max_batches: Optional[int] = None,
         raise ValueError("evaluate: no rows (empty batches, or all excluded as outliers)")
     total_var = sq - float(s1.pow(2).sum()) / N                        # sum ||y - mean||^2
     fvu = se / total_var
-    density = counts / N
+    density = (counts / N).cpu()
     logd = torch.log10(density[density > 0])
     hist, edges = (torch.histogram(logd.float(), bins=hist_bins) if logd.numel()
                    else (torch.zeros(hist_bins), torch.zeros(hist_bins + 1)))
@@ -119,6 +122,7 @@ def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 
         b = lm.tokenize(list(texts[i:i + batch_size]))
         m = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()   # (B, T-1) predicted tokens
         tgt = b.input_ids[:, 1:]
+        m_dev = tgt_dev = None
         runs = {"clean": [], "zero": [ms.Replace(site, torch.zeros_like, positions=pos)],
                 **{("sae", k): [ms.Splice(site, s, keep_error=False, positions=pos)]
                    for k, s in saes.items()}}
@@ -126,12 +130,14 @@ def model_metrics(lm, sae, texts, site: Optional[str] = None, batch_size: int = 
         for key, ivs in runs.items():
             with lm.intervene(*ivs):
                 lg = lm.forward(b).float()[:, :-1]                            # (B, T-1, V)
+            if m_dev is None:         # targets and mask on the logits' device
+                m_dev, tgt_dev = m.to(lg.device), tgt.to(lg.device)
             lp = lg.log_softmax(-1)
-            ce[key] += float(-lp.gather(-1, tgt[..., None]).squeeze(-1)[m].sum())
+            ce[key] += float(-lp.gather(-1, tgt_dev[..., None]).squeeze(-1)[m_dev].sum())
             if key == "clean":
-                lp_clean = lp[m]                                             # (n, V)
+                lp_clean = lp[m_dev]                                         # (n, V)
             elif key != "zero":
-                kl[key[1]] += float((lp_clean.exp() * (lp_clean - lp[m])).sum())
+                kl[key[1]] += float((lp_clean.exp() * (lp_clean - lp[m_dev])).sum())
             bar.update(1)
         n_tok += int(m.sum())
     bar.close()

@@ -246,7 +246,8 @@ def resolve_lr(spec, train: TrainConfig, cfg: SAEConfig) -> Optional[float]:
 def train_sweep(batches: Iterable, heldout: Sequence, base: SAEConfig, train: TrainConfig, *,
           n_latents: Sequence[int], tokens: Sequence[int], lrs: Sequence,
           batch_size: int,
-          budget: Optional[float] = None, out_dir=None, progress: bool = True) -> dict:
+          budget: Optional[float] = None, out_dir=None, progress: bool = True,
+          device=None) -> dict:
     """Train every (n_latents, tokens, lr) with flops <= budget from ONE pass over ``batches``
     (each SAE stops after its own token count; schedules are per SAE), evaluate each on
     ``heldout`` batches and fit the laws. loss = held-out FVU (scale-free). An lr is a float,
@@ -276,7 +277,8 @@ def train_sweep(batches: Iterable, heldout: Sequence, base: SAEConfig, train: Tr
     if len(specs) < 2:
         raise ValueError(f"sweep: only {len(specs)} grid points fit the budget {budget:g}; widen it")
     log.info("sweep: %d SAEs from one stream", len(specs))
-    saes = Trainer(specs, out_dir, progress=progress, plots=out_dir is not None).fit(batches)
+    saes = Trainer(specs, out_dir, progress=progress, plots=out_dir is not None,
+                   device=device).fit(batches)
     results = []
     for m, sae in zip(meta, saes):
         ev = evaluate(sae, heldout)

@@ -58,7 +58,7 @@ class SAE(nn.Module):
         return self.spec.threshold(self)
 
     def _scaled_in(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.W_enc.dtype) * self.cfg.scale_in
+        x = x.to(self.W_enc.device, self.W_enc.dtype) * self.cfg.scale_in
         return x - self.b_dec if self.cfg.b_dec_in else x
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +171,7 @@ class SAE(nn.Module):
         c = self.cfg
         rows = "".join(f"<tr><td>{k}</td><td>{escape(str(v))}</td></tr>" for k, v in (
             ("architecture", c.arch), ("model", c.model), ("site", c.site), ("d_in", c.d_in),
-            ("latents", c.n_latents), ("k", c.k if c.arch in ("topk", "batchtopk") else "-"),
+            ("latents", c.n_latents), ("k", c.k if c.spec.uses_k else "-"),
             ("d_out", c.out_dim)))
         return f"<div><b>SAE</b><table>{rows}</table></div>"
 

@@ -13,9 +13,15 @@
 * Checkpoints: every ``checkpoint_every`` steps one ``checkpoint.safetensors`` holding every SAE,
   its Adam state and the trainer state (JSON in the safetensors metadata), written atomically.
   A killed run started again with the same arguments continues bit-for-bit (CPU).
-* Data parallel: under torchrun (``torch.distributed`` initialised) every rank reads the same
-  global batch, keeps its slice of rows, and gradients are summed so the update equals the
-  single-process update on the whole batch (up to float summation order).
+* Data parallel: under torchrun (``torch.distributed`` initialised, ``init_distributed``) a
+  source with ``shard(rank, world)`` (``TensorBatches``, ``StoreBatches``) makes each rank read
+  only its own rows of every global batch; gradients are summed so the update equals the
+  single-process update on the whole batch (up to float summation order). Other iterables are
+  read whole by every rank and sliced. A checkpoint holds no per-rank state: it resumes on any
+  number of ranks.
+* Device: the SAE, its optimizer state, the dead-latent counters and every batch live on
+  ``device`` (default: the rank's CUDA device under NCCL, else CUDA if visible, else CPU);
+  bf16 autocast follows ``TrainConfig.bf16`` (None = on for CUDA).
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..core import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
-                    load_safetensors, need, need_int, safetensors_json_meta)
-from ..core import run_lock
+                    dist_info, load_safetensors, need, need_int, resolve_device, run_lock,
+                    safetensors_json_meta)
 from ._config import SAEConfig, TrainConfig
 from .archs import TrainState
 from ._data import drop_outliers, geometric_median
@@ -42,19 +48,32 @@ from ._sae import SAE
 log = logging.getLogger(__name__)
 
 
-def _dist():
+_dist = dist_info
+
+
+def train_device(device=None) -> torch.device:
+    """The trainer's device: ``device`` if given (policy checks included); under NCCL the
+    rank's CUDA device; else CUDA if visible, else CPU."""
+    if device is not None:
+        return resolve_device(device)
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    return resolve_device(None)
 
 
-def init_distributed(backend: Optional[str] = None) -> tuple:
-    """Initialise torch.distributed from torchrun's environment (WORLD_SIZE > 1); gloo on CPU,
-    nccl on CUDA. Returns (rank, world_size); a no-op (0, 1) outside torchrun."""
-    import os
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
-        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    return _dist()
+def _gather_rows(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate every rank's rows (rank order; ranks may hold different counts) -> (N, ...)."""
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(v) for v in sizes]
+    pad = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
+    pad[:x.shape[0]] = x
+    parts = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(parts, pad)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)])
 
 
 def lr_at(step: int, tc: TrainConfig, base: float) -> float:
@@ -77,14 +96,15 @@ def sparsity_at(step: int, tc: TrainConfig, coef: float) -> float:
 class _Slot:
     """One SAE being trained: module, optimizer and bookkeeping."""
 
-    def __init__(self, cfg: SAEConfig, tc: TrainConfig, index: int):
-        self.cfg0, self.tc, self.index = cfg, tc, index
-        self.sae = SAE(copy.deepcopy(cfg))
+    def __init__(self, cfg: SAEConfig, tc: TrainConfig, index: int, device: torch.device):
+        self.cfg0, self.tc, self.index, self.device = cfg, tc, index, device
+        self.sae = SAE(copy.deepcopy(cfg)).to(device)
+        self.bf16 = (device.type == "cuda") if tc.bf16 is None else bool(tc.bf16)
         self.tokens = 0
         self.base_lr = tc.resolved_lr(cfg)
         self.unit = tc.unit_norm_decoder if tc.unit_norm_decoder is not None else cfg.spec.unit_norm_decoder
         self.opt = None
-        self.since_fired = torch.zeros(cfg.n_latents, dtype=torch.long)
+        self.since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=device)
         self.state = TrainState()    # the architecture's own state (batchtopk: running threshold)
         self.history: list = []
         self.name = tc.name or f"{index:02d}_{cfg.spec.run_name(cfg)}_lr{self.base_lr:.1e}_s{tc.steps}"
@@ -136,13 +156,13 @@ class _Slot:
         for j, st in self.opt.state_dict()["state"].items():
             for key, v in st.items():
                 out[f"{p}opt.{j}.{key}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        return out
+        return {k: v.detach().cpu() for k, v in out.items()}   # the file is device-free
 
     def load_tensors(self, t: dict, meta: dict):
         p = f"{self.index}."
         self.sae.cfg = SAEConfig.from_dict(meta["cfg"])
         self.sae.load_state_dict({k[len(p) + 4:]: v for k, v in t.items() if k.startswith(p + "sae.")})
-        self.since_fired = t[p + "since_fired"].clone()
+        self.since_fired = t[p + "since_fired"].to(self.device).clone()
         self.theta = meta.get("theta")
         self.tokens = meta.get("tokens", 0)
         self.history = meta.get("history", [])
@@ -161,10 +181,11 @@ class Trainer:
     """Train SAEs ``specs = [(SAEConfig, TrainConfig), ...]`` on one batch stream."""
 
     def __init__(self, specs: Sequence[tuple], out_dir=None, *, checkpoint_every: int = 0,
-                 log_every: int = 10, progress: bool = True, plots: bool = True):
+                 log_every: int = 10, progress: bool = True, plots: bool = True, device=None):
         if not specs:
             raise ValueError("Trainer needs at least one (SAEConfig, TrainConfig) pair")
-        self.slots = [_Slot(c, t, i) for i, (c, t) in enumerate(specs)]
+        self.device = train_device(device)
+        self.slots = [_Slot(c, t, i, self.device) for i, (c, t) in enumerate(specs)]
         names = [s.name for s in self.slots]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate SAE names in one run: {names}; set TrainConfig.name")
@@ -226,6 +247,10 @@ class Trainer:
 
     # ---- training --------------------------------------------------------------------------------
     def _iterator(self, batches, start: int):
+        rank, world = _dist()
+        self.sharded = world > 1 and hasattr(batches, "shard")
+        if self.sharded:          # each rank reads only its own rows of every global batch
+            batches = batches.shard(rank, world)
         if hasattr(batches, "iter_from"):
             return iter(batches.iter_from(start))
         if callable(batches):
@@ -259,23 +284,13 @@ class Trainer:
             except StopIteration:
                 log.warning("data ran out after %d of %d steps", self.step, self.steps)
                 break
-            x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, batch)
-            x, y = x.float(), y.float()
-            B_glob = x.shape[0]
-            if self.slots[0].tc.outlier_factor:
-                keep = drop_outliers(x, self.slots[0].tc.outlier_factor)
-                if y is not x:
-                    keep &= drop_outliers(y, self.slots[0].tc.outlier_factor)
-                if not bool(keep.all()):
-                    xk = x[keep]
-                    x, y = xk, (xk if y is x else y[keep])
-                B_glob = x.shape[0]
+            xl, yl, B_glob, x_all, y_all = self._local_rows(batch, rank, world,
+                                                            need_all=self.step == 0 and not resumed)
             if self.step == 0 and not resumed:
                 for s in self.slots:
-                    s.init_from(x, y)
+                    s.init_from(x_all, y_all)
                     s.make_opt()
                 resumed = True
-            xl, yl = (x.tensor_split(world)[rank], y.tensor_split(world)[rank]) if world > 1 else (x, y)
             weight = xl.shape[0] / B_glob
             for s in self.slots:
                 if self.step < s.tc.steps:
@@ -294,6 +309,45 @@ class Trainer:
         self.tokens_per_s = (self.tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
         return self._finish()
 
+    def _local_rows(self, batch, rank: int, world: int, need_all: bool):
+        """-> (x, y) rows of this rank on the device, the global row count after outlier
+        removal, and (only when ``need_all``, for the init) the whole global batch. Ranks
+        exchange row norms (B floats), never rows, except for the one init batch."""
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, batch)
+        same = y is x
+        x = x.to(self.device, torch.float32)                                    # (b, d)
+        y = x if same else y.to(self.device, torch.float32)
+        if world > 1 and not self.sharded:                                      # read whole, keep ours
+            xa, ya = x, y
+            x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+        elif world > 1 and need_all:
+            xa = _gather_rows(x, world)
+            ya = xa if same else _gather_rows(y, world)
+        else:
+            xa, ya = x, y
+        f = self.slots[0].tc.outlier_factor
+        if f:   # the median is over the global batch, so every world size keeps the same rows
+            keep = self._keep(x, f) if same else self._keep(x, f) & self._keep(y, f)
+            x, y = x[keep], (None if same else y[keep])
+            if need_all:
+                ka = drop_outliers(xa, f) if same else drop_outliers(xa, f) & drop_outliers(ya, f)
+                xa, ya = xa[ka], (None if same else ya[ka])
+        n = torch.tensor([x.shape[0]], device=self.device)
+        if world > 1:
+            dist.all_reduce(n)
+        if same:
+            y, ya = x, xa
+        return x, y, int(n), xa, ya
+
+    def _keep(self, x: torch.Tensor, f: float) -> torch.Tensor:
+        """``drop_outliers`` with the median taken over every rank's rows."""
+        norms = x.norm(dim=-1)                                                  # (b,)
+        if _dist()[1] > 1:
+            norms_all = _gather_rows(norms, _dist()[1])                          # (B,)
+        else:
+            norms_all = norms
+        return norms <= f * norms_all.median()
+
     def _step(self, s: _Slot, x, y, weight, B_glob, world):
         sae, tc, c = s.sae, s.tc, s.sae.cfg
         xs, ys = x * c.scale_in, (y * c.scale_out if y is not x else None)
@@ -305,9 +359,10 @@ class Trainer:
             if bool(dead.any()):
                 dead_idx = dead.nonzero().squeeze(1)
         coef = sparsity_at(self.step, tc, getattr(tc, c.spec.sparsity) if c.spec.sparsity else 0.0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16 and c.spec.autocast_ok(tc)):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=s.bf16 and c.spec.autocast_ok(tc)):
             terms = sae.training_terms(xs, ys, sparsity_coef=coef, dead_idx=dead_idx, k_aux=k_aux,
-                                       aux_coef=tc.aux_coef, fast=tc.fast, bf16=tc.bf16)
+                                       aux_coef=tc.aux_coef, fast=tc.fast, bf16=s.bf16)
         s.opt.zero_grad(set_to_none=True)
         (terms["loss"] * weight).backward()
         params = [p for p in sae.parameters() if p.grad is not None]

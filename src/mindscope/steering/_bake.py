@@ -98,11 +98,16 @@ def bake_ablation(lm, direction, inplace: bool = False) -> LM:
     out = _copy(lm, inplace)
     q = _basis(direction, lm.d_model)  # (d, k)
 
+    def on(t):  # the basis on the weight's device (a sharded model spans several)
+        return q if q.device == t.device else q.to(t.device)
+
     def orth_rows(t):  # rows are d-vectors: t (n, d)
-        t.copy_((t.double() - (t.double() @ q) @ q.T).to(t.dtype))
+        qd = on(t)
+        t.copy_((t.double() - (t.double() @ qd) @ qd.T).to(t.dtype))
 
     def orth_out(t):  # outputs along dim 0: t (d, n) or bias (d,)
-        t.copy_((t.double() - q @ (q.T @ t.double())).to(t.dtype))
+        qd = on(t)
+        t.copy_((t.double() - qd @ (qd.T @ t.double())).to(t.dtype))
 
     for p in w.embeds:
         m = out.module(p)
@@ -145,11 +150,12 @@ def bake_addition(lm, vector, site: str, scale: float = 1.0, inplace: bool = Fal
     if kind == "embed":
         m = out.module(w.embeds[0])
         _untie(out, m)
-        m.weight.add_(v.to(m.weight.dtype))
+        m.weight.add_(v.to(m.weight.device, m.weight.dtype))
         return out
     lin = out.block_part(L, w.attn if kind == "attn" else w.mlp)
     if getattr(lin, "bias", None) is None:
-        lin.bias = torch.nn.Parameter(v.to(lin.weight.dtype).clone(), requires_grad=False)
+        lin.bias = torch.nn.Parameter(v.to(lin.weight.device, lin.weight.dtype).clone(),
+                                      requires_grad=False)
     else:
-        lin.bias.add_(v.to(lin.bias.dtype))
+        lin.bias.add_(v.to(lin.bias.device, lin.bias.dtype))
     return out
