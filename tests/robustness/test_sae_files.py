@@ -75,10 +75,14 @@ def test_fuzz_cfg_fields(sae_dirs, tmp_path_factory, kind, key, value, drop):
 
 
 def _rewrite(d, name, fn):
+    """Apply ``fn`` to the tensors by their bare names (mindscope's own files prefix them with
+    ``mindscope_sae.``, see SAE.save), then write them back under the file's own names."""
     p = d / name
     t = load_file(str(p))
+    pre = "mindscope_sae." if t and all(k.startswith("mindscope_sae.") for k in t) else ""
+    t = {k[len(pre):]: v for k, v in t.items()}
     fn(t)
-    save_file(t, str(p))
+    save_file({pre + k: v for k, v in t.items()}, str(p))
 
 
 @pytest.mark.parametrize("attack", ["nan", "inf", "int8", "transposed", "missing", "scalar",

@@ -35,7 +35,7 @@ def test_sweep_rows_equal_single_trials(tiny, tmp_path):
                 rs = {s: torch.randn(64, generator=gg) for s in sorted(vecs)}
                 v = rs[t["site"]] / rs[t["site"]].norm() * vecs[t["site"]].norm()
             ivs = [ms.Add(t["site"], v, scale=t["strength"])]
-        ref = lm.generate([t["prompt"]], max_new_tokens=5, interventions=ivs)[0]
+        ref = lm.generate([t["prompt"]], chat=True, max_new_tokens=5, interventions=ivs)[0]
         assert ref.text == t["text"], t
     # perplexity of generated tokens under the unsteered model, by hand
     t = res.trials[-1]
@@ -62,6 +62,6 @@ def test_sweep_relative_and_vector_input(tiny):
     res = st.sweep(lm, v, cfg, score_fn=lambda s: float(len(s) > 0))
     assert len(res.trials) == 2 and all(0 <= r["score"] <= 1 for r in res.trials)
     norm = st.residual_norms(lm, "resid_post.2")["resid_post.2"]
-    ref = lm.generate(["Hi"], max_new_tokens=3,
+    ref = lm.generate(["Hi"], chat=True, max_new_tokens=3,
                       interventions=[ms.Add("resid_post.2", v.data / v.data.norm() * norm, scale=0.5)])
     assert res.trials[-1]["text"] == ref[0].text

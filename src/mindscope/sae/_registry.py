@@ -131,5 +131,6 @@ def resolve_sae(spec: PathLike, registry: Optional[PathLike] = None) -> Path:
             f"{text!r} looks like a hub SAE; mindscope works offline and never downloads. Fetch "
             f"it on a machine with network access, then `mindscope sae register --sae FOLDER --name "
             f"{text}` ({hint})")
-    raise FileNotFoundError(f"{text}: no such SAE folder and no registered SAE of that name "
+    raise FileNotFoundError(f"{text}: no such SAE folder (cfg.json + sae.safetensors) and no "
+                            f"registered SAE of that name "
                             f"({hint}; see `mindscope sae list`)")
