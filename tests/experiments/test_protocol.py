@@ -49,3 +49,33 @@ def test_protocols_command_lists_the_registry():
     assert r.exit_code == 0 and "n_roles" in r.output
     r = CliRunner().invoke(app, ["protocols", "nope"])
     assert r.exit_code != 0 and "unknown protocol" in r.output
+
+
+def test_results_show_a_short_repr_and_a_notebook_table():
+    """Every protocol's Result displays its summary rows (not a dump of its arrays)."""
+    import dataclasses
+    import importlib
+
+    import torch
+
+    from mindscope.experiments._protocol import ResultDisplay, protocols
+
+    for name, spec in protocols().items():
+        cls = importlib.import_module(spec.module).Result
+        assert issubclass(cls, ResultDisplay) and cls.__repr__ is ResultDisplay.__repr__, name
+
+    @dataclasses.dataclass(repr=False)
+    class Result(ResultDisplay):
+        acts: torch.Tensor
+
+        def summary_rows(self):
+            return [{"metric": "auc <held-out>", "value": {"auc": 0.91234, "ci": [0.8, 0.97]}},
+                    {"metric": "n", "value": 40}, {"metric": "fpr", "value": 0.1},
+                    {"metric": "tpr", "value": 0.5}]
+
+    r = Result(torch.randn(1000, 64))
+    text = repr(r)
+    assert text.startswith("test_protocol.Result(auc <held-out> = 0.912 [0.8") and "1 more" in text
+    assert "tensor" not in text and len(text) < 200
+    html = r._repr_html_()
+    assert "auc &lt;held-out&gt;" in html and html.count("<tr>") == 5

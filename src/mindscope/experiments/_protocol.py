@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 __all__ = ["protocol", "protocols", "ProtocolSpec", "ConfigField", "config_fields",
-           "format_value", "ProtocolConfig", "ProtocolResult"]
+           "format_value", "ProtocolConfig", "ProtocolResult", "ResultDisplay"]
 
 
 class ProtocolConfig(Protocol):
@@ -44,6 +44,34 @@ class ProtocolResult(Protocol):
     def summary_rows(self) -> list[dict]: ...
 
     def report(self) -> Any: ...
+
+
+class ResultDisplay:
+    """A short ``repr`` and a notebook table for a protocol's ``Result``, both from its
+    ``summary_rows()`` (never a dump of its arrays). Use with ``@dataclass(repr=False)``."""
+
+    def _name(self) -> str:
+        return type(self).__module__.rsplit(".", 1)[-1]
+
+    def _rows(self) -> list[tuple[str, str]]:
+        try:
+            return [(str(r.get("metric", "")), format_value(r.get("value"))) for r in self.summary_rows()]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a partial result
+            return [("summary unavailable", f"{type(e).__name__}: {e}")]
+
+    def __repr__(self) -> str:
+        rows = self._rows()
+        head = "; ".join(f"{m} = {v}" for m, v in rows[:3])
+        more = f"; ... {len(rows) - 3} more" if len(rows) > 3 else ""
+        return f"{self._name()}.Result({head}{more})"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        body = "".join(f"<tr><td>{escape(m)}</td><td>{escape(v)}</td></tr>" for m, v in self._rows())
+        return (f"<div><b>{escape(self._name())}</b> result<table><tr><th>measure</th>"
+                f"<th>value</th></tr>{body}</table><small>.report() writes report.html"
+                "</small></div>")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...probes import fit_multislot, orthonormal_basis, random_basis
-from .._protocol import protocol
+from .._protocol import protocol, ResultDisplay
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
                    induction_items, retrieval_items, token_labels)
 from .geometry import bootstrap_geometry, shuffled_overlap
@@ -171,8 +171,8 @@ def pick_names(lm, names: list[str], k: int) -> list[str]:
                      f"{k}. Lower n_names or add names to names.json")
 
 
-@dataclass
-class Result:
+@dataclass(repr=False)
+class Result(ResultDisplay):
     config: dict
     model: str
     names: list

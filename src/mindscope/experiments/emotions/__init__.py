@@ -32,7 +32,7 @@ from typing import Optional
 from ...runs import RunDir, save_html, save_png, weights_note
 
 from .._common import at_least_one, choose
-from .._protocol import protocol
+from .._protocol import protocol, ResultDisplay
 from .data import load_story_jsonl, load_table, load_tasks, model_stories, shipped_stories
 from .prefs import misaligned_choices, preferences
 from .tracking import passage_tracking
@@ -107,8 +107,8 @@ class Config:
         return cls(**{**base, **over})
 
 
-@dataclass
-class Result:
+@dataclass(repr=False)
+class Result(ResultDisplay):
     """What a run measured. ``results`` is what ``results.json`` holds."""
 
     config: Config

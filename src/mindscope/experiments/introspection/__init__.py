@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from ...core import atomic_write_bytes
 from ...runs import RunDir, to_jsonable, write_json
-from .._protocol import protocol
+from .._protocol import protocol, ResultDisplay
 from .cache import Stages, settings_key
 from .detect import (PREAMBLE, QUESTION, TRIAL_QUESTIONS, concept_sets, injection_positions,
                      resolve_layers, run_detection, trial_messages, trial_prompt,
@@ -159,8 +159,8 @@ class Config:
         return list(self.sentences or load_json("prompts.json")["sentences"])[: self.n_sentences]
 
 
-@dataclass
-class Result:
+@dataclass(repr=False)
+class Result(ResultDisplay):
     """Metrics per protocol (``metrics[protocol]``), transcripts, and where they were saved."""
 
     config: Config

@@ -30,7 +30,7 @@ import numpy as np
 from ...core import data_hash
 from ...runs import RunDir, save_html
 from .._common import at_least_one, choose, one_of
-from .._protocol import protocol, summary_rows_of
+from .._protocol import protocol, summary_rows_of, ResultDisplay
 from .core import load_offpolicy_jsonl, shipped
 from .gap import run_gap
 from .intent import run_intent
@@ -138,8 +138,8 @@ class Config:
         return cls(**{**base, **over})
 
 
-@dataclass
-class Result:
+@dataclass(repr=False)
+class Result(ResultDisplay):
     """What a run measured. ``results`` is what ``results.json`` holds."""
 
     config: Config

@@ -33,7 +33,7 @@ import torch
 from ...runs import RunDir, save_html, save_png, weights_note
 
 from .._common import at_least_one, choose, one_of
-from .._protocol import protocol
+from .._protocol import protocol, ResultDisplay
 from .axis import (axis_vectorset, balanced_axis, check_balanced, generate_responses, keep_rows,
                    persona_space, response_acts, role_scores, role_vectors, token_thresholds)
 from .data import load_drift, load_roles, role_prompts
@@ -122,8 +122,8 @@ class Config:
         return cls(**{**base, **over})
 
 
-@dataclass
-class Result:
+@dataclass(repr=False)
+class Result(ResultDisplay):
     """What a run measured. ``results`` is what ``results.json`` holds."""
 
     config: Config
