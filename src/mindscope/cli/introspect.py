@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from ._experiment import print_summary
+from ._common import renamed
 
 console = Console()
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -74,13 +75,16 @@ def run_cmd(
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    grader: str = typer.Option("rule", "--grader", help="rule | lm | http://host:port/v1"),
+    grader: str = typer.Option("rule", "--judge", help="rule | lm | http://host:port/v1"),
+    grader_old: Optional[str] = typer.Option(None, "--grader", hidden=True),
     judge_model: str = typer.Option("default", "--judge-model"),
     dtype: str = typer.Option("float32", "--dtype"),
 ):
     """Run one protocol (or all) and write run_config.json, results.json, report.html."""
     import mindscope as ms
     from mindscope.experiments import introspection as I
+
+    grader = renamed(grader_old, grader, "--grader", "--judge")
 
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"choose from {', '.join(PROTOCOLS)}", param_hint="protocol")
@@ -131,10 +135,13 @@ for _p in PROTOCOLS[:-1]:
 
 
 @app.command("grader")
-def grader_cmd(grader: str = typer.Option("rule", "--grader", help="rule | http://host/v1"),
+def grader_cmd(grader: str = typer.Option("rule", "--judge", help="rule | http://host/v1"),
+               grader_old: Optional[str] = typer.Option(None, "--grader", hidden=True),
                judge_model: str = typer.Option("default", "--judge-model")):
     """Agreement of a grader with the shipped hand-labelled responses."""
     from mindscope.experiments import introspection as I
+
+    grader = renamed(grader_old, grader, "--grader", "--judge")
 
     a = I.agreement(I.make_grader(grader, model=judge_model))
     console.print_json(json.dumps({k: a[k] for k in ("grader", "n", "claims", "identifies")}))
