@@ -17,16 +17,6 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from mindscope.testing import tiny_lm
-
-    d = tmp_path_factory.mktemp("tiny-dev")
-    lm = tiny_lm("llama")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
 
 def test_cuda_request_without_cuda_names_the_fix(no_cuda):
     for req in ("cuda", "cuda:0", "CUDA"):

@@ -47,16 +47,6 @@ def gpu_lm_bf16():
     return lm
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    from mindscope.testing import tiny_lm
-
-    d = tmp_path_factory.mktemp("gpu-tiny")
-    lm = tiny_lm("llama")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):

@@ -45,15 +45,6 @@ def corpus_dir(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny):
-    """The tiny llama saved as a folder, so subprocesses can ``ms.load(dir)`` it."""
-    d = tmp_path_factory.mktemp("rtiny")
-    lm = tiny("llama")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
 
 @pytest.fixture(scope="session")
 def store(tiny, corpus_dir, tmp_path_factory):
