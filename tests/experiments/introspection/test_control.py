@@ -100,7 +100,8 @@ class _MarkerGrader:
 def test_control_passes_with_a_planted_detector_and_not_untouched(lm, tmp_path, monkeypatch):
     L, last = 2, lm.n_layers - 1
     cfg = I.Config.quick(concepts=CONCEPTS, n_concepts=None, n_baseline=4, mech_layer=L,
-                         mech_strength=100.0, max_new_tokens=1, temperature=0.0, n_controls=6, progress=False)
+                         mech_strength=100.0, max_new_tokens=1, temperature=0.0, n_controls=6,
+                         progress=False)
     W = lm.model.get_output_embeddings().weight.detach()  # (V, d)
     marker_id = 50
     marker = lm.tokenizer.decode([marker_id])

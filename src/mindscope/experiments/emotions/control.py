@@ -123,7 +123,8 @@ def plant_feature(lm, cfg, work_dir, strength) -> Planted:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
         if meta.get("key") == key:
-            fit = {**json.loads(meta["fit"]), "gate": load_safetensors(path, "planted feature")["gate"]}
+            gate = load_safetensors(path, "planted feature")["gate"]
+            fit = {**json.loads(meta["fit"]), "gate": gate}
             log.info("emotions control: reusing the fitted gate in %s", path)
     if fit is None:
         fit = _fit_gate(lm, cfg, site, texts)
@@ -205,7 +206,8 @@ def detect_recovery(results: dict) -> Detection:
     s = recovery_stats(t["story_means"], t["labels"].numpy(), names, t["neutral"], variance,
                        target, d, seed=int(results.get("seed", 0)))
     return Detection(f"cos(extracted '{target}' vector, planted d)", s["cos"], s["lo"], s["hi"],
-                     null=0.0, n={"stories": s["n_stories"], "boot_ci": [s["boot_lo"], s["boot_hi"]],
+                     null=0.0, n={"stories": s["n_stories"],
+                                  "boot_ci": [s["boot_lo"], s["boot_hi"]],
                                   "null_sd": {k: v["sd"] for k, v in s["null"].items()},
                                   "max_other_cos": max(s["other_cos"].values())})
 

@@ -103,6 +103,7 @@ def plant_bias(lm, cfg, work_dir, strength) -> Planted:
               "norm": float(b.norm()) * strength, "train_concepts": train,
               "held_out_concepts": held, "injection_layer": inj,
               "injection_strength": float(cfg.mech_strength), "steps": cfg.bias_steps,
+              "trained_on_wording": 0, "tested_on_wordings": list(cfg.trial_prompts),
               "final_loss": hist[-1]["loss"] if hist else None,
               "summary": f"bias at {site} x{strength:g} (|b| {float(b.norm()) * strength:.1f}), "
                          f"trained on {len(train)} concepts, tested on {len(held)} others"}
