@@ -166,10 +166,22 @@ def _det_row(det: Detection, seed: int) -> dict:
     return {**det.to_dict(), "seed": seed}
 
 
+def finished(run_dir: Path) -> bool:
+    """A run folder holds a final results.json (a protocol that saves as it goes marks its
+    intermediate results ``"partial": true``; those runs are resumed, not reused)."""
+    f = Path(run_dir) / "results.json"
+    if not f.exists():
+        return False
+    try:
+        return not json.loads(f.read_text(encoding="utf-8")).get("partial", False)
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 def _one(proto, spec: ControlSpec, lm, cfg, run_dir: Path) -> dict:
     """Run (or reuse) the protocol into ``run_dir``; its results.json as a dict."""
     res_file = run_dir / "results.json"
-    if res_file.exists():
+    if finished(run_dir):
         log.info("control: reusing %s", run_dir)
     else:
         t0 = time.time()

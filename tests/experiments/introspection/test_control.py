@@ -122,3 +122,30 @@ def test_control_passes_with_a_planted_detector_and_not_untouched(lm, tmp_path, 
     assert [d["value"] for d in r["untouched"]] == [0.0, 0.0]  # marker never emitted untouched
     assert all(d["value"] == 1.0 and d["detected"] for d in r["planted"]["1"])
     assert res.passed and r["planted"]["1"][0]["n"]["injected"] == len(CONCEPTS)
+
+
+def test_a_partial_run_is_resumed_not_reused(lm, tmp_path, monkeypatch):
+    """introspection saves results.json marked partial after each protocol: the control runner
+    and the seeds tool must resume such a run (it was killed), not count it as finished."""
+    import json
+
+    from mindscope.experiments import seeds
+    from mindscope.experiments._control import finished
+
+    run = tmp_path / "seed0"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"partial": True, "metrics": {}}))
+    assert not finished(run) and not finished(tmp_path / "none")
+    called = []
+    monkeypatch.setattr(seeds, "run_protocol", lambda *a: called.append(a[2]))
+    monkeypatch.setattr(seeds, "aggregate", lambda *a, **k: {})
+    monkeypatch.setattr(seeds, "table_md", lambda h: "")
+    import mindscope as ms
+
+    monkeypatch.setattr(ms, "load", lambda *a, **k: lm)
+    seeds.main(["introspection", "--seeds", "0", "-o", str(tmp_path)])
+    assert called == [0]  # the partial seed was run again
+    (run / "results.json").write_text(json.dumps({"metrics": {}}))
+    assert finished(run)
+    seeds.main(["introspection", "--seeds", "0", "-o", str(tmp_path)])
+    assert called == [0]  # a finished seed is skipped
