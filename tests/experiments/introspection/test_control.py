@@ -53,8 +53,8 @@ def test_plant_trains_once_and_reuses_the_saved_bias(lm, tmp_path, monkeypatch):
         concepts=CONCEPTS[:3], n_baseline=4, mech_layer=2, mech_strength=4.0, bias_steps=2,
         bias_batch=2, progress=False))
     calls = []
-    real = C.train_bias
-    monkeypatch.setattr(C, "train_bias", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = C.train_claim_bias
+    monkeypatch.setattr(C, "train_claim_bias", lambda *a, **k: calls.append(1) or real(*a, **k))
     p = C.plant_bias(lm, cfg, tmp_path / "m", 1.0)
     site = p.effect["site"]
     assert site == "mlp_out.2" and (tmp_path / "m" / "bias.safetensors").exists()
@@ -149,3 +149,18 @@ def test_a_partial_run_is_resumed_not_reused(lm, tmp_path, monkeypatch):
     assert finished(run)
     seeds.main(["introspection", "--seeds", "0", "-o", str(tmp_path)])
     assert called == [0]  # a finished seed is skipped
+
+
+def test_claim_trainer_targets_the_reply_and_lowers_its_loss(lm):
+    ids, mask, pos, inj, tgt = C._reply_batch(lm, 1, 2, C.CLAIMS[0], rows=2)
+    assert lm.tokenizer.decode(ids[0, tgt]).strip() == C.CLAIMS[0]
+    text = lm.tokenizer.decode(ids[0, inj[0]])
+    assert text.startswith(lm.tokenizer.decode(ids[0, int(inj[0].nonzero()[0])]))
+    assert "Trial 1" in text and "Trial 1" not in lm.tokenizer.decode(ids[0, ~inj[0]])
+    cfg = I.Config(bias_steps=6, bias_batch=2, bias_lr=0.05, mech_strength=4.0, progress=False)
+    w0 = [p.clone() for p in lm.model.parameters()][:3]
+    b, hist = C.train_claim_bias(lm, cfg, torch.randn(3, lm.d_model), inj_layer=2, bias_layer=2)
+    assert b.shape == (lm.d_model,) and not b.requires_grad
+    assert [h["wording"] for h in hist] == [0, 1, 2, 3, 4, 0]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert all(torch.equal(a, p) for a, p in zip(w0, lm.model.parameters()))
