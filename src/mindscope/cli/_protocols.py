@@ -64,10 +64,11 @@ def _number(x: str, kind: Optional[type] = None) -> Any:
     ValueError if ``x`` is not a number (or not whole for ``kind=int``)."""
     x = x.strip()
     v: Any = Fraction(x) if "/" in x else (int(x) if re.fullmatch(r"[-+]?\d+", x) else float(x))
-    if kind is int and v != int(v):
-        raise ValueError(x)
-    return int(v) if kind is int or isinstance(v, int) else float(v) if kind is not None or \
-        isinstance(v, Fraction) else v
+    if kind is int:
+        if v != int(v):
+            raise ValueError(x)
+        return int(v)
+    return float(v) if kind is float or isinstance(v, Fraction) else v
 
 
 def _numbers(flag: str, kind: Optional[type]):
