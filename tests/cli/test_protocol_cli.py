@@ -1,4 +1,5 @@
 """``mindscope run PROTOCOL``: one command per registered protocol, options from Config."""
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -278,3 +279,62 @@ def test_introspect_grader_alias():
     assert new.exit_code == old.exit_code == 0, old.output
     assert '"n"' in new.output and "note:" in old.output and "note:" not in new.output
     assert old.output.split("\n", 1)[1] == new.output  # the same table after the note
+
+
+# ---- --control: the protocol's registered positive control (experiments.run_control) -------
+
+def test_control_flag_runs_the_registered_control(monkeypatch, tmp_path):
+    """A toy protocol reads coordinate 0 of the last-token residual, relative to the untouched
+    model; its fake control plants ``Add(e0 x s)``: the CLI must run the control at the
+    strengths given, and the runner see 0 untouched and ``s`` planted."""
+    import torch
+
+    from mindscope.experiments import Detection, Planted, _control, control
+    from mindscope.runs import RunDir
+    from mindscope.testing import tiny_lm
+
+    lm = tiny_lm("llama", seed=0)
+    e0 = torch.zeros(lm.d_model)
+    e0[0] = 1.0
+
+    def coord(m):
+        return float(m.capture(["hello there"], sites="resid_post.1", positions="last")
+                     ["resid_post.1"].reshape(-1)[0])
+    base = coord(lm)
+    monkeypatch.setattr(_protocol, "_REGISTRY", dict(_protocol._REGISTRY))
+    monkeypatch.setattr(_control, "_CONTROLS", dict(_control._CONTROLS))
+
+    @protocol("toyctl", config=ToyConfig)
+    def run(lm_, cfg, out_dir):
+        RunDir(out_dir, cfg, lm_, experiment="toyctl").save_results({"shift": coord(lm_) - base})
+        return _Res()
+
+    @control("toyctl", detect=lambda r: Detection("shift", r["shift"], r["shift"] - 1e-3,
+                                                   r["shift"] + 1e-3), strengths=(1.0,))
+    def plant(lm_, cfg, work_dir, strength):
+        return Planted.hooked(lm_, {"kind": "add", "summary": f"e0 x {strength}"},
+                              mindscope.Add("resid_post.1", e0, scale=strength))
+
+    monkeypatch.setattr(mindscope, "load", lambda spec, **kw: lm)
+    cmd = protocol_app(protocols()["toyctl"])
+    r = CliRunner().invoke(cmd, ["--control", "--control-strengths", "0.5,3", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "positive control" in r.output and "control passed" in r.output
+    got = json.loads((tmp_path / "control.json").read_text())
+    assert got["strengths"] == [0.5, 3.0] and got["passed"] is True
+    assert got["untouched"][0]["value"] == pytest.approx(0.0, abs=1e-5)
+    assert got["planted"]["3"][0]["value"] == pytest.approx(3.0, abs=1e-3)
+    assert coord(lm) == pytest.approx(base, abs=1e-6)  # the planted hook is gone
+
+
+def test_control_flag_without_a_registered_control(fake_runs, monkeypatch, tmp_path):
+    from mindscope.experiments import _control
+
+    monkeypatch.setattr(_control, "_CONTROLS", {})
+    r = runner.invoke(app, ["persona", "--control", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "'persona' has no registered positive control" in " ".join(r.output.split())
+    assert "load" not in fake_runs  # refused before the model loads
+    r = runner.invoke(app, ["persona", "--control-strengths", "1", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "--control" in r.output and "load" not in fake_runs
+    r = runner.invoke(app, ["persona", "--control", "--control-strengths", "0,1", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "> 0" in r.output and "load" not in fake_runs

@@ -248,6 +248,9 @@ def protocol_app(spec) -> typer.Typer:
         if strengths and not control:
             raise typer.BadParameter("give --control too (the strengths are the control's)",
                                      param_hint="--control-strengths")
+        if strengths and min(strengths) <= 0:
+            raise typer.BadParameter(f"strengths must be > 0, got {min(strengths):g}",
+                                     param_hint="--control-strengths")
         load = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         run_and_print(spec, over, quick, model, out, load=load, quiet=quiet,
                       control=control, control_strengths=strengths)
