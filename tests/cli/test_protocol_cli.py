@@ -325,6 +325,10 @@ def test_control_flag_runs_the_registered_control(monkeypatch, tmp_path):
     assert got["untouched"][0]["value"] == pytest.approx(0.0, abs=1e-5)
     assert got["planted"]["3"][0]["value"] == pytest.approx(3.0, abs=1e-3)
     assert coord(lm) == pytest.approx(base, abs=1e-6)  # the planted hook is gone
+    monkeypatch.setenv("COLUMNS", "300")
+    r = runner.invoke(app, ["protocols"])  # says which protocols have a control
+    rows = {ln.split()[1]: ln for ln in r.output.splitlines() if ln.startswith("│")}
+    assert rows["toyctl"].rstrip(" │").endswith("yes") and "persona" in rows
 
 
 def test_control_flag_without_a_registered_control(fake_runs, monkeypatch, tmp_path):
