@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
+from ._common import note_renamed as note
 
 # old group name -> the protocol command
 GROUPS = {"introspect": "introspection"}
@@ -41,9 +41,6 @@ _NEEDS_VALUE = {"--control"}  # renamed only when a value follows (else the new 
 _FILE_LISTS = {"introspection": {"--concepts", "--baseline-words"}}
 
 
-def note(old: str, new: str) -> None:
-    typer.echo(f"note: {old} is now {new}; the old spelling goes away in the next release",
-               err=True)
 
 
 def rewrite(name: str, args: list[str], path: str = "mindscope") -> list[str]:

@@ -213,7 +213,8 @@ class ProtocolCommand(TyperCommand):
     """A generated protocol command; old spellings (``_aliases``) are rewritten first."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, _aliases.rewrite(self.name, args, ctx.command_path))
+        path = f"{ctx.parent.command_path} {self.name}" if ctx.parent else self.name
+        return super().parse_args(ctx, _aliases.rewrite(self.name, args, path))
 
 
 def protocol_app(spec) -> typer.Typer:
