@@ -228,6 +228,14 @@ OLD_AND_NEW = {
 }
 
 
+def test_none_for_an_optional_field(fake_runs, tmp_path):
+    r = runner.invoke(app, ["persona", "--cap-layers", "none", "--judge", "none", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert fake_runs["cfg"].cap_layers is None and fake_runs["cfg"].judge is None
+    r = runner.invoke(app, ["binding", "--control-probe", "shuffle", "-o", str(tmp_path)])
+    assert r.exit_code == 0 and fake_runs["cfg"].control == "shuffle", r.output
+
+
 @pytest.mark.parametrize("name", sorted(OLD_AND_NEW))
 def test_old_spelling_builds_the_same_config(name, fake_runs, tmp_path):
     """Each old protocol group still works (hidden, with a note) and builds the same Config as

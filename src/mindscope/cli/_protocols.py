@@ -32,6 +32,7 @@ RENAMED = {"grader": "judge", "control": "control-probe"}
 SHORT = {"max_new_tokens": "-n"}
 # Config fields a common option fills (-m, -o, --quick, -q).
 COMMON = ("model", "out", "quick", "progress")
+_NONE = "none"  # an Optional field given as "none" is set to None
 
 
 def _experiments_dir() -> Path:
@@ -73,10 +74,13 @@ def _number(x: str, kind: Optional[type] = None) -> Any:
 
 def _numbers(flag: str, kind: Optional[type]):
     """Parser of one occurrence of a numeric list option: ``1,2,4``, ``2/3,0.5``, ranges
-    ``18:25`` (integers, end excluded, like site ranges) -> a tuple."""
+    ``18:25`` (integers, end excluded, like site ranges) -> a tuple; ``none`` passes (for an
+    Optional field)."""
     def parse(text: Any) -> tuple:
         if isinstance(text, tuple):
             return text
+        if str(text).strip().lower() == _NONE:
+            return (_NONE,)
         out: list = []
         for piece in filter(None, (p.strip() for p in str(text).split(","))):
             try:
@@ -139,7 +143,6 @@ def _shown(x: Any) -> str:
 
 
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
-_NONE = "none"  # an Optional field given as "none" is set to None
 
 
 def _parameter(f) -> Optional[inspect.Parameter]:
@@ -240,7 +243,7 @@ def protocol_app(spec) -> typer.Typer:
                 v = tuple(x for part in v for x in part) if v else None
             if v is None:
                 continue
-            over[k] = None if k in optional and v == _NONE else v
+            over[k] = None if k in optional and v in (_NONE, (_NONE,)) else v
         if "model" in names:
             over["model"] = model
         if quiet and "progress" in names:
