@@ -18,6 +18,7 @@ runner = CliRunner()
 def test_one_command_per_registered_protocol():
     names = set(protocols())
     assert set(protocol_names()) == names  # the lazy listing (read from source) == registry
+    assert all(protocol_names()[n] == s.doc for n, s in protocols().items())
     r = runner.invoke(app, ["run", "--help"])
     assert r.exit_code == 0, r.output
     for n in names:
