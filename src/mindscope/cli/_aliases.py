@@ -41,8 +41,6 @@ _NEEDS_VALUE = {"--control"}  # renamed only when a value follows (else the new 
 _FILE_LISTS = {"introspection": {"--concepts", "--baseline-words"}}
 
 
-
-
 def rewrite(name: str, args: list[str], path: str = "mindscope") -> list[str]:
     """``args`` of protocol command ``name`` with every old spelling replaced by the new one."""
     args = list(args)
