@@ -176,7 +176,7 @@ def plant_bias(lm, cfg, work_dir, strength) -> Planted:
               "trained_on": f"replies {CLAIMS[0]!r} (injected) / {CLAIMS[1]!r} (control), "
                             f"wordings {list(cfg.trial_prompts)}",
               "final_loss": hist[-1]["loss"] if hist else None,
-              "summary": f"bias at {site} x{strength:g} (|b| {float(b.norm()) * strength:.1f}), "
+              "summary": f"bias at {site} x{strength:g} (norm {float(b.norm()) * strength:.1f}), "
                          f"trained on {len(train)} concepts, tested on {len(held)} others"}
     return Planted.hooked(lm, effect, Add(site, b.float(), scale=float(strength), positions="all"))
 
