@@ -10,9 +10,11 @@ concepts, and ``detect`` reads its headline: TPR - FPR (claims of an injected th
 injected trials minus on control trials) with Newcombe's interval. The untouched model must
 show no such difference.
 
-The protocol's own ``mech.train_bias`` (BCE on log P(Yes) - log P(No) at the answer position)
-was tried first: it moves that log-odds readout but hardly the sampled replies, whose first
-token is mostly neither "Yes" nor "No" (docs/experiments/introspection.md gives the numbers).
+Measured on SmolLM2-135M (docs/experiments/introspection.md): neither plant passes yet. The
+protocol's own ``mech.train_bias`` (BCE on log P(Yes) - log P(No) at the answer position) moves
+that log-odds readout (+2 logits) but hardly the sampled replies, whose first token is mostly
+neither "Yes" nor "No"; this claim trainer (30 steps) raises claims on control trials as much
+as on injected ones. The untouched model is never flagged.
 
 The split is by concept word (the source of the injected vector): ``effect['train_concepts']``
 and ``effect['held_out_concepts']`` are disjoint (the baseline words only centre the concept
