@@ -1,7 +1,7 @@
 """mindscope.runs: what every run shares, directly above ``core``: the run folder
 (``RunDir``, atomic JSON / HTML / PNG / text writes), provenance (``versions``, ``git_hash``,
 ``model_hash``, ``data_hash``, ``weights_note``: the GGUF disclosure), statistics (``wilson``,
-``mean_ci``, ``bootstrap_ci``, ``mcnemar``, ``seed_spread``, ``cohen_kappa``, ``auc``),
+``mean_ci``, ``t_ci``, ``bootstrap_ci``, ``mcnemar``, ``seed_spread``, ``cohen_kappa``, ``auc``),
 and the one HTML page builder with its figure helpers (``Page``, ``table``, ``png``,
 ``figure_png``, ``heatmap_png``).
 
@@ -13,10 +13,11 @@ from ._page import (CSS, Page, bars_svg, esc, figure_png, fmt, heatmap_png, link
                     table, tokens)
 from ._provenance import data_hash, git_hash, model_hash, versions
 from ._rundir import RunDir, save_html, save_png, to_jsonable, weights_note, write_json, write_text
-from ._stats import auc, bootstrap_ci, cohen_kappa, mcnemar, mean_ci, seed_spread, wilson
+from ._stats import (auc, bootstrap_ci, cohen_kappa, mcnemar, mean_ci, seed_spread, t_ci,
+                     wilson)
 
 __all__ = ["RunDir", "to_jsonable", "write_json", "write_text", "save_html", "save_png",
            "weights_note", "versions", "git_hash", "model_hash", "data_hash", "wilson", "mean_ci",
-           "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc", "Page", "table", "png",
+           "t_ci", "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc", "Page", "table", "png",
            "tokens", "esc", "fmt", "link", "bars_svg", "CSS", "figure_png", "heatmap_png",
            "save_figure"]

@@ -17,7 +17,6 @@ asking for it raises BadInputError.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ..core import BadInputError, atomic_write_json
+from ..runs import t_ci
 
 TASKS = ("corpus_kind", "first_letter", "token_class")
 MISSING = {"scr": "spurious-correlation removal needs a dataset with two labelled attributes that "
@@ -73,15 +73,12 @@ class BenchConfig:
 
 
 def _t_ci(xs: Sequence[float]) -> dict:
-    xs = [x for x in xs if x == x]
-    if not xs:
+    """Mean and the half-width of its 95 % Student-t interval over seeds (``runs.t_ci``)."""
+    r = t_ci(xs)
+    if r["n"] == 0:
         return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return {"mean": m, "ci95": float("nan"), "n": 1}
-    from scipy.stats import t
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return {"mean": m, "ci95": float(t.ppf(0.975, len(xs) - 1)) * sd / math.sqrt(len(xs)), "n": len(xs)}
+    return {"mean": r["mean"], "ci95": float("nan") if r["half"] is None else r["half"],
+            "n": r["n"]}
 
 
 def check_sae(sae, lm, name: str = "SAE") -> None:
