@@ -13,6 +13,7 @@ Regenerate the grader table of the docs::
 
     python -m mindscope.experiments.graders            # rule graders only (seconds)
     python -m mindscope.experiments.graders --judge lm # + SmolLM2 as the second opinion
+    python -m mindscope.experiments.graders --delphi --judge lm  # auto-interp scorers' judges
 
 >>> agreement([1, 0, 1, 0], [1, 1, 0, 0])["kappa"]["value"]
 0.0
@@ -192,6 +193,64 @@ def table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- the auto-interp scorers' judges (features.score: detection, fuzzing) ------------------
+
+def _excerpt(tok, text: str, scorer: str) -> tuple[list[str], Optional[list[bool]]]:
+    """Token strings (and, for fuzzing, marks from the text's << >>) as the scorers see them."""
+    if scorer == "detection":
+        return [tok.decode([i]) for i in tok(text, add_special_tokens=False)["input_ids"]], None
+    toks, marks = [], []
+    for k, seg in enumerate(text.replace(">>", "<<").split("<<")):  # odd segments are marked
+        if seg:
+            ids = tok(seg, add_special_tokens=False)["input_ids"]
+            toks += [tok.decode([i]) for i in ids]
+            marks += [k % 2 == 1] * len(ids)
+    return toks, marks
+
+
+def delphi_decisions(tokenizer, judge="offline", seed: int = 0) -> list[dict]:
+    """Every item of the ``delphi_scoring`` set with the decision of ``judge`` (``"offline"`` or
+    a ``FeatureJudge``, e.g. ``make_feature_judge("lm", lm=lm, max_tokens=48)``), made exactly
+    as ``features.score`` makes it (``features.decisions``): one prompt per group of 5
+    excerpts sharing an explanation, in an order shuffled per group (seeded)."""
+    from ..features import decisions, make_feature_judge
+
+    j = make_feature_judge(judge)
+    items = labelled("delphi_scoring", None)
+    out = []
+    for g in sorted({it["group"] for it in items}):
+        grp = [it for it in items if it["group"] == g]
+        grp = [grp[i] for i in np.random.default_rng([seed, g]).permutation(len(grp))]
+        ex = [_excerpt(tokenizer, it["text"], it["scorer"]) for it in grp]
+        got, _ = decisions(j, grp[0]["scorer"], grp[0]["explanation"], grp[0]["tokens"], ex)
+        out += [{**it, "decision": d, "judge": j.name} for it, d in zip(grp, got)]
+    return out
+
+
+def validate_delphi(tokenizer, judge=None, seed: int = 0) -> list[dict]:
+    """The offline judge (and ``judge``, a FeatureJudge, if given) against the labels, per
+    scorer and for both: accuracy (Wilson) and κ (bootstrap), and offline vs ``judge``;
+    unreadable replies are counted and left out of that judge's comparisons."""
+    off = delphi_decisions(tokenizer, "offline", seed=seed)
+    other = None if judge is None else {
+        it["id"]: it["decision"] for it in delphi_decisions(tokenizer, judge, seed)}
+    rows = []
+    for scorer in ("detection", "fuzzing", None):
+        sel = [it for it in off if scorer is None or it["scorer"] == scorer]
+        r = {"grader": f"delphi {scorer or 'detection + fuzzing'}", "set": "delphi_scoring",
+             "rule": agreement([it["decision"] for it in sel], [it["label"] for it in sel],
+                               seed=seed)}
+        if other is not None:
+            ok = [it for it in sel if other[it["id"]] is not None]
+            r["judge"] = {"name": judge.name, "unreadable": len(sel) - len(ok),
+                          **agreement([other[it["id"]] for it in ok], [it["label"] for it in ok],
+                                      seed=seed)}
+            r["rule_vs_judge"] = agreement([it["decision"] for it in ok],
+                                           [other[it["id"]] for it in ok], seed=seed)
+        rows.append(r)
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mindscope.experiments.graders",
                                  description=__doc__.split("\n\n")[0])
@@ -199,7 +258,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
     ap.add_argument("--split", default="test", choices=("dev", "test"))
     ap.add_argument("-o", "--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--delphi", action="store_true",
+                    help="the auto-interp scorers' judges (offline; with --judge lm also "
+                         "SmolLM2 answering the scorer prompts) on the delphi_scoring set")
     a = ap.parse_args(argv)
+    if a.delphi:
+        import mindscope as ms
+        lm = ms.load(a.model)
+        from ..features import make_feature_judge
+        j = make_feature_judge("lm", lm=lm, max_tokens=48) if a.judge == "lm" else None
+        res = validate_delphi(lm.tokenizer, j)
+        print(table(res))
+        if a.out:
+            from ..runs import write_json
+            write_json(a.out, res)
+        return 0
     judge = None
     if a.judge == "lm":
         import mindscope as ms
