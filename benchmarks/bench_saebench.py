@@ -77,7 +77,7 @@ def main():
             write_bench(res, a.out)
         s = res["saes"]["topk_4608"]
         out.update({"bench_seconds": secs, "bench_cpu_seconds": cpu, "timing": res["timing"],
-                    "l0": s["l0"], "fvu": s["fvu"]})
+                    "l0": s["l0"], "fvu": s["fvu"], "parts": s["timing"]})
     out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=1, default=str))
 
