@@ -119,15 +119,17 @@ def tiny_vlm_tokenizer(family: str = "gemma3"):
 def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
     """A random vision-language model with a processor: ``"gemma3"``
     (Gemma3ForConditionalGeneration: a 2-layer vision tower on 28x28 images, 4 image tokens, the
-    tiny gemma3 language model) or ``"qwen2_vl"`` (Qwen2VLForConditionalGeneration: a 2-block
-    vision tower on 14-pixel patches merged 2x2, images resized to 2x2..3x3 merged tokens; a
-    4-layer language model with 3-D multimodal rotary positions)."""
+    tiny gemma3 language model) or ``"qwen2_vl"`` / ``"qwen2_5_vl"`` (Qwen2VL / Qwen2_5_VL
+    ForConditionalGeneration: a 2-block vision tower on 14-pixel patches merged 2x2, images
+    resized to 2x2..3x3 merged tokens; a 4-layer language model with 3-D multimodal rotary
+    positions)."""
     import transformers as tf
 
-    if family == "qwen2_vl":
-        return _tiny_qwen2_vl(seed, **over)
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        return _tiny_qwen2_vl(seed, family, **over)
     if family != "gemma3":
-        raise ValueError(f"no tiny vision-language model for {family!r} (have: gemma3, qwen2_vl)")
+        raise ValueError(f"no tiny vision-language model for {family!r} "
+                         "(have: gemma3, qwen2_vl, qwen2_5_vl)")
     tok = tiny_vlm_tokenizer()
     torch.manual_seed(seed)
     boi, eoi, img = tok.convert_tokens_to_ids(list(IMAGE_TOKENS))
@@ -148,7 +150,7 @@ def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
     return LM.from_hf(model, tok, name=f"tiny-{family}-vlm", processor=proc)
 
 
-def _tiny_qwen2_vl(seed: int = 0, **over) -> LM:
+def _tiny_qwen2_vl(seed: int = 0, family: str = "qwen2_vl", **over) -> LM:
     import transformers as tf
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil)
@@ -160,34 +162,37 @@ def _tiny_qwen2_vl(seed: int = 0, **over) -> LM:
                 num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256, **ids,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e4,
                                  "mrope_section": [2, 3, 3]})  # head_dim 16: 8 rotary pairs
-    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)
+    patches = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, **patches)
+        cfg_cls, model_cls, proc_cls = (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration,
+                                        tf.Qwen2VLProcessor)
+    else:  # Qwen2.5-VL: windowed vision attention, full attention in block 1
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=64,
+                      num_heads=2, window_size=56, fullatt_block_indexes=[1], **patches)
+        cfg_cls, model_cls, proc_cls = (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration,
+                                        tf.Qwen2_5_VLProcessor)
     torch.manual_seed(seed)
-    cfg = tf.Qwen2VLConfig(text_config=text, vision_config=vision, vision_start_token_id=start,
-                           vision_end_token_id=end, image_token_id=img, video_token_id=vid, **over)
+    cfg = cfg_cls(text_config=text, vision_config=vision, vision_start_token_id=start,
+                  vision_end_token_id=end, image_token_id=img, video_token_id=vid, **over)
     cfg._attn_implementation = "eager"
-    model = tf.Qwen2VLForConditionalGeneration(cfg).eval()
+    model = model_cls(cfg).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     # 28-pixel units (patch 14 x merge 2): 56x56 .. 84x84 pixels -> 2x2 .. 3x3 image tokens
     ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=84 * 84)
-    proc = _Qwen2VLImagesOnly(image_processor=ip, tokenizer=tok)
-    return LM.from_hf(model, tok, name="tiny-qwen2_vl-vlm", processor=proc)
+    proc = _images_only(proc_cls)(image_processor=ip, tokenizer=tok)
+    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm", processor=proc)
 
 
-def _qwen2_vl_processor_cls():
-    import transformers as tf
+def _images_only(proc_cls):
+    """``proc_cls`` (a Qwen-VL processor) without a video processor: transformers' video
+    processors need torchvision, which mindscope does not install; images and text are
+    processed by the real class."""
 
-    class Qwen2VLImagesOnly(tf.Qwen2VLProcessor):
-        """Qwen2VLProcessor without a video processor (transformers' video processors need
-        torchvision, which mindscope does not install); images and text are processed by the
-        real class."""
-
+    class ImagesOnly(proc_cls):
         def check_argument_for_proper_class(self, name, arg):
             if name == "video_processor" and arg is None:
                 return None
             return super().check_argument_for_proper_class(name, arg)
-    return Qwen2VLImagesOnly
-
-
-def _Qwen2VLImagesOnly(**kw):
-    return _qwen2_vl_processor_cls()(**kw)
+    ImagesOnly.__name__ = f"{proc_cls.__name__}ImagesOnly"
+    return ImagesOnly

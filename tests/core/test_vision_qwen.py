@@ -1,5 +1,5 @@
-"""Qwen2-VL image prompts: 3-D multimodal rotary positions. Every site of a tiny random
-Qwen2-VL (vision tower + 4-layer language model) equals the HF reference on a prompt with an
+"""Qwen2-VL / Qwen2.5-VL image prompts: 3-D multimodal rotary positions. Every site of a tiny
+random Qwen2-VL and Qwen2.5-VL (vision tower + 4-layer language model) equals the HF reference on a prompt with an
 image: hidden states, output_attentions (eager), and forward hooks on the HF modules while HF
 computes its own positions; batched (left padding, mixed grids, a text-only row) == one at a
 time; image positions; greedy generation equals HF generate."""
@@ -23,9 +23,9 @@ def _img(seed, h, w):
     return Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8"))
 
 
-@pytest.fixture(scope="module")
-def vlm():
-    return tiny_vlm("qwen2_vl")
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def vlm(request):
+    return tiny_vlm(request.param)
 
 
 def _hf(vlm, text, images):
