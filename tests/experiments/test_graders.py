@@ -106,7 +106,7 @@ def test_delphi_set_offline_decisions_follow_the_token_rule():
     assert rows[2]["rule"]["n"] == 100 and rows[0]["rule"]["n"] == 60
 
 
-def test_delphi_lm_judge_answers_map_back_to_their_items():
+def test_delphi_lm_judge_answers_map_back_to_their_items(tiny):
     """A scripted judge answering the scorer prompt: 1 for excerpts that contain 'the'.
     Its decisions must land on the right items through the per-group shuffle."""
     import re
@@ -124,6 +124,11 @@ def test_delphi_lm_judge_answers_map_back_to_their_items():
     got = graders.delphi_decisions(_WordTok(), j)
     assert all(it["decision"] == int(" the " in f" {it['text'].lower()} ".replace("\n", " "))
                for it in got if "\n" not in it["text"])
-    rows = graders.validate_delphi(_WordTok(), j)
+    rows = graders.validate_delphi(_WordTok(), j, LogitJudge(tiny("llama"), batch_size=50))
     assert rows[2]["judge"]["unreadable"] == 0 and rows[2]["judge"]["n"] == 100
-    assert rows[2]["rule_vs_judge"]["n"] == 100
+    assert rows[2]["rule_vs_judge"]["n"] == 100 and rows[2]["judge_replies"][0].startswith("[")
+    assert rows[0]["logit"]["n"] == 60 and rows[2]["rule_vs_logit"]["n"] == 100
+    table = graders.delphi_table(rows)
+    assert table.count("\n") == 4 and "0/100 unreadable" in table
+    q = graders.delphi_question({"scorer": "fuzzing", "explanation": "e", "text": "a <<b>>"})
+    assert "<<b>>" in q and q.endswith("Answer yes or no.")
