@@ -115,6 +115,7 @@ def main():
         peer = C.PeerRounds("hooks", "sites_peers.py", folder, str(n), str(T), str(bs), str(L))
         print("peers:", json.dumps(peer.info))
     samples = {k: [] for k in fns}
+    notes: dict = {}
     try:
         for _ in tqdm(range(a.rounds), desc="rounds", unit="round"):
             for k, fn in fns.items():
@@ -123,7 +124,10 @@ def main():
                 samples[k].append(n * T / (time.perf_counter() - t))
             if peer is not None:
                 for k, v in peer.round().items():
-                    samples.setdefault(k, []).append(v)
+                    if isinstance(v, (int, float)):
+                        samples.setdefault(k, []).append(v)
+                    else:  # a runner that failed (or the peer process's last words)
+                        notes[k] = v
     finally:
         if peer is not None:
             peer.close()
@@ -146,13 +150,15 @@ def main():
             if v:
                 ratios[f"{site}/mindscope_over_{p}"] = ours / v
         print(line)
-    if peer is not None and any(str(v).startswith(("failed", "no hook"))
-                                for v in peer.info.values()):
-        print("peer notes:", {k: v for k, v in peer.info.items() if not k.endswith("_shape")})
+    if peer is not None:
+        notes.update({k: v for k, v in peer.info.items() if not k.endswith("_shape") and k != "ready"})
+    if notes:
+        print("peer notes:", notes)
     if a.json:
         a.json.write_text(json.dumps({"results": res, "ratios": ratios, "samples": samples,
                                       "gemm_gflops": gemm, "roofline_tok_s": roof,
                                       "peer_info": None if peer is None else peer.info,
+                                      "notes": notes,
                                       "loadavg": os.getloadavg()}, indent=2))
 
 

@@ -8,9 +8,11 @@ sites of bench_sites.py at layer L, each stopping the forward there:
 | mlp_post | ``mlp.down_proj.input`` | ``blocks.L.mlp.hook_post`` |
 | module (the MLP's output) | ``mlp.output`` | ``blocks.L.hook_mlp_out`` |
 
-Pattern reads use a second copy of the model loaded with ``attn_implementation="eager"``
-(HF's sdpa returns no weights); the other reads use the default (sdpa) copy, like mindscope,
-which switches to its eager kernel only while a pattern site is hooked.
+Pattern reads use a copy of the model loaded with ``attn_implementation="eager"`` (HF's sdpa
+returns no weights); the other reads use the default (sdpa) copy; nnsight and TransformerLens
+each get their own copies (the TL bridge rewires the modules it wraps, which broke nnsight's
+reads of a shared model object). mindscope likewise keeps the model's sdpa kernel and
+switches to its eager kernel only while a pattern site is hooked.
 
 Protocol as core_peers.py: one JSON line ``{"ready": ...}``, then for every line on stdin one
 pass of every runner over all windows and one JSON line ``{"nnsight/z": tok/s, ...}``.
@@ -99,19 +101,25 @@ def tl_runners(folder, models, tok, ids, bs, layer, info):
 def main():
     folder, n, T, bs, layer = sys.argv[1], *map(int, sys.argv[2:6])
     tok = AutoTokenizer.from_pretrained(folder)
-    models = {k: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                      attn_implementation=k).eval()
-              for k in ("sdpa", "eager")}
+    def models():  # each peer gets its own copies: the TL bridge rewires the modules it wraps
+        return {k: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                        attn_implementation=k).eval()
+                for k in ("sdpa", "eager")}
     ids = torch.randint(100, 40000, (n, T), generator=torch.Generator().manual_seed(0))
     info: dict = {}
-    runners = {**nnsight_runners(models, tok, ids, bs, layer, info),
-               **tl_runners(folder, models, tok, ids, bs, layer, info)}
+    runners = {**nnsight_runners(models(), tok, ids, bs, layer, info),
+               **tl_runners(folder, models(), tok, ids, bs, layer, info)}
     print(json.dumps({"ready": True, **info}), flush=True)
     for _ in sys.stdin:
         res = {}
-        for name, fn in runners.items():
+        for name, fn in list(runners.items()):
             t = time.perf_counter()
-            fn()
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - drop this runner, keep the others
+                res[name] = f"failed in a round: {type(e).__name__}: {str(e)[:120]}"
+                del runners[name]
+                continue
             res[name] = n * T / (time.perf_counter() - t)
         print(json.dumps(res), flush=True)
 
