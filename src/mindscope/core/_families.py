@@ -140,7 +140,7 @@ _VL_TEXT = dict(layers="model.language_model.layers", embed="model.language_mode
                 final_norm="model.language_model.norm", embeds=("model.language_model.embed_tokens",),
                 embed_input="model.language_model", no_bake="vision-language model")
 for _name, _cfg in (("qwen2_vl", "Qwen2VLConfig"), ("qwen2_5_vl", "Qwen2_5_VLConfig")):
-    FAMILIES[_name] = replace(_LLAMA, **_VL_TEXT, tiny=(_cfg, ()))  # text prompts (see _vision)
+    FAMILIES[_name] = replace(_LLAMA, **_VL_TEXT, tiny=(_cfg, ()))  # 3-D rotary: see _vision
 """model_type -> Family."""
 
 _warned: set = set()
