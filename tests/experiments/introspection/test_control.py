@@ -164,3 +164,67 @@ def test_claim_trainer_targets_the_reply_and_lowers_its_loss(lm):
     assert [h["wording"] for h in hist] == [0, 1, 2, 3, 4, 0]
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert all(torch.equal(a, p) for a, p in zip(w0, lm.model.parameters()))
+
+
+# ---- the detector LoRA (detector.py) ------------------------------------------------------
+
+from mindscope.experiments.introspection import detector as D  # noqa: E402
+
+
+def _lora_cfg(**kw):
+    return C.configure_detection(I.Config.quick(
+        concepts=CONCEPTS[:3], n_baseline=4, mech_layer=2, mech_strength=4.0, progress=False, **kw))
+
+
+def test_detector_lora_is_saved_reused_and_scaled_by_strength(lm, tmp_path, monkeypatch):
+    cfg, spec = _lora_cfg(), D.DetectorLoRA(rank=2, steps=2, batch=2, targets=("v_proj", "up_proj"))
+    calls = []
+    real = D.train_detector_lora
+    monkeypatch.setattr(D, "train_detector_lora", lambda *a, **k: calls.append(1) or real(*a, **k))
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    p1 = D.plant_detector(lm, cfg, tmp_path / "planted-1" / "model", 1.0, spec)
+    f1 = tmp_path / "planted-1" / "model" / "detector_lora.safetensors"
+    assert f1.exists() and p1.lm is not lm and p1.close is None
+    e = p1.effect
+    assert e["kind"] == "detector LoRA" and e["held_out_concepts"] == CONCEPTS[:3]
+    assert not set(e["train_concepts"]) & set(e["held_out_concepts"])
+    assert e["modules"] == ["model.layers.3.mlp.up_proj", "model.layers.3.self_attn.v_proj"]
+    p2 = D.plant_detector(lm, cfg, tmp_path / "planted-0.5" / "model", 0.5, spec)
+    assert len(calls) == 1  # the second strength reused the adapter trained for the first
+    assert (tmp_path / "planted-0.5" / "model" / "detector_lora.safetensors").exists()
+    t = I.control.load_safetensors(f1, "lora")
+    w0, w1, w2 = (m.state_dict() for m in (lm.model, p1.lm.model, p2.lm.model))
+    for name in e["modules"]:
+        A, B = t[f"{name}.lora_A"], t[f"{name}.lora_B"]  # (r, in), (out, r)
+        delta = (spec.alpha / spec.rank) * B @ A
+        assert delta.norm() > 0  # B moved off its zero init in two steps
+        k = f"{name}.weight"
+        assert torch.allclose(w1[k] - w0[k], delta, atol=1e-6)
+        assert torch.allclose(w2[k] - w0[k], 0.5 * delta, atol=1e-6)
+    untouched = [k for k in w0 if not any(k.startswith(m) for m in e["modules"])]
+    assert all(torch.equal(w1[k], w0[k]) for k in untouched)
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+
+
+def test_control_passes_with_a_trained_detector_lora(lm, tmp_path, monkeypatch):
+    """On the tiny model the LoRA learns the marker reply under a strength-100 injection of
+    training concepts, and the unchanged protocol sees it on held-out concepts (greedy)."""
+    marker, other = lm.tokenizer.decode([50]), lm.tokenizer.decode([60])
+    cfg = I.Config.quick(concepts=CONCEPTS, n_concepts=None, n_baseline=4, mech_layer=2,
+                         mech_strength=100.0, max_new_tokens=1, temperature=0.0, n_controls=6,
+                         progress=False)
+    spec = D.DetectorLoRA(rank=4, steps=60, lr=3e-2, batch=4, replies=(marker, other))
+
+    def plant(lm_, cfg_, work_dir, strength):
+        return D.plant_detector(lm_, cfg_, work_dir, strength, spec)
+
+    reg = _control.controls()["introspection"]
+    monkeypatch.setitem(_control._CONTROLS, "introspection", _control.ControlSpec(
+        "introspection", plant, reg.detect, (1.0,), reg.configure))
+    monkeypatch.setattr(I, "make_grader", lambda *a, **k: _MarkerGrader(marker))
+    res = run_control("introspection", lm, cfg, tmp_path / "c", seeds=[0])
+    r = res.results
+    assert r["untouched"][0]["value"] == 0.0  # the untouched model never emits the marker
+    assert r["planted"]["1"][0]["value"] == 1.0 and res.passed  # every held-out trial detected
+    assert r["effects"]["1"]["kind"] == "detector LoRA"
+    assert (tmp_path / "c" / "planted-1" / "model" / "detector_lora.safetensors").exists()

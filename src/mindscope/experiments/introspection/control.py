@@ -1,4 +1,7 @@
-"""Positive control for injected-thought detection: the mechanisms paper's trained additive bias.
+"""Positive control for injected-thought detection: the split, the measure, and the first plant
+(the mechanisms paper's trained additive bias), kept as the documented failed attempt. The
+registered control's plant is the detector LoRA in ``detector.py``, which reuses this module's
+``configure_detection``, ``bias_split`` (train / held-out concepts) and ``detect_detection``.
 
 The plant (``plant_bias``): one vector ``b`` added at ``mlp_out.L`` (L = the injection layer) at
 every position, trained through the frozen model (``train_claim_bias``: teacher forcing, the
@@ -34,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ...core import Add, atomic_save_tensors, load_safetensors
 from ...runs import newcombe_diff
-from .._control import Detection, Planted, control
+from .._control import Detection, Planted
 from .detect import concept_sets, resolve_layers, trial_messages
 from .grade import load_words
 
@@ -146,8 +149,6 @@ def _settings(cfg, lm, train: list[str], inj: int, site: str) -> dict:
             "n_baseline": cfg.n_baseline}
 
 
-@control("introspection", detect=lambda r: detect_detection(r), strengths=(0.5, 1.0),
-         configure=lambda cfg: configure_detection(cfg))
 def plant_bias(lm, cfg, work_dir, strength) -> Planted:
     """A trained additive bias at one MLP output (the mechanisms paper's plant), trained on half
     the concepts, scaled by ``strength``; reused from ``work_dir/bias.safetensors`` when its
