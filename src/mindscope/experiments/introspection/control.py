@@ -98,6 +98,17 @@ def _reply_batch(lm, n: int, wording: int, reply: str, rows: int):
             lm.position_ids(b.attention_mask).to(lm.device), inj, tgt)
 
 
+def reply_loss(lm, ivs, ids, mask, pos, tgt) -> torch.Tensor:
+    """Cross-entropy of the reply tokens ``tgt`` of a ``_reply_batch`` under ``ivs``."""
+    with torch.enable_grad(), lm.intervene(*ivs):
+        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                          use_cache=False).logits.float()  # (rows, T, V)
+        pred = logits[:, [t - 1 for t in tgt]]  # (rows, n_reply, V)
+        gold = ids[:, tgt]  # (rows, n_reply)
+        return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]),
+                                                 gold.reshape(-1))
+
+
 def train_claim_bias(lm, cfg, V: torch.Tensor, inj_layer: int, bias_layer: int
                      ) -> tuple[torch.Tensor, list]:
     """Train b (d,) at ``mlp_out.bias_layer`` through the frozen model by teacher forcing: with
@@ -123,13 +134,7 @@ def train_claim_bias(lm, cfg, V: torch.Tensor, inj_layer: int, bias_layer: int
             if yes:
                 ivs.append(Add(f"resid_post.{inj_layer}", V[pick],
                                scale=float(cfg.mech_strength), positions=inj))
-            with torch.enable_grad(), lm.intervene(*ivs):
-                logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                  use_cache=False).logits.float()  # (rows, T, V)
-                pred = logits[:, [t - 1 for t in tgt]]  # (rows, n_reply, V)
-                gold = ids[:, tgt]  # (rows, n_reply)
-                losses.append(torch.nn.functional.cross_entropy(
-                    pred.reshape(-1, pred.shape[-1]), gold.reshape(-1)))
+            losses.append(reply_loss(lm, ivs, ids, mask, pos, tgt))
         with torch.enable_grad():
             loss = (losses[0] + losses[1]) / 2
             opt.zero_grad()

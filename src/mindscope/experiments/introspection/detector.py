@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ...core import Add, atomic_save_tensors, load_safetensors
 from .._control import Planted, control
 from .control import (CLAIMS, _meta, _reply_batch, bias_split, configure_detection,
-                      detect_detection)
+                      detect_detection, reply_loss)
 from .detect import concept_sets, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,11 @@ def train_detector_lora(lm, cfg, V: torch.Tensor, inj: int, spec: DetectorLoRA
         pick = torch.randperm(V.shape[0], generator=g)[:k]
         losses = []
         for yes in (True, False):
-            ids, mask, pos, injm, tgt = _reply_batch(lm, cfg.trial, w, spec.replies[0 if yes else 1], k)
+            reply = spec.replies[0 if yes else 1]
+            ids, mask, pos, injm, tgt = _reply_batch(lm, cfg.trial, w, reply, k)
             ivs = ([Add(f"resid_post.{inj}", V[pick], scale=float(cfg.mech_strength),
                         positions=injm)] if yes else [])
-            with torch.enable_grad(), tmp.intervene(*ivs):
-                logits = tmp.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                   use_cache=False).logits.float()  # (k, T, V)
-                pred = logits[:, [t - 1 for t in tgt]]  # (k, n_reply, V)
-                losses.append(torch.nn.functional.cross_entropy(
-                    pred.reshape(-1, pred.shape[-1]), ids[:, tgt].reshape(-1)))
+            losses.append(reply_loss(tmp, ivs, ids, mask, pos, tgt))
         with torch.enable_grad():
             loss = (losses[0] + losses[1]) / 2
             opt.zero_grad()
