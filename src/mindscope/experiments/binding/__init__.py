@@ -195,6 +195,8 @@ class Result(ResultDisplay):
     multislot: dict = field(default_factory=dict, repr=False)
     """layer -> fitted ``MultiSlotProbe`` (not serialised; exported to probes/ by report())."""
     lm_name: str = ""
+    chat_format: str = "none (plain text stories and questions, no chat turns, for every model)"
+    """Binding prompts are never chat-rendered: the same text for base and instruct models."""
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("multislot",)}

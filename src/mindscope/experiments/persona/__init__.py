@@ -271,7 +271,8 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
                                  method="response_mean")
     res.role_vectors.save(out / "role_vectors.safetensors")
     Rs = res.results
-    Rs.update({"model": lm.name, "weights": weights_note(lm), "seed": cfg.seed,
+    Rs.update({"model": lm.name, "chat_format": lm.chat_format, "weights": weights_note(lm),
+               "seed": cfg.seed,
                "layer": layer, "cap_layers": list(cap_layers),
                "n_roles": len(names), "n_roles_asked": len(roles),
                "n_role_generated": sum(k != "default" for k in resp.keys),
