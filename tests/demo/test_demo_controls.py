@@ -6,7 +6,7 @@ A toy protocol reads the projection of the last-token residual on a direction ``
 to every untouched residual it sees (exactly 0: no effect); its control adds ``u`` (detected)."""
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
 
 import pytest
@@ -25,14 +25,8 @@ TINY = dict(n_tokens=2048, n_latents=64, k=4, train_tokens=4096, batch_size=256,
             n_explain=3, steer_prompts=2, steer_tokens=4)
 
 
-@dataclass
-class ToyConfig:
-    seed: int = 0
-    """Seed (recorded only)."""
-
-    @classmethod
-    def quick(cls, **over):
-        return cls(**over)
+ToyConfig = make_dataclass("ToyConfig", [("seed", int, 0)],
+                           namespace={"quick": classmethod(lambda cls, **over: cls(**over))})
 
 
 @pytest.fixture

@@ -1,17 +1,13 @@
 """Every protocol runs on a model without a chat template (a base model): its prompts become
 core's plain User/Assistant transcript, and run_config.json, results.json and report.html say
-so (issue 24). Tiny settings, the same as each protocol's own end-to-end test."""
+so (issue 24). Tiny settings, the same as each protocol's own end-to-end test (binding, which
+uses no chat prompts, is checked in binding/test_binding.py)."""
 import json
-import shutil
-from importlib import resources
 
 import pytest
 
 from mindscope.core import PLAIN_TRANSCRIPT
 from mindscope.testing import tiny_base_lm
-
-BINDING_FLAG = "none (plain text stories and questions, no chat turns, for every model)"
-
 
 @pytest.fixture(scope="module")
 def base():
@@ -19,6 +15,7 @@ def base():
 
 
 def _flags(out, flag=PLAIN_TRANSCRIPT):
+    """The flag in run_config.json, results.json and report.html; results.json as a dict."""
     rc = json.loads((out / "run_config.json").read_text())
     r = json.loads((out / "results.json").read_text())
     assert rc["chat_format"] == flag and r["chat_format"] == flag
@@ -77,20 +74,3 @@ def test_persona(base, tmp_path):
     persona.run(base, cfg, tmp_path)
     r = _flags(tmp_path)
     assert r["n_roles"] == 4 and set(r["drift"]["mean_by_turn"]) == {"default", "capped"}
-
-
-def test_binding_never_uses_chat_prompts(base, tmp_path):
-    from mindscope.experiments import binding
-
-    data = tmp_path / "data"
-    data.mkdir()
-    src = resources.files("mindscope") / "data" / "binding"
-    for f in ("attributes.json", "templates.json"):
-        shutil.copy(src / f, data / f)
-    words = ["Alice", "Bob", "Trial", "Tell", "Yes", "No", "Ok", "Do", "If", "Hello"]
-    (data / "names.json").write_text(json.dumps({"names": [{"name": w, "pronoun": "she"}
-                                                           for w in words]}))
-    cfg = binding.Config(n_stories=12, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
-                         data_dir=str(data), progress=False, n_null=2, n_boot=3)
-    binding.run(base, cfg, tmp_path / "run")
-    _flags(tmp_path / "run", BINDING_FLAG)

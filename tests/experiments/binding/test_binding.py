@@ -233,3 +233,17 @@ def test_cli_help():
     assert r.exit_code == 0 and "--n-stories" in r.output
     r = CliRunner().invoke(app, ["run", "--min-entities", "2", "--out", "/nonexistent/x"])
     assert r.exit_code != 0
+
+
+def test_base_model_runs_and_the_flag_says_no_chat_prompts(tiny_data, tmp_path):
+    """A model without a chat template runs binding unchanged (its prompts are plain text for
+    every model) and the run folder says so (issue 24)."""
+    from mindscope.testing import tiny_base_lm
+
+    cfg = binding.Config(n_stories=12, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
+                         data_dir=str(tiny_data), progress=False, n_null=2, n_boot=3)
+    binding.run(tiny_base_lm("llama"), cfg, tmp_path / "run")
+    flag = "none (plain text stories and questions, no chat turns, for every model)"
+    for f in ("run_config.json", "results.json"):
+        assert json.loads((tmp_path / "run" / f).read_text())["chat_format"] == flag
+    assert flag in (tmp_path / "run" / "report.html").read_text()
