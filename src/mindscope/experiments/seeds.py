@@ -379,7 +379,7 @@ def table_md(head: dict) -> str:
                         for p in r["per_seed"])
         k = sp["n_seeds"]
         spread = f"sd {_f(sp['sd'])}; " if k > 1 else ""
-        this = (f"SmolLM2-135M, n={r['n']}, {k} seed{'s' if k != 1 else ''}: "
+        this = (f"{head.get('model') or 'model'}, n={r['n']}, {k} seed{'s' if k != 1 else ''}: "
                 f"{'mean ' if k > 1 else ''}{_f(sp['mean'])} ({spread}{per})") if k else "–"
         cells = [str(c).replace("|", "\\|") for c in (r["measure"], r["paper"], this, r["grader"])]
         lines.append("| " + " | ".join(cells) + " |")
