@@ -102,5 +102,5 @@ def test_run_controls_runs_one_here_and_the_rest_are_listed(toy, tmp_path):
 
 
 def test_unknown_run_controls_are_refused(toy):
-    with pytest.raises(ValueError, match="no positive control registered for \\['nope'\\]"):
+    with pytest.raises(ValueError, match="\\['nope'\\] not protocols"):
         DemoConfig(run_controls=("nope",))

@@ -104,7 +104,7 @@ class DemoConfig:
     ``python -m mindscope.experiments.controls PROTOCOL -o runs/controls/PROTOCOL`` writes them."""
     run_controls: tuple = ()
     """Protocols whose positive control the demo runs itself (quick config, this seed, the
-    control's strengths) when ``controls_dir`` has none; () runs none."""
+    control's strengths) when ``controls_dir`` has none and one is registered; () runs none."""
 
     def __post_init__(self):
         for name in ("n_tokens", "n_latents", "k", "train_tokens", "batch_size", "ce_texts",
@@ -117,11 +117,10 @@ class DemoConfig:
         if self.n_tokens < 2 * 128:
             raise ValueError("DemoConfig.n_tokens must be at least two windows (256)")
         self.run_controls = tuple(self.run_controls)
-        have = registered_controls()
-        bad = [n for n in self.run_controls if n not in have]
+        bad = [n for n in self.run_controls if n not in protocols()]
         if bad:
-            raise ValueError(f"DemoConfig.run_controls: no positive control registered for {bad}; "
-                             f"registered: {', '.join(have) or 'none'}")
+            raise ValueError(f"DemoConfig.run_controls: {bad} not protocols; choose from "
+                             f"{', '.join(protocols())}")
 
     @classmethod
     def quick(cls, **over) -> "DemoConfig":
