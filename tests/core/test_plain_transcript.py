@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from mindscope.core import (CHAT_TEMPLATE, PLAIN_TRANSCRIPT, TURN_STOP, ChatPrompt, RowMeta,
+from mindscope.core import (CHAT_TEMPLATE, PLAIN_TRANSCRIPT, TURN_STOPS, ChatPrompt, RowMeta,
                             as_reply, render_chat)
 from mindscope.testing import tiny_base_lm, tiny_base_tokenizer, tiny_lm, tiny_tokenizer
 
@@ -100,7 +100,18 @@ def test_generation_stops_a_reply_at_the_next_user_turn(base):
         h.remove()
     assert g.text == " Paris is big." and g.finished
     assert base.tokenizer.decode(g.token_ids) == g.text and len(g.logprobs) == len(g.token_ids)
-    assert TURN_STOP not in g.text
+    assert not any(s in g.text for s in TURN_STOPS)
+
+
+def test_a_reply_also_stops_where_the_model_opens_another_assistant_line(base):
+    """Base models loop on 'Assistant:' lines (Gemma-3-270M: 'Name a colour.' -> ' Name a
+    colour.\nAssistant: Name a colour.\n...')."""
+    h, ids = _script(base, " Name a colour.\nAssistant: Name a colour.\nUser: x")
+    try:
+        g = base.generate(["Name a colour."], chat=True, max_new_tokens=len(ids), progress=False)[0]
+    finally:
+        h.remove()
+    assert g.text == " Name a colour." and g.finished
 
 
 def test_no_turn_stop_for_plain_text_or_without_stop_at_eos(base):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ._chat import PLAIN_TRANSCRIPT, TURN_STOP
+from ._chat import PLAIN_TRANSCRIPT, TURN_STOPS
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
     even when it is split into batches of ``batch_size``.
 
     A model without a chat template gets chat prompts as a plain transcript (``render_chat``);
-    a reply there ends where the model opens the next user turn (``TURN_STOP``): the row stops
+    a reply there ends where the model opens another turn (``TURN_STOPS``): the row stops
     and its text and tokens end before it (``finished``). ``stop_at_eos=False`` keeps both
     going to ``max_new_tokens``."""
     for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
@@ -109,7 +109,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
     batch = self.tokenize(prompts, chat=chat)
     n = len(batch)
     plain = stop_at_eos and self.chat_format == PLAIN_TRANSCRIPT
-    # chat rows (rendered here, or given as a Batch with chat=True) stop at the next user turn
+    # chat rows (rendered here, or given as a Batch with chat=True) stop where the model opens another turn
     turn = [plain and (chat or bool(m.roles)) for m in batch.meta] if batch.meta else [plain and chat] * n
     gens = _Gens(seed)   # seeded per device: CPU and CUDA draw different (reproducible) samples
     eos = set()
@@ -147,9 +147,9 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                     if stop_at_eos:
                         if eos_t is not None:
                             done |= torch.isin(nxt, eos_t)
-                        for i in range(B):  # a plain-transcript reply ends at the next user turn
-                            if turn[a + i] and not done[i] and TURN_STOP in \
-                                    self.tokenizer.decode(new[i, -8:].tolist()):
+                        for i in range(B):  # a plain-transcript reply ends where another turn opens
+                            if turn[a + i] and not done[i] and _stop_at(
+                                    self.tokenizer.decode(new[i, -8:].tolist())) >= 0:
                                 done[i] = True
                         if bool(done.all()):
                             bar.update(B * (max_new_tokens - step - 1))
@@ -183,13 +183,19 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
     return out
 
 
+def _stop_at(text: str) -> int:
+    """Where the first of ``TURN_STOPS`` starts in ``text``; -1 if none does."""
+    hits = [i for i in (text.find(s) for s in TURN_STOPS) if i >= 0]
+    return min(hits) if hits else -1
+
+
 def _turn_end(tok, toks: list[int], lps: list[float], fin: bool) -> tuple[list, list, bool]:
-    """Cut a plain-transcript reply before the ``TURN_STOP`` it runs into (whole tokens only:
-    the kept tokens decode to text that ends before the stop)."""
-    if TURN_STOP not in tok.decode(toks, skip_special_tokens=True):
+    """Cut a plain-transcript reply before the first of ``TURN_STOPS`` it runs into (whole
+    tokens only: the kept tokens decode to text that ends before the stop)."""
+    if _stop_at(tok.decode(toks, skip_special_tokens=True)) < 0:
         return toks, lps, fin
     for k in range(1, len(toks) + 1):
-        pos = tok.decode(toks[:k], skip_special_tokens=True).find(TURN_STOP)
+        pos = _stop_at(tok.decode(toks[:k], skip_special_tokens=True))
         if pos >= 0:
             j = k - 1
             while j > 0 and len(tok.decode(toks[:j], skip_special_tokens=True)) > pos:
