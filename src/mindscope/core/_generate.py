@@ -109,7 +109,7 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
     batch = self.tokenize(prompts, chat=chat)
     n = len(batch)
     plain = stop_at_eos and self.chat_format == PLAIN_TRANSCRIPT
-    # chat rows (rendered here, or given as a Batch with chat=True) stop where the model opens another turn
+    # chat rows (rendered here, or a Batch given with chat=True) stop where another turn opens
     turn = [plain and (chat or bool(m.roles)) for m in batch.meta] if batch.meta else [plain and chat] * n
     gens = _Gens(seed)   # seeded per device: CPU and CUDA draw different (reproducible) samples
     eos = set()
