@@ -22,7 +22,7 @@ from mindscope.testing import tiny_lm
 PROMPTS = ["the cat sat", "a dog ran far", "birds sing", "one two three four"]
 SITE = "resid_post.1"
 TINY = dict(n_tokens=2048, n_latents=64, k=4, train_tokens=4096, batch_size=256, ce_texts=2,
-            n_explain=3, steer_prompts=2, steer_tokens=4)
+            n_explain=3, steer_prompts=2, steer_tokens=4, run_controls=())
 
 
 ToyConfig = make_dataclass("ToyConfig", [("seed", int, 0)],

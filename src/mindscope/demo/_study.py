@@ -102,9 +102,10 @@ class DemoConfig:
     controls_dir: str = "runs/controls"
     """Where finished positive controls are read from: ``<dir>/<protocol>/control.json``, as
     ``python -m mindscope.experiments.controls PROTOCOL -o runs/controls/PROTOCOL`` writes them."""
-    run_controls: tuple = ()
+    run_controls: tuple = ("emotions",)
     """Protocols whose positive control the demo runs itself (quick config, this seed, the
-    control's strengths) when ``controls_dir`` has none and one is registered; () runs none."""
+    control's strengths) when ``controls_dir`` has none and one is registered; () runs none.
+    Default: the emotions control, the cheapest (extraction only, well under a minute)."""
 
     def __post_init__(self):
         for name in ("n_tokens", "n_latents", "k", "train_tokens", "batch_size", "ce_texts",
