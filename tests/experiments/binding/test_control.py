@@ -100,3 +100,14 @@ def test_control_end_to_end_reuses_the_adapter(tiny, tiny_data, small, tmp_path,
     monkeypatch.setattr(_lora, "_train", lambda *a, **k: calls.append(1))
     p = C.plant(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model", 0.5)
     assert calls == [] and p.effect["strength"] == 0.5
+
+
+def test_seed_table_carries_the_paired_contrasts():
+    from mindscope.experiments.seeds import binding_rows
+
+    v = {"mean": -0.3, "lo": -0.5, "hi": -0.1, "n": 24}
+    rows = binding_rows({"contrasts": {"prior_minus_random": {"induction": v, "conflict": v}}})
+    got = {r["measure"]: r for r in rows}
+    r = got["induction: right-answer score, prior minus random (paired, same prompts)"]
+    assert (r["value"], r["lo"], r["hi"], r["n"]) == (-0.3, -0.5, -0.1, 24)
+    assert len(rows) == 2
