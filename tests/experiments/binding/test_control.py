@@ -111,3 +111,15 @@ def test_seed_table_carries_the_paired_contrasts():
     r = got["induction: right-answer score, prior minus random (paired, same prompts)"]
     assert (r["value"], r["lo"], r["hi"], r["n"]) == (-0.3, -0.5, -0.1, 24)
     assert len(rows) == 2
+
+
+def test_mde_of_the_contrast_matches_the_noncentral_t():
+    from scipy.stats import t as student_t
+
+    from mindscope.runs import mde_mean
+
+    sd, n = 0.8, 24
+    h = float(student_t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
+    assert C.mde_contrast({"lo": -h, "hi": h, "n": n}) == pytest.approx(mde_mean(sd, n))
+    assert C.mde_contrast({"lo": -h, "hi": h, "n": n}) > h  # 80% power needs more than the CI
+

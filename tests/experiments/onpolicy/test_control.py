@@ -5,6 +5,7 @@ detection) runs on a tiny model; the planted entropy effect itself is measured o
 (docs/experiments/onpolicy.md), because a tiny random model has near-uniform next-token
 distributions that self-distillation cannot sharpen selectively."""
 import json
+import math
 
 import pytest
 import torch
@@ -84,3 +85,11 @@ def test_control_runs_end_to_end(lm, small, tmp_path):
     saved = json.loads((tmp_path / "c" / "planted-1" / "seed0" / "results.json").read_text())
     assert saved["config"]["protocols"] == ["gap"] and "+selfdistillx1" in saved["model"]
     assert r["effects"]["1"]["kind"].startswith("LoRA self-distillation")
+
+
+def test_mde_ratio_reads_the_log_interval():
+    from mindscope.runs import mde_mean
+
+    se = 0.1
+    det = {"lo": math.exp(-1.96 * se), "hi": math.exp(1.96 * se), "n": 12}
+    assert C.mde_ratio(det) == pytest.approx(math.exp(mde_mean(se * math.sqrt(12), 12)))

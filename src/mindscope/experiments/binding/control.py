@@ -105,3 +105,18 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
               "held_out": f"the protocol's names {', '.join(split['held_out_names'])} and "
                           f"adjectives {', '.join(split['held_out_adjectives'])}"}
     return Planted(new, effect)
+
+
+def mde_contrast(det: dict) -> float:
+    """The smallest |prior - random| induction contrast (nats) a run like ``det`` (a
+    ``Detection`` dict of the untouched model) detects with 80% power: the sd behind its
+    Student-t interval, ``runs.mde_mean``."""
+    import math
+
+    from scipy.stats import t as student_t
+
+    from ...runs import mde_mean
+
+    n = det["n"]
+    se = (det["hi"] - det["lo"]) / (2 * float(student_t.ppf(0.975, n - 1)))
+    return mde_mean(se * math.sqrt(n), n)

@@ -92,3 +92,15 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
               "held_out": f"the {len(used)} shipped on-policy prompts and their human answers "
                           "the protocol measures on"}
     return Planted(new, effect)
+
+
+def mde_ratio(det: dict) -> float:
+    """The smallest off/on ratio a run like ``det`` (a ``Detection`` dict of the untouched
+    model) detects with 80% power: the paired bootstrap interval read as a normal one on the
+    log scale, ``runs.mde_mean`` on the log ratio, back to a ratio."""
+    import math
+
+    from ...runs import mde_mean
+
+    se = (math.log(det["hi"]) - math.log(det["lo"])) / (2 * 1.96)
+    return math.exp(mde_mean(se * math.sqrt(det["n"]), det["n"]))
