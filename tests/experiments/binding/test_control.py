@@ -5,8 +5,6 @@ contrast. The control runs end to end on a tiny model; whether fine-tuning makes
 causal is measured on SmolLM2 (docs/experiments/binding.md): a tiny random model does not learn
 induction in a few LoRA steps."""
 import json
-import shutil
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -15,18 +13,6 @@ from mindscope.experiments import _lora, binding, controls, run_control
 from mindscope.experiments.binding import control as C
 from mindscope.experiments.binding.data import Item, generate_stories
 from mindscope.experiments.binding.tasks import paired_contrasts, unit_scores
-
-
-@pytest.fixture
-def tiny_data(tmp_path):
-    """Bundled attributes/templates + names that the tiny BPE vocabulary starts distinctly."""
-    src = resources.files("mindscope") / "data" / "binding"
-    for f in ("attributes.json", "templates.json"):
-        shutil.copy(src / f, tmp_path / f)
-    words = ["Alice", "Bob", "Trial", "Tell", "Yes", "No", "Ok", "Do", "If", "Hello"]
-    (tmp_path / "names.json").write_text(json.dumps({"names": [{"name": w, "pronoun": "she"}
-                                                               for w in words]}))
-    return tmp_path
 
 
 @pytest.fixture
