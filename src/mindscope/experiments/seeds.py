@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..runs import seed_spread, weights_note, write_json, write_text
+from ._control import finished
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("model %s (%s)", lm.name, weights_note(lm))
         over = _parse_sets(a.sets)
         for s in a.seeds:
-            if (out / f"seed{s}" / "results.json").exists():
+            if finished(out / f"seed{s}"):  # a partial results.json is resumed, not skipped
                 log.info("seed %d already done; skipped", s)
                 continue
             t0 = time.time()
