@@ -99,7 +99,7 @@ def detect(results: dict) -> Detection:
                      n=r["n"])
 
 
-@control("onpolicy", detect=detect, strengths=(0.5, 1.0), configure=configure)
+@control("onpolicy", detect=detect, strengths=(0.5, 1.0, 2.0), configure=configure)
 def plant(lm, cfg, work_dir, strength) -> Planted:
     """Self-distillation LoRA (greedy own answers to held-apart prompts, KL-anchored on held-apart
     human answers), merged at
