@@ -77,8 +77,9 @@ def test_a_chat_template_is_used_unchanged_where_there_is_one():
     assert as_reply(tiny_base_tokenizer(), " Sure") == " Sure"
 
 
-def _script(lm, text: str):
-    """Make ``lm`` greedily emit ``text``'s tokens, one per step (a hook on the LM head)."""
+def _scripted(lm, text: str, prompts, **kw):
+    """``lm.generate(prompts, **kw)`` with ``lm`` made to emit ``text``'s tokens greedily, one
+    per step (a hook on the LM head), for exactly as many steps as ``text`` has tokens."""
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     state = {"step": 0}
 
@@ -89,15 +90,15 @@ def _script(lm, text: str):
         forced[:, -1, ids[k]] = 1e4
         return forced
 
-    return lm.model.lm_head.register_forward_hook(hook), ids
+    h = lm.model.lm_head.register_forward_hook(hook)
+    try:
+        return lm.generate(prompts, max_new_tokens=len(ids), progress=False, **kw)
+    finally:
+        h.remove()
 
 
 def test_generation_stops_a_reply_at_the_next_user_turn(base):
-    h, ids = _script(base, " Paris is big.\nUser: and Rome?\nAssistant: no")
-    try:
-        g = base.generate(["Capital?"], chat=True, max_new_tokens=len(ids), progress=False)[0]
-    finally:
-        h.remove()
+    g = _scripted(base, " Paris is big.\nUser: and Rome?\nAssistant: no", ["Capital?"], chat=True)[0]
     assert g.text == " Paris is big." and g.finished
     assert base.tokenizer.decode(g.token_ids) == g.text and len(g.logprobs) == len(g.token_ids)
     assert not any(s in g.text for s in TURN_STOPS)
@@ -106,22 +107,15 @@ def test_generation_stops_a_reply_at_the_next_user_turn(base):
 def test_a_reply_also_stops_where_the_model_opens_another_assistant_line(base):
     """Base models loop on 'Assistant:' lines (Gemma-3-270M: 'Name a colour.' -> ' Name a
     colour.\nAssistant: Name a colour.\n...')."""
-    h, ids = _script(base, " Name a colour.\nAssistant: Name a colour.\nUser: x")
-    try:
-        g = base.generate(["Name a colour."], chat=True, max_new_tokens=len(ids), progress=False)[0]
-    finally:
-        h.remove()
+    text = " Name a colour.\nAssistant: Name a colour.\nUser: x"
+    g = _scripted(base, text, ["Name a colour."], chat=True)[0]
     assert g.text == " Name a colour." and g.finished
 
 
 def test_no_turn_stop_for_plain_text_or_without_stop_at_eos(base):
     text = " Paris.\nUser: more"
     for kw in ({"chat": False}, {"chat": True, "stop_at_eos": False}):
-        h, ids = _script(base, text)
-        try:
-            g = base.generate(["Capital?"], max_new_tokens=len(ids), progress=False, **kw)[0]
-        finally:
-            h.remove()
+        g = _scripted(base, text, ["Capital?"], **kw)[0]
         assert g.text == text and not g.finished, kw
 
 
@@ -131,11 +125,7 @@ def test_stop_applies_to_a_token_batch_given_as_chat(base):
     assert isinstance(cp, ChatPrompt)
     b = base.tokenize([cp, cp])
     b.meta = [RowMeta(m.text, m.offsets, []) for m in b.meta]  # ids only: no role spans
-    h, ids = _script(base, " Rome.\nUser: x")
-    try:
-        gens = base.generate(b, chat=True, max_new_tokens=len(ids), progress=False)
-    finally:
-        h.remove()
+    gens = _scripted(base, " Rome.\nUser: x", b, chat=True)
     assert [g.text for g in gens] == [" Rome.", " Rome."]
 
 
