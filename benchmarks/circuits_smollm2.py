@@ -106,7 +106,6 @@ def main():
     ap.add_argument("--T", type=int, default=0)
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     import mindscope as ms
     from mindscope import circuits as C
 
@@ -116,7 +115,7 @@ def main():
     store = root / "acts"
     if args.stage == "harvest":
         t = time.perf_counter()
-        C.harvest_mlp(lm, store, n_tokens=args.tokens, store_dtype="bfloat16")
+        C.harvest_mlp(lm, store, n_tokens=args.tokens, store_dtype="bfloat16", shard_tokens=8192)
         _save(root, "harvest", {"tokens": args.tokens, "seconds": time.perf_counter() - t})
     elif args.stage == "train":
         cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k,

@@ -54,11 +54,11 @@ class LinearModel:
         """J_attn^T g: gradient at resid_pre.l from gradient g at the attention output."""
         a = self.lm.block(l).self_attn
         H, dh, grp = self.n_heads, a.head_dim, a.num_key_value_groups
-        B, T, _ = g.shape
+        B, T, _ = g.shape                                             # T <= self.T: causal prefix
         u = (g @ a.o_proj.weight.float()).view(B, T, H, dh)          # (B, T, H, dh)
-        gv = torch.einsum("hts,bthe->bshe", self.A[l], u)             # (B, T, H, dh)
+        gv = torch.einsum("hts,bthe->bshe", self.A[l][:, :T, :T], u)  # (B, T, H, dh)
         gv = gv.reshape(B, T, H // grp, grp, dh).sum(3).reshape(B, T, -1)  # GQA: sum the group
-        return (gv @ a.v_proj.weight.float()) * self.n1[l]            # (B, T, d)
+        return (gv @ a.v_proj.weight.float()) * self.n1[l][:T]        # (B, T, d)
 
     def _attn(self, l: int, h: torch.Tensor) -> torch.Tensor:
         """The frozen attention map (without biases) of a (B, T, d) residual."""
@@ -72,10 +72,12 @@ class LinearModel:
 
     def backward(self, tg: Target, read) -> torch.Tensor:
         """Sweep a batch of targets down the model. ``read(l, g)`` is called with the gradient
-        g (B, T, d) at mlp_out.l for l = top..0; returns the gradient (B, T, d) at the
-        embeddings."""
+        g (B, T', d) at mlp_out.l for l = top..0; returns the gradient (B, T', d) at the
+        embeddings. T' = the last target position + 1: by causality nothing reaches a later
+        position, so the sweep runs on that prefix only (and from the top target layer down)."""
         B = tg.layer.shape[0]
-        g = torch.zeros(B, self.T, self.d)
+        T = int(tg.pos.max()) + 1
+        g = torch.zeros(B, T, self.d)
         rows = torch.arange(B)
         logit = tg.layer == self.L
         if bool(logit.any()):
@@ -85,12 +87,11 @@ class LinearModel:
             read(l, g)                                                # gradient at mlp_out.l
             S = self.skip[l]
             if S is not None:
-                g = g + (g @ S) * self.n2[l]
+                g += (g @ S) * self.n2[l][:T]
             here = tg.layer == l
             if bool(here.any()):
-                g = g.clone()
                 g[rows[here], tg.pos[here]] += tg.vec[here] * self.n2[l][tg.pos[here]]
-            g = g + self._attn_T(l, g)
+            g += self._attn_T(l, g)
         return g
 
     def forward(self, embed: torch.Tensor, outs: torch.Tensor) -> tuple:
