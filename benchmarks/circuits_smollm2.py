@@ -105,6 +105,12 @@ def main():
     ap.add_argument("--name", default="plt")
     ap.add_argument("--T", type=int, default=0)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--kind", default="plt")
+    ap.add_argument("--sparsity", type=float, default=3e-3)
+    ap.add_argument("--threshold-init", type=float, default=0.001)
+    ap.add_argument("--bandwidth", type=float, default=0.001)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     import mindscope as ms
     from mindscope import circuits as C
@@ -118,10 +124,12 @@ def main():
         C.harvest_mlp(lm, store, n_tokens=args.tokens, store_dtype="bfloat16", shard_tokens=8192)
         _save(root, "harvest", {"tokens": args.tokens, "seconds": time.perf_counter() - t})
     elif args.stage == "train":
-        cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k,
-                                 activation=args.arch, skip=args.skip)
-        st = C.TrainSettings(steps=args.steps, batch_size=args.batch, lr=1e-3 if args.arch != "topk"
-                             else None, sparsity_coef=3e-3, checkpoint_every=25)
+        cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k, kind=args.kind,
+                                 activation=args.arch, skip=args.skip,
+                                 threshold_init=args.threshold_init, bandwidth=args.bandwidth)
+        st = C.TrainSettings(steps=args.steps, batch_size=args.batch, lr=args.lr if args.arch !=
+                             "topk" else None, sparsity_coef=args.sparsity, checkpoint_every=25,
+                             dtype=args.dtype)
         t = time.perf_counter()
         C.train_transcoders(store, root / args.name, cfg, st)
         _save(root, f"train_{args.name}", {"cfg": cfg.to_dict(), "settings": vars(st),
