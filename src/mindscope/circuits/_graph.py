@@ -228,19 +228,27 @@ class _Sources:
         return read
 
 
-def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int):
-    """Per row, the largest |entries| holding ``keep_mass`` of the row's mass (at most cap)."""
-    a = rows.abs()
-    v, i = a.sort(-1, descending=True)                                # (B, n)
-    c = v.cumsum(-1)
-    tot = c[:, -1:].clamp(min=1e-30)
-    k = ((c / tot) < keep_mass).sum(-1) + 1                           # (B,)
-    k = k.clamp(max=min(cap, rows.shape[1]))
-    k = torch.where(tot[:, 0] > 1e-30, k, torch.zeros_like(k))
-    keep = torch.arange(rows.shape[1])[None] < k[:, None]             # (B, n)
-    r, j = keep.nonzero(as_tuple=True)
-    cols = i[r, j]
-    return r, cols, rows[r, cols]
+def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int, chunk: int = 16):
+    """Per row, the largest |entries| holding ``keep_mass`` of the row's mass (at most cap);
+    ``chunk`` rows at a time, so the sort's temporaries stay small."""
+    out_r, out_c, out_v = [], [], []
+    for s in range(0, rows.shape[0], chunk):
+        part = rows[s:s + chunk]                                      # (b, n)
+        v, i = part.abs().sort(-1, descending=True)                   # (b, n)
+        c = v.cumsum(-1)
+        del v
+        tot = c[:, -1:].clamp(min=1e-30)
+        k = ((c / tot) < keep_mass).sum(-1) + 1                       # (b,)
+        k = k.clamp(max=min(cap, rows.shape[1]))
+        k = torch.where(tot[:, 0] > 1e-30, k, torch.zeros_like(k))
+        del c
+        keep = torch.arange(rows.shape[1])[None] < k[:, None]         # (b, n)
+        r, j = keep.nonzero(as_tuple=True)
+        cols = i[r, j]
+        out_r.append(r + s)
+        out_c.append(cols)
+        out_v.append(part[r, cols])
+    return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
 
 
 def _peak_rss() -> int:
