@@ -27,6 +27,22 @@ TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin."
          "The mitochondria is the powerhouse of the cell; it makes ATP from glucose."]
 
 
+def eval_texts(n: int = 16, chars: int = 300) -> list:
+    """``n`` text documents spread over the second half of the default corpus (the harvest
+    read its first ~100k tokens), cut to ``chars`` characters: the CE/KL evaluation set."""
+    from mindscope.activations import open_corpus
+    docs = [d.text for d in open_corpus("default") if d.text and len(d.text) >= chars]
+    half = docs[len(docs) // 2:]
+    return [half[i * len(half) // n][:chars] for i in range(n)]
+
+
+def _status(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _results(root: Path) -> dict:
     p = root / "results.json"
     return json.loads(p.read_text()) if p.exists() else {}
@@ -111,6 +127,7 @@ def main():
     ap.add_argument("--bandwidth", type=float, default=0.001)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--max-features", type=int, default=128)
     args = ap.parse_args()
     import mindscope as ms
     from mindscope import circuits as C
@@ -137,7 +154,9 @@ def main():
     elif args.stage == "metrics":
         from mindscope.activations import ActivationStore
         tc = C.Transcoders.load(root / args.name)
-        m = C.transcoder_metrics(lm, tc, TEXTS, store=ActivationStore.open(store))
+        t = time.perf_counter()
+        m = C.transcoder_metrics(lm, tc, eval_texts(), store=ActivationStore.open(store))
+        m["seconds"] = time.perf_counter() - t
         _save(root, f"metrics_{args.name}", m)
         print(json.dumps({k: v for k, v in m.items() if k != "layers"}, indent=1))
         print([round(x["fvu"], 3) for x in m["layers"]])
@@ -161,19 +180,25 @@ def main():
             text = " ".join(TEXTS * 20)
             ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:args.T - 1]
             prompt = lm.tokenizer.decode(ids)
-            import resource
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=128),
+            import gc
+            gc.collect()
+            with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+                fh.write("5")
+            before = _status("VmRSS")
+            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=args.max_features),
                             progress=False)
             print(json.dumps({"T": g.T, "seconds": g.stats["seconds"],
-                              "peak_rss": g.stats["peak_rss_bytes"], "rss_before": before,
-                              "estimate": g.stats["estimate_bytes"], "edges": g.stats["edges"],
-                              "features": g.stats["active_features"]}))
+                              "peak_rss": _status("VmHWM"), "rss_before": before,
+                              "estimate": g.stats["estimate_bytes"],
+                              "estimate_guess": g.stats["estimate_guess_bytes"],
+                              "edges": g.stats["edges"], "features": g.stats["active_features"],
+                              "max_features": args.max_features}))
             return
         rows = []
-        for T in (8, 24, 48):
+        for T, mf in ((8, 128), (24, 128), (48, 128), (24, 1024)):
             r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
-                                args.name, "--root", str(root)], capture_output=True, text=True)
+                                args.name, "--root", str(root), "--max-features", str(mf)],
+                               capture_output=True, text=True)
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
         _save(root, f"memory_{args.name}", rows)

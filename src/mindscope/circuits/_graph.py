@@ -269,7 +269,8 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     t0 = time.perf_counter()
     ids = prepare_ids(lm, prompt)
     T = ids.shape[0]
-    est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges)
+    est = est0 = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes,
+                                 cfg.max_row_edges)
     _budget(est, T, cfg, "")
     with torch.no_grad():
         lin = capture(lm, tc, ids)
@@ -332,7 +333,8 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     graph = _assemble(lm, tc, prompt, ids, lin, src, visited, torch.cat(r_all),
                       torch.cat(c_all), torch.cat(v_all), tidx, tprob, tvec)
     graph.stats = {"seconds": time.perf_counter() - t0, "peak_rss_bytes": _peak_rss(),
-                   "estimate_bytes": est, "active_features": n_f, "T": T,
+                   "estimate_bytes": est, "estimate_guess_bytes": est0,
+                   "active_features": n_f, "T": T,
                    "config": asdict(cfg), "edges": int(graph.weights.numel())}
     return graph
 
