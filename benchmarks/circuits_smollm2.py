@@ -27,7 +27,7 @@ TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin."
          "The mitochondria is the powerhouse of the cell; it makes ATP from glucose."]
 
 
-def eval_texts(n: int = 16, chars: int = 300) -> list:
+def eval_texts(n: int = 8, chars: int = 300) -> list:
     """``n`` text documents spread over the second half of the default corpus (the harvest
     read its first ~100k tokens), cut to ``chars`` characters: the CE/KL evaluation set."""
     from mindscope.activations import open_corpus
@@ -92,6 +92,33 @@ def plot_graph(d: dict, path: Path, n_layers: int) -> None:
     plt.close(fig)
 
 
+def plot_layers(res: dict, names: list, path: Path) -> None:
+    """Per-layer FVU, L0, dead fraction and KL (layer spliced alone) of each transcoder set."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("fvu", "FVU of mlp_out (held-out)"), ("l0", "L0 (active latents / token)"),
+            ("dead", "dead fraction (held-out rows)"), ("kl_spliced", "KL, this layer spliced (nats)")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, (k, title) in zip(axes, keys):
+        for n in names:
+            m = res.get(f"metrics_{n}")
+            if not m:
+                continue
+            ys = [x.get(k) for x in m["layers"]]
+            ax.plot(range(len(ys)), [float("nan") if y is None else y for y in ys], marker=".",
+                    label=n)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer")
+        if k in ("kl_spliced", "l0"):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _check(lm, tc, g, d, pr, root, name):
     from mindscope import circuits as C
 
@@ -128,7 +155,12 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-features", type=int, default=128)
+    ap.add_argument("--names", default="plt,plt2k,clt")
+    ap.add_argument("--png", default="docs/img/circuits_layers.png")
     args = ap.parse_args()
+    if args.stage == "plot":  # per-layer metrics of --names (comma list) -> --png, no model
+        plot_layers(_results(args.root), args.names.split(","), Path(args.png))
+        return
     import mindscope as ms
     from mindscope import circuits as C
 
