@@ -27,7 +27,7 @@ TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin."
          "The mitochondria is the powerhouse of the cell; it makes ATP from glucose."]
 
 
-def eval_texts(n: int = 8, chars: int = 300) -> list:
+def eval_texts(n: int = 8, chars: int = 200) -> list:
     """``n`` text documents spread over the second half of the default corpus (the harvest
     read its first ~100k tokens), cut to ``chars`` characters: the CE/KL evaluation set."""
     from mindscope.activations import open_corpus
@@ -119,6 +119,38 @@ def plot_layers(res: dict, names: list, path: Path) -> None:
     plt.close(fig)
 
 
+def tables(res: dict, names: list) -> str:
+    """Markdown tables for docs/circuits.md from results.json: one summary row per transcoder
+    set, then per layer FVU / L0 / dead / KL of each set."""
+    out = ["| set | kind | latents | rows trained | train time | FVU (mean) | L0 (mean/layer) "
+           "| dead (mean) | CE clean / all spliced | KL all spliced | replacement (CE) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        m, t = res.get(f"metrics_{n}"), res.get(f"train_{n}", {})
+        if not m:
+            continue
+        ly = m["layers"]
+        mean = lambda k: sum(x[k] for x in ly) / len(ly)  # noqa: E731
+        cfg, st = t.get("cfg", {}), t.get("settings", {})
+        out.append(f"| {n} | {cfg.get('kind', '?')} {cfg.get('activation', '')} | "
+                   f"{cfg.get('n_latents', '?')} | {st.get('steps', 0) * st.get('batch_size', 0):,} "
+                   f"| {t.get('seconds', 0) / 60:.0f} min | {mean('fvu'):.3f} | {mean('l0'):.1f} | "
+                   f"{mean('dead'):.3f} | {m['ce_clean']:.3f} / {m['ce_spliced']:.3f} | "
+                   f"{m['kl_spliced']:.3f} | {m['replacement_score']:.3f} |")
+    have = [n for n in names if res.get(f"metrics_{n}")]
+    out += ["", "| layer | " + " | ".join(f"{n} FVU | {n} L0 | {n} dead | {n} KL" for n in have)
+            + " |", "|---|" + "---|---|---|---|" * len(have)]
+    L = len(res[f"metrics_{have[0]}"]["layers"]) if have else 0
+    for l in range(L):
+        cells = []
+        for n in have:
+            x = res[f"metrics_{n}"]["layers"][l]
+            cells.append(f"{x['fvu']:.3f} | {x['l0']:.1f} | {x['dead']:.3f} | "
+                         f"{x.get('kl_spliced', float('nan')):.4f}")
+        out.append(f"| {l} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _check(lm, tc, g, d, pr, root, name):
     from mindscope import circuits as C
 
@@ -160,6 +192,7 @@ def main():
     args = ap.parse_args()
     if args.stage == "plot":  # per-layer metrics of --names (comma list) -> --png, no model
         plot_layers(_results(args.root), args.names.split(","), Path(args.png))
+        print(tables(_results(args.root), args.names.split(",")))
         return
     import mindscope as ms
     from mindscope import circuits as C
@@ -187,7 +220,8 @@ def main():
         from mindscope.activations import ActivationStore
         tc = C.Transcoders.load(root / args.name)
         t = time.perf_counter()
-        m = C.transcoder_metrics(lm, tc, eval_texts(), store=ActivationStore.open(store))
+        m = C.transcoder_metrics(lm, tc, eval_texts(), store=ActivationStore.open(store),
+                                 per_layer_zero=False)
         m["seconds"] = time.perf_counter() - t
         _save(root, f"metrics_{args.name}", m)
         print(json.dumps({k: v for k, v in m.items() if k != "layers"}, indent=1))

@@ -199,13 +199,15 @@ def store_metrics(tc: Transcoders, store, max_rows: int = 8192) -> dict:
 
 @torch.no_grad()
 def transcoder_metrics(lm, tc: Transcoders, texts: list, store=None, max_rows: int = 8192,
-                       per_layer: bool = True) -> dict:
+                       per_layer: bool = True, per_layer_zero: bool = True) -> dict:
     """Per layer: FVU of mlp_out, L0 and dead fraction on the store's held-out rows (if a store
     is given), and with that layer alone spliced in: CE, KL(clean || spliced) per token and the
     replacement score (fraction of the CE increase of zero-ablating that MLP that the
     transcoder recovers). A CLT layer's output is the sum of the decoders of all layers <= l,
     their activations read from the unedited run. Overall: CE clean, with every MLP spliced at
-    once (and its KL), with every MLP zero-ablated, and the all-layer replacement score."""
+    once (and its KL), with every MLP zero-ablated, and the all-layer replacement score.
+    per_layer=False skips the per-layer forwards; per_layer_zero=False skips the per-layer
+    zero ablations (and so the per-layer replacement score): half the forwards."""
     check_transcoders(lm, tc)
     L = lm.n_layers
     out: dict = {"layers": []}
@@ -222,8 +224,10 @@ def transcoder_metrics(lm, tc: Transcoders, texts: list, store=None, max_rows: i
         layer = {"layer": l, "fvu": sm["fvu"][l], "l0": sm["l0"][l], "dead": sm["dead"][l]}
         if per_layer:
             s, k = ev.stats([l], "splice")
-            z, kz = ev.stats([l], "zero")
-            layer.update(ce_spliced=s, kl_spliced=k, ce_zero=z, kl_zero=kz,
-                         replacement_score=(z - s) / (z - clean) if z != clean else None)
+            layer.update(ce_spliced=s, kl_spliced=k)
+            if per_layer_zero:
+                z, kz = ev.stats([l], "zero")
+                layer.update(ce_zero=z, kl_zero=kz,
+                             replacement_score=(z - s) / (z - clean) if z != clean else None)
         out["layers"].append(layer)
     return out
