@@ -145,6 +145,7 @@ def main():
     if args.tiny and not args.ours:
         argv = _make_tiny(args)
         sys.argv = [sys.argv[0], *argv]
+        args = ap.parse_args(argv)
     if args.ours:
         print(json.dumps(run_ours(args)))
         return
