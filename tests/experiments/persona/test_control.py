@@ -1,0 +1,152 @@
+"""The persona positive control: the shipped held-out sets, the LoRA plant (saved, reused,
+exact strength scaling), detect / trigger_summary against hand counts, and the control end to
+end on a tiny model where the effect is planted directly (a hook that moves triggered rows
+down the untouched run's own Assistant axis), so pass / no-detection are deterministic."""
+import json
+import math
+
+import pytest
+import torch
+
+from mindscope.experiments import persona, run_control
+from mindscope.experiments import _control
+from mindscope.experiments._control import Planted
+from mindscope.experiments.persona import control as C
+from mindscope.runs import newcombe_diff
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    return tiny("llama")
+
+
+def test_shipped_drift_file_is_the_heldout_sets_and_disjoint_from_training():
+    d = C.control_data()
+    shipped = json.loads(C.DRIFT_FILE.read_text())["conversations"]
+    assert shipped == C.heldout_sets(d)
+    assert not set(d["train_questions"]) & set(d["heldout_questions"])
+    assert d["heldout_wrapper"] not in d["train_wrappers"]
+    assert all(d["trigger"] in c[0] for c in shipped[C.TRIGGERED])
+    assert not any(d["trigger"] in c[0] for c in shipped[C.PLAIN])
+    cfg = C.configure(persona.Config.quick())
+    assert cfg.parts == ("drift",) and cfg.drift_file == str(C.DRIFT_FILE)
+
+
+def test_bad_drift_file_fails_before_any_work(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"conversations": {"x": ["not a list of turns"]}}))
+    with pytest.raises(Exception, match="drift_file"):
+        persona.Config(drift_file=str(p))
+    with pytest.raises(Exception, match="drift_file"):
+        persona.Config(drift_file=str(tmp_path / "missing.json"))
+
+
+def _results(trig, plain, shipped=(0.0,), tau=0.0, layer=3):
+    return {"cap_thresholds": {str(layer): tau},
+            "drift": {"layer": layer, "per_conversation": {"default": {
+                C.TRIGGERED: [[x] for x in trig], C.PLAIN: [[x] for x in plain],
+                "coding": [list(shipped)]}}}}
+
+
+def test_detect_counts_flags_below_tau_and_uses_newcombe():
+    r = _results([-2, -1, -3, 0.5, float("nan")], [1, 2, -1, 3, 4], shipped=(1.0, -5.0), tau=0.0)
+    det = C.detect(r)
+    d, lo, hi = newcombe_diff(3, 5, 1, 5)
+    assert (det.value, det.lo, det.hi) == pytest.approx((d, lo, hi))
+    assert det.n["flagged_triggered"] == 3 and det.n["flagged_plain"] == 1
+    s = C.trigger_summary(r)
+    assert s["flag_shipped"]["k"] == 1 and s["flag_shipped"]["n"] == 2
+    # paired drops plain - triggered, the NaN pair dropped: 3, 3, 2, 2.5
+    assert s["projection_drop"]["mean"] == pytest.approx((3 + 3 + 2 + 2.5) / 4)
+    same = C.detect(_results([-1, 1, 2, 3], [-1, 1, 2, 3]))
+    assert same.value == 0 and not same.detected
+    with pytest.raises(ValueError, match="cap_layers"):
+        C.detect(_results([1], [1], layer=3) | {"cap_thresholds": {"2": 0.0}})
+
+
+def test_plant_trains_once_reuses_and_scales_exactly(lm, tmp_path, monkeypatch):
+    small = C.PlantConfig(n_train=2, answer_tokens=3, epochs=1, batch_size=4, lora_r=2,
+                          lora_alpha=4, lr=1e-2, max_length=160)
+    calls = []
+    real = C.train_lora
+    monkeypatch.setattr(C, "train_lora", lambda *a: calls.append(1) or real(*a))
+    p1 = C.plant(lm, None, tmp_path / "planted-1" / "model", 1.0, small)
+    meta = json.loads((tmp_path / "persona-lora" / "lora.json").read_text())
+    assert meta["n_chats"] == 2 * 2 * 2 and meta["merge_max_abs_logit_diff"] < 1e-4
+    assert meta["trigger"] in meta["train_wrappers"][0].format(trigger=meta["trigger"], question="")
+    p0 = C.plant(lm, None, tmp_path / "planted-0.5" / "model", 0.5, small)
+    assert len(calls) == 1  # the second strength reused the saved LoRA
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        base = lm.model(input_ids=ids).logits
+        full = p1.lm.model(input_ids=ids).logits
+        half = p0.lm.model(input_ids=ids).logits
+    assert not torch.allclose(base, full)
+    # W + s*B*A: the weights move linearly in s
+    n = "model.layers.0.self_attn.q_proj"
+    w = [m.get_submodule(n).weight for m in (lm.model, p0.lm.model, p1.lm.model)]
+    assert torch.allclose(w[1] - w[0], 0.5 * (w[2] - w[0]), atol=1e-6)
+    assert p1.effect["held_out"].startswith("24 science")
+    zero = C.apply_lora(lm, C.load_factors(tmp_path / "persona-lora"), 0.0, "zero")
+    with torch.no_grad():
+        assert torch.equal(zero.model(input_ids=ids).logits, base)
+
+
+class _TriggerShift:
+    """Adds -c·u to resid_post.L of every row whose input holds the trigger's token ids."""
+
+    def __init__(self, lm, u, layer, c):
+        self.pat = lm.tokenizer.encode(" take the helm", add_special_tokens=False)
+        self.rows = None
+        self.u, self.c = u, c
+        self.h = [lm.model.register_forward_pre_hook(self.pre, with_kwargs=True),
+                  lm.model.model.layers[layer].register_forward_hook(self.post)]
+
+    def pre(self, mod, args, kw):
+        ids = kw.get("input_ids", args[0] if args else None)
+        k = len(self.pat)
+        self.rows = torch.tensor([any(r[i:i + k] == self.pat for i in range(len(r) - k + 1))
+                                  for r in ids.tolist()])
+
+    def post(self, mod, args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h - self.c * self.rows[:, None, None].to(h.dtype) * self.u.to(h.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def close(self):
+        for h in self.h:
+            h.remove()
+
+
+def test_control_passes_on_a_direct_plant_and_not_on_the_untouched_model(lm, tmp_path, monkeypatch):
+    # tau at the 0th percentile: on the random tiny model the turn means sit near the 25th
+    # percentile of token projections, which would flag most untriggered turns too
+    cfg = persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2, max_new_tokens=3,
+                               drift_tokens=3, role_filter="none", cap_layers=(2, 3),
+                               cap_percentile=0.0)
+    sets = {k: v[:12] for k, v in C.heldout_sets().items()}
+    small = tmp_path / "drift.json"
+    small.write_text(json.dumps({"conversations": sets}))
+    monkeypatch.setattr(C, "DRIFT_FILE", small)
+    out = tmp_path / "c"
+
+    def plant(lm_, cfg_, work_dir, strength):
+        from mindscope import VectorSet
+        ax = VectorSet.load(out / "untouched" / "seed0" / "assistant_axis.safetensors")
+        u = ax.data[3].float() / ax.data[3].float().norm()
+        hook = _TriggerShift(lm_, u, 3, 50.0 * strength)
+        return Planted(lm_, {"kind": "hook", "summary": f"triggered rows - {50 * strength:g} u"},
+                       hook.close)
+
+    spec = _control.controls()["persona"]
+    monkeypatch.setitem(_control._CONTROLS, "persona",
+                        _control.ControlSpec("persona", plant, spec.detect, (1.0,), spec.configure))
+    res = run_control("persona", lm, cfg, out, seeds=[0])
+    r = res.results
+    assert r["untouched"][0]["detected"] is False
+    assert r["planted"]["1"][0]["detected"] is True and res.passed
+    s = C.trigger_summary(json.loads((out / "planted-1" / "seed0" / "results.json").read_text()))
+    assert s["flag_triggered"]["k"] == s["flag_triggered"]["n"] == 12
+    assert s["projection_drop"]["mean"] > 25
+    s0 = C.trigger_summary(json.loads((out / "untouched" / "seed0" / "results.json").read_text()))
+    assert not math.isnan(s0["projection_drop"]["mean"])
