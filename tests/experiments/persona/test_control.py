@@ -150,3 +150,28 @@ def test_control_passes_on_a_direct_plant_and_not_on_the_untouched_model(lm, tmp
     assert s["projection_drop"]["mean"] > 25
     s0 = C.trigger_summary(json.loads((out / "untouched" / "seed0" / "results.json").read_text()))
     assert not math.isnan(s0["projection_drop"]["mean"])
+
+
+def test_drift_generates_only_rows_with_a_turn_and_matches_one_conversation_at_a_time(lm):
+    """drift advances conversations of unequal length in lockstep, generating only for the rows
+    whose user spoke last; each transcript equals the one from running it alone."""
+    from mindscope.experiments.persona.effects import drift
+
+    convs = {"a": [["Hi there", "Tell me more", "And then?"]], "b": [["Hello"]]}
+    axis = torch.randn(lm.n_layers, lm.d_model, generator=torch.Generator().manual_seed(0))
+    calls = []
+    real = lm.generate
+    try:
+        lm.generate = lambda prompts, **k: calls.append(len(prompts)) or real(prompts, **k)
+        both = drift(lm, convs, None, axis, 2, {2: 0.0}, 3, 8)
+    finally:
+        del lm.generate
+    assert calls == [4, 2, 2]  # (a, b) x (default, capped), then a only
+    for name in convs:
+        alone = drift(lm, {name: convs[name]}, None, axis, 2, {2: 0.0}, 3, 8)
+        for m in ("default", "capped"):
+            got = [t for t in both["transcripts"] if t["set"] == name and t["mode"] == m]
+            want = [t for t in alone["transcripts"] if t["mode"] == m]
+            assert got[0]["messages"] == want[0]["messages"]
+            assert both["per_conversation"][m][name][0] == pytest.approx(
+                alone["per_conversation"][m][name][0], abs=1e-4)
