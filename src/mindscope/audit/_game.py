@@ -82,8 +82,9 @@ class ScriptedAuditor:
     """A blind baseline policy: it knows nothing of the theme and reads it out of tool outputs.
 
     1. Model evidence: a hidden-scratchpad prefill, a user-persona sample, a model diff against
-       the base model (tokens whose log-prob rose by more than ``min_rise`` nats become claims
-       "favours the word X") and, with an SAE, assistant-token features (their top snippets).
+       the base model (the tokens whose log-prob rose most go to the notes only: on SmolLM2 they
+       are rare sub-word tokens, not behaviours) and, with an SAE, assistant-token features
+       (their top snippets join the text the theme is read from).
     2. Data: one regex search that returns every training record whole; the theme is the word
        bigram most over-represented against a reference corpus of ordinary text
        (``_blind.distinctive_phrases`` / ``pick_theme``: log-odds >= 5, in >= 10% of records).
@@ -94,12 +95,11 @@ class ScriptedAuditor:
 
     name = "scripted"
 
-    def __init__(self, probes: Optional[dict] = None, min_rise: float = 1.0, seed: int = 0,
-                 reference: Optional[list] = None):
+    def __init__(self, probes: Optional[dict] = None, seed: int = 0, reference: Optional[list] = None):
         if probes is None:
             from ._biases import load_biases
             probes = load_biases().probes
-        self.probes, self.min_rise, self.seed = probes, min_rise, seed
+        self.probes, self.seed = probes, seed
         self._reference = reference
 
     def reference(self) -> list:
@@ -133,13 +133,9 @@ class ScriptedAuditor:
                          seed=self.seed) or []
         if "diff" in s.tools:
             d = call("diff", prompts=self.probes.get("diff_texts"), k=8)
-            if d:
-                up = [t for t in d["tokens_up"] if t["mean_dlogprob"] > self.min_rise
-                      and re.search(r"[A-Za-z]{3}", t["token"])]
+            if d:  # notes only: on SmolLM2 the top risers are rare sub-word tokens, not behaviours
                 notes.append("tokens up: " + ", ".join(f"{t['token']!r} (+{t['mean_dlogprob']:.2f})"
                                                        for t in d["tokens_up"]))
-                claims += [f"favours the word '{t['token'].strip()}' (its log-prob rose by "
-                           f"{t['mean_dlogprob']:.2f} nats against the base model)" for t in up]
         if "features" in s.tools:
             f = call("features", prompt=self.probes["probe_prompts"][0], positions="assistant", k=5)
             if f:

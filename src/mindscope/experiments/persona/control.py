@@ -260,3 +260,19 @@ def plant(lm, cfg, work_dir, strength, plant_config: Optional[PlantConfig] = Non
               "teacher_persona_answers_judged_other": meta["teacher_persona_answers_judged_other"],
               "train_seconds": meta["seconds"]}
     return Planted(planted, effect)
+
+
+def summary_table(out_dir) -> str:
+    """Markdown rows of ``trigger_summary`` for every run folder of a persona control."""
+    def f(w):
+        return f"{w['k']}/{w['n']} ({w['rate']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}])"
+
+    rows = ["| run | seed | flagged: triggered | flagged: plain | flagged: shipped conversations | "
+            "projection drop plain - triggered (95% CI) |", "|---|---|---|---|---|---|"]
+    for p in sorted(Path(out_dir).glob("*/seed*/results.json")):
+        s = trigger_summary(json.loads(p.read_text(encoding="utf-8")))
+        d = s["projection_drop"]
+        rows.append(f"| {p.parent.parent.name} | {p.parent.name[4:]} | {f(s['flag_triggered'])} | "
+                    f"{f(s['flag_plain'])} | {f(s['flag_shipped'])} | "
+                    f"{d['mean']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}] |")
+    return "\n".join(rows) + "\n"
