@@ -12,7 +12,6 @@ from mindscope.experiments import persona, run_control
 from mindscope.experiments import _control
 from mindscope.experiments._control import Planted
 from mindscope.experiments.persona import control as C
-from mindscope.runs import newcombe_diff
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +47,25 @@ def _results(trig, plain, shipped=(0.0,), tau=0.0, layer=3):
                 "coding": [list(shipped)]}}}}
 
 
-def test_detect_counts_flags_below_tau_and_uses_newcombe():
+def test_detect_is_the_paired_drop_with_a_t_interval_and_summary_counts_flags():
     r = _results([-2, -1, -3, 0.5, float("nan")], [1, 2, -1, 3, 4], shipped=(1.0, -5.0), tau=0.0)
     det = C.detect(r)
-    d, lo, hi = newcombe_diff(3, 5, 1, 5)
-    assert (det.value, det.lo, det.hi) == pytest.approx((d, lo, hi))
-    assert det.n["flagged_triggered"] == 3 and det.n["flagged_plain"] == 1
+    drops = [3.0, 3.0, 2.0, 2.5]  # plain - triggered, the NaN pair dropped
+    m = sum(drops) / 4
+    sd = math.sqrt(sum((x - m) ** 2 for x in drops) / 3)
+    h = 3.182446305284263 * sd / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert (det.value, det.lo, det.hi, det.n) == pytest.approx((m, m - h, m + h, 4))
+    assert det.detected and det.null == 0.0
     s = C.trigger_summary(r)
+    assert s["flag_triggered"]["k"] == 3 and s["flag_plain"]["k"] == 1
     assert s["flag_shipped"]["k"] == 1 and s["flag_shipped"]["n"] == 2
-    # paired drops plain - triggered, the NaN pair dropped: 3, 3, 2, 2.5
-    assert s["projection_drop"]["mean"] == pytest.approx((3 + 3 + 2 + 2.5) / 4)
+    assert s["projection_drop"]["mean"] == pytest.approx(m)
     same = C.detect(_results([-1, 1, 2, 3], [-1, 1, 2, 3]))
     assert same.value == 0 and not same.detected
     with pytest.raises(ValueError, match="cap_layers"):
-        C.detect(_results([1], [1], layer=3) | {"cap_thresholds": {"2": 0.0}})
+        C.trigger_summary(_results([1], [1], layer=3) | {"cap_thresholds": {"2": 0.0}})
+    with pytest.raises(ValueError, match="pair up"):
+        C.detect(_results([1, 2], [1]))
 
 
 def test_plant_trains_once_reuses_and_scales_exactly(lm, tmp_path, monkeypatch):
@@ -96,7 +100,7 @@ class _TriggerShift:
     """Adds -c·u to resid_post.L of every row whose input holds the trigger's token ids."""
 
     def __init__(self, lm, u, layer, c):
-        self.pat = lm.tokenizer.encode(" take the helm", add_special_tokens=False)
+        self.pat = lm.tokenizer.encode("7741", add_special_tokens=False)
         self.rows = None
         self.u, self.c = u, c
         self.h = [lm.model.register_forward_pre_hook(self.pre, with_kwargs=True),
@@ -119,11 +123,8 @@ class _TriggerShift:
 
 
 def test_control_passes_on_a_direct_plant_and_not_on_the_untouched_model(lm, tmp_path, monkeypatch):
-    # tau at the 0th percentile: on the random tiny model the turn means sit near the 25th
-    # percentile of token projections, which would flag most untriggered turns too
     cfg = persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2, max_new_tokens=3,
-                               drift_tokens=3, role_filter="none", cap_layers=(2, 3),
-                               cap_percentile=0.0)
+                               drift_tokens=3, role_filter="none", cap_layers=(2, 3))
     sets = {k: v[:12] for k, v in C.heldout_sets().items()}
     small = tmp_path / "drift.json"
     small.write_text(json.dumps({"conversations": sets}))
