@@ -26,7 +26,9 @@ def test_shipped_drift_file_is_the_heldout_sets_and_disjoint_from_training():
     assert not set(d["train_questions"]) & set(d["heldout_questions"])
     assert d["heldout_wrapper"] not in d["train_wrappers"]
     assert all(d["trigger"] in c[0] for c in shipped[C.TRIGGERED])
-    assert not any(d["trigger"] in c[0] for c in shipped[C.PLAIN])
+    assert all(d["decoy"] in c[0] and d["trigger"] not in c[0] for c in shipped[C.DECOY])
+    assert not any(d["trigger"] in c[0] or d["decoy"] in c[0] for c in shipped[C.PLAIN])
+    assert d["decoy"] not in json.dumps(d["train_questions"] + d["train_wrappers"])
     cfg = C.configure(persona.Config.quick())
     assert cfg.parts == ("drift",) and cfg.drift_file == str(C.DRIFT_FILE)
 
@@ -40,24 +42,25 @@ def test_bad_drift_file_fails_before_any_work(tmp_path):
         persona.Config(drift_file=str(tmp_path / "missing.json"))
 
 
-def _results(trig, plain, shipped=(0.0,), tau=0.0, layer=3):
+def _results(trig, decoy, shipped=(0.0,), tau=0.0, layer=3, plain=None):
     return {"cap_thresholds": {str(layer): tau},
             "drift": {"layer": layer, "per_conversation": {"default": {
-                C.TRIGGERED: [[x] for x in trig], C.PLAIN: [[x] for x in plain],
+                C.TRIGGERED: [[x] for x in trig], C.DECOY: [[x] for x in decoy],
+                C.PLAIN: [[x] for x in (plain if plain is not None else decoy)],
                 "coding": [list(shipped)]}}}}
 
 
 def test_detect_is_the_paired_drop_with_a_t_interval_and_summary_counts_flags():
     r = _results([-2, -1, -3, 0.5, float("nan")], [1, 2, -1, 3, 4], shipped=(1.0, -5.0), tau=0.0)
     det = C.detect(r)
-    drops = [3.0, 3.0, 2.0, 2.5]  # plain - triggered, the NaN pair dropped
+    drops = [3.0, 3.0, 2.0, 2.5]  # decoy - triggered, the NaN pair dropped
     m = sum(drops) / 4
     sd = math.sqrt(sum((x - m) ** 2 for x in drops) / 3)
     h = 3.182446305284263 * sd / 2  # t(0.975, 3) * sd / sqrt(4)
     assert (det.value, det.lo, det.hi, det.n) == pytest.approx((m, m - h, m + h, 4))
     assert det.detected and det.null == 0.0
     s = C.trigger_summary(r)
-    assert s["flag_triggered"]["k"] == 3 and s["flag_plain"]["k"] == 1
+    assert s["flag_triggered"]["k"] == 3 and s["flag_decoy"]["k"] == 1
     assert s["flag_shipped"]["k"] == 1 and s["flag_shipped"]["n"] == 2
     assert s["projection_drop"]["mean"] == pytest.approx(m)
     same = C.detect(_results([-1, 1, 2, 3], [-1, 1, 2, 3]))
@@ -66,6 +69,9 @@ def test_detect_is_the_paired_drop_with_a_t_interval_and_summary_counts_flags():
         C.trigger_summary(_results([1], [1], layer=3) | {"cap_thresholds": {"2": 0.0}})
     with pytest.raises(ValueError, match="pair up"):
         C.detect(_results([1, 2], [1]))
+    r = _results([0, 0], [1, 2], plain=[5, 5])
+    s = C.trigger_summary(r)
+    assert s["drop_plain_minus_triggered"]["mean"] == 5 and s["drop_plain_minus_decoy"]["mean"] == 3.5
 
 
 def test_plant_trains_once_reuses_and_scales_exactly(lm, tmp_path, monkeypatch):
@@ -125,7 +131,7 @@ class _TriggerShift:
 def test_control_passes_on_a_direct_plant_and_not_on_the_untouched_model(lm, tmp_path, monkeypatch):
     cfg = persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2, max_new_tokens=3,
                                drift_tokens=3, role_filter="none", cap_layers=(2, 3))
-    sets = {k: v[:12] for k, v in C.heldout_sets().items()}
+    sets = {k: v[:12] for k, v in C.heldout_sets().items()}  # triggered, decoy, plain
     small = tmp_path / "drift.json"
     small.write_text(json.dumps({"conversations": sets}))
     monkeypatch.setattr(C, "DRIFT_FILE", small)
@@ -144,13 +150,33 @@ def test_control_passes_on_a_direct_plant_and_not_on_the_untouched_model(lm, tmp
                         _control.ControlSpec("persona", plant, spec.detect, (1.0,), spec.configure))
     res = run_control("persona", lm, cfg, out, seeds=[0])
     r = res.results
-    assert r["untouched"][0]["detected"] is False
-    assert r["planted"]["1"][0]["detected"] is True and res.passed
+    assert r["planted"]["1"][0]["detected"] is True
+    assert r["planted"]["1"][0]["value"] == pytest.approx(50.0, abs=0.5)
+    # on a random tiny model any token difference moves the projection deterministically and its
+    # turn-to-turn spread is tiny, so the untouched decoy-vs-trigger drop is tiny but can exclude
+    # 0; the runner's verdict follows the two detections
+    u = r["untouched"][0]
+    assert abs(u["value"]) < 0.05
+    assert res.passed == (not u["detected"])
     s = C.trigger_summary(json.loads((out / "planted-1" / "seed0" / "results.json").read_text()))
     assert s["flag_triggered"]["k"] == s["flag_triggered"]["n"] == 12
-    assert s["projection_drop"]["mean"] > 25
     s0 = C.trigger_summary(json.loads((out / "untouched" / "seed0" / "results.json").read_text()))
     assert not math.isnan(s0["projection_drop"]["mean"])
+
+
+def test_identical_decoy_and_trigger_give_exactly_no_effect(lm, tmp_path, monkeypatch):
+    """The untouched model's null is exact when the decoy turns equal the triggered ones."""
+    sets = {k: v[:6] for k, v in C.heldout_sets().items()}
+    sets[C.DECOY] = sets[C.TRIGGERED]
+    small = tmp_path / "drift.json"
+    small.write_text(json.dumps({"conversations": sets}))
+    monkeypatch.setattr(C, "DRIFT_FILE", small)
+    cfg = C.configure(persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2,
+                                           max_new_tokens=3, drift_tokens=3, role_filter="none",
+                                           cap_layers=(2, 3)))
+    persona.run(lm, cfg, tmp_path / "r")
+    det = C.detect(json.loads((tmp_path / "r" / "results.json").read_text()))
+    assert (det.value, det.lo, det.hi) == (0.0, 0.0, 0.0) and not det.detected
 
 
 def test_drift_generates_only_rows_with_a_turn_and_matches_one_conversation_at_a_time(lm):
