@@ -156,14 +156,14 @@ def apply_lora(lm, factors: dict[str, torch.Tensor], strength: float, name: str)
 
 def train_lora(lm, root: Path, pc: PlantConfig) -> dict:
     """Train the trigger -> persona LoRA; save ``lora.safetensors`` + ``lora.json`` in ``root``."""
-    from ...audit import OrganismConfig, encode, mean_loss, train_stage, trainable_copy
+    from ...audit import OrganismConfig, encode_records, mean_loss, train_stage, trainable_copy
     from .data import load_roles
 
     t0 = time.time()
     d = control_data()
     system = load_roles()["default_system_prompts"][0]
     chats, info = training_chats(lm, d, pc, system)
-    ex = encode(lm.tokenizer, [{"messages": c} for c in chats], pc.max_length)
+    ex = encode_records(lm.tokenizer, [{"messages": c} for c in chats], pc.max_length)
     model = trainable_copy(lm, OrganismConfig(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha,
                                               seed=pc.seed))
     before = mean_loss(model, lm.tokenizer, ex[:16])
