@@ -89,34 +89,47 @@ def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float32,
 IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_vlm_tokenizer():
-    """The tiny tokenizer plus Gemma 3's image tokens (boi, eoi, image soft token)."""
+QWEN_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_vlm_tokenizer(family: str = "gemma3"):
+    """The tiny tokenizer plus the image tokens of ``family``: Gemma 3's (boi, eoi, image soft
+    token) or Qwen2-VL's (vision start/end, image and video pads)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    marks = QWEN_VL_TOKENS if family == "qwen2_vl" else IMAGE_TOKENS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *IMAGE_TOKENS]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *marks]
     trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_CORPUS * 4, trainer)
+    extra = {} if family == "qwen2_vl" else {
+        "extra_special_tokens": dict(zip(("boi_token", "eoi_token", "image_token"), IMAGE_TOKENS))}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-        extra_special_tokens=dict(zip(("boi_token", "eoi_token", "image_token"), IMAGE_TOKENS)))
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>", **extra)
     fast.chat_template = CHATML
     return fast
 
 
 def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
-    """A random vision-language model (Gemma3ForConditionalGeneration: a 2-layer vision tower
-    on 28x28 images, 4 image tokens, the tiny gemma3 language model) with a processor."""
+    """A random vision-language model with a processor: ``"gemma3"``
+    (Gemma3ForConditionalGeneration: a 2-layer vision tower on 28x28 images, 4 image tokens, the
+    tiny gemma3 language model) or ``"qwen2_vl"`` / ``"qwen2_5_vl"`` (Qwen2VL / Qwen2_5_VL
+    ForConditionalGeneration: a 2-block vision tower on 14-pixel patches merged 2x2, images
+    resized to 2x2..3x3 merged tokens; a 4-layer language model with 3-D multimodal rotary
+    positions)."""
     import transformers as tf
 
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        return _tiny_qwen2_vl(seed, family, **over)
     if family != "gemma3":
-        raise ValueError(f"no tiny vision-language model for {family!r} (have: gemma3)")
+        raise ValueError(f"no tiny vision-language model for {family!r} "
+                         "(have: gemma3, qwen2_vl, qwen2_5_vl)")
     tok = tiny_vlm_tokenizer()
     torch.manual_seed(seed)
     boi, eoi, img = tok.convert_tokens_to_ids(list(IMAGE_TOKENS))
@@ -135,3 +148,51 @@ def tiny_vlm(family: str = "gemma3", seed: int = 0, **over) -> LM:
     proc = tf.Gemma3Processor(image_processor=Gemma3ImageProcessorPil(
         size={"height": 28, "width": 28}), tokenizer=tok, image_seq_length=4)
     return LM.from_hf(model, tok, name=f"tiny-{family}-vlm", processor=proc)
+
+
+def _tiny_qwen2_vl(seed: int = 0, family: str = "qwen2_vl", **over) -> LM:
+    import transformers as tf
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil)
+
+    tok = tiny_vlm_tokenizer("qwen2_vl")
+    start, end, img, vid = tok.convert_tokens_to_ids(list(QWEN_VL_TOKENS))
+    ids = dict(bos_token_id=0, eos_token_id=tok.eos_token_id, pad_token_id=0)
+    text = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256, **ids,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                 "mrope_section": [2, 3, 3]})  # head_dim 16: 8 rotary pairs
+    patches = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, **patches)
+        cfg_cls, model_cls, proc_cls = (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration,
+                                        tf.Qwen2VLProcessor)
+    else:  # Qwen2.5-VL: windowed vision attention, full attention in block 1
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=64,
+                      num_heads=2, window_size=56, fullatt_block_indexes=[1], **patches)
+        cfg_cls, model_cls, proc_cls = (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration,
+                                        tf.Qwen2_5_VLProcessor)
+    torch.manual_seed(seed)
+    cfg = cfg_cls(text_config=text, vision_config=vision, vision_start_token_id=start,
+                  vision_end_token_id=end, image_token_id=img, video_token_id=vid, **over)
+    cfg._attn_implementation = "eager"
+    model = model_cls(cfg).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    # 28-pixel units (patch 14 x merge 2): 56x56 .. 84x84 pixels -> 2x2 .. 3x3 image tokens
+    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=84 * 84)
+    proc = _images_only(proc_cls)(image_processor=ip, tokenizer=tok)
+    return LM.from_hf(model, tok, name=f"tiny-{family}-vlm", processor=proc)
+
+
+def _images_only(proc_cls):
+    """``proc_cls`` (a Qwen-VL processor) without a video processor: transformers' video
+    processors need torchvision, which mindscope does not install; images and text are
+    processed by the real class."""
+
+    class ImagesOnly(proc_cls):
+        def check_argument_for_proper_class(self, name, arg):
+            if name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(name, arg)
+    ImagesOnly.__name__ = f"{proc_cls.__name__}ImagesOnly"
+    return ImagesOnly

@@ -120,7 +120,4 @@ def test_qwen2_vl_text_part():
     torch.manual_seed(0)
     lm = ms.LM.from_hf(tf.Qwen2VLForConditionalGeneration(cfg).eval(), tok)
     assert lm.family_spec is FAMILIES["qwen2_vl"]
-    _check_against_hf(lm)
-    with pytest.raises(NotImplementedError, match="3-D rotary positions"):
-        from mindscope.core._vision import encode
-        encode(lm, ms.ImagePrompt("x", [object()]), "x", [])
+    _check_against_hf(lm)  # image prompts: tests/core/test_vision_qwen.py

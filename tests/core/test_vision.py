@@ -27,7 +27,9 @@ def test_image_prompt_matches_the_processor_and_hf(vlm):
     assert torch.equal(b.input_ids[0], ref["input_ids"][0])
     with torch.no_grad():
         hf = vlm.model(**ref, output_hidden_states=True)
-    cap = vlm.capture([p], ["resid_post.1", "resid_post.3"], stop_early=False)
+    cap = vlm.capture([p], ["embed", "resid_post.1", "resid_post.3"], stop_early=False)
+    # embed: the residual entering block 0, image features included
+    torch.testing.assert_close(cap["embed"], hf.hidden_states[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cap["resid_post.1"], hf.hidden_states[2][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cap.logits[0], hf.logits[0], atol=1e-4, rtol=1e-4)
     # another image changes the image tokens' activations

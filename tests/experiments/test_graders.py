@@ -67,3 +67,68 @@ def test_logit_judge_tiny(tiny):
     assert all(x in (0, 1, 2, 3) for x in d)
     r = graders.validate("persona_jailbreak", "test", judge=j)
     assert r["judge"]["n"] == r["rule"]["n"] and "rule_vs_judge" in r
+
+
+class _WordTok:
+    """Words and punctuation as tokens (leading space kept, like a BPE's), for the delphi set."""
+
+    def __init__(self):
+        self.vocab: list[str] = []
+
+    def __call__(self, text, add_special_tokens=False):
+        import re
+        ids = []
+        for w in re.findall(r"\s*\w+|\s*\S|\s+", text):
+            if w not in self.vocab:
+                self.vocab.append(w)
+            ids.append(self.vocab.index(w))
+        return {"input_ids": ids}
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+def test_delphi_set_offline_decisions_follow_the_token_rule():
+    d = json.loads((DATA / "graders" / "delphi_scoring.json").read_text())
+    assert "BEFORE running either judge" in d["written"] and len(d["items"]) == 100
+    got = {it["id"]: it for it in graders.delphi_decisions(_WordTok())}
+    assert sorted(got) == list(range(1, 101))
+    for it in got.values():  # by hand: the (marked) words against the explanation's tokens
+        text = it["text"]
+        if it["scorer"] == "fuzzing":
+            text = " ".join(p for k, p in enumerate(text.replace(">>", "<<").split("<<")) if k % 2)
+        import re
+        words = {w.lower() for w in re.findall(r"\w+", text)}
+        assert it["decision"] == int(bool(words & set(it["tokens"]))), it
+    rows = graders.validate_delphi(_WordTok())
+    assert [r["grader"] for r in rows] == ["delphi detection", "delphi fuzzing",
+                                           "delphi detection + fuzzing"]
+    assert rows[2]["rule"]["n"] == 100 and rows[0]["rule"]["n"] == 60
+
+
+def test_delphi_lm_judge_answers_map_back_to_their_items(tiny):
+    """A scripted judge answering the scorer prompt: 1 for excerpts that contain 'the'.
+    Its decisions must land on the right items through the per-group shuffle."""
+    import re
+
+    from mindscope.features import FeatureJudge
+
+    class Script:
+        def ask(self, prompt):
+            ex = re.findall(r"^Excerpt \d+: (.*)$", prompt, flags=re.M)
+            return "[" + ", ".join("1" if " the " in f" {e.lower()} " else "0" for e in ex) + "]"
+
+        def describe(self):
+            return {"name": "script"}
+    j = FeatureJudge("script", Script())
+    got = graders.delphi_decisions(_WordTok(), j)
+    assert all(it["decision"] == int(" the " in f" {it['text'].lower()} ".replace("\n", " "))
+               for it in got if "\n" not in it["text"])
+    rows = graders.validate_delphi(_WordTok(), j, LogitJudge(tiny("llama"), batch_size=50))
+    assert rows[2]["judge"]["unreadable"] == 0 and rows[2]["judge"]["n"] == 100
+    assert rows[2]["rule_vs_judge"]["n"] == 100 and rows[2]["judge_replies"][0].startswith("[")
+    assert rows[0]["logit"]["n"] == 60 and rows[2]["rule_vs_logit"]["n"] == 100
+    table = graders.delphi_table(rows)
+    assert table.count("\n") == 4 and "0/100 unreadable" in table
+    q = graders.delphi_question({"scorer": "fuzzing", "explanation": "e", "text": "a <<b>>"})
+    assert "<<b>>" in q and q.endswith("Answer yes or no.")

@@ -35,6 +35,37 @@ def test_mean_ci():
     assert C.mean_ci([])["mean"] is None
 
 
+@pytest.mark.parametrize("xs,level", [([0.61, 0.70, 0.66], 0.95), ([1.0, 2.0], 0.95),
+                                      ([3.1, 2.7, 3.3, 2.9, 3.6, 3.0, 2.8], 0.90)])
+def test_t_ci_equals_scipy_student_t(xs, level):
+    import numpy as np
+    from scipy import stats
+    r = C.t_ci(xs, level)
+    lo, hi = stats.t.interval(level, len(xs) - 1, loc=np.mean(xs), scale=stats.sem(xs))
+    assert r["n"] == len(xs) and math.isclose(r["mean"], float(np.mean(xs)), rel_tol=1e-12)
+    assert math.isclose(r["lo"], lo, rel_tol=1e-9) and math.isclose(r["hi"], hi, rel_tol=1e-9)
+    # wider than the normal interval for few samples (t_{0.975,2} = 4.303 vs z = 1.96)
+    z = C.mean_ci(xs, z=stats.norm.ppf((1 + level) / 2))  # the same level, normal
+    assert r["hi"] - r["lo"] > z["hi"] - z["lo"]
+
+
+def test_t_ci_covers_the_mean_at_its_level_where_the_normal_interval_does_not():
+    import numpy as np
+    rng = np.random.default_rng(0)  # fixed draws: deterministic
+    draws = rng.normal(5.0, 2.0, size=(4000, 3))
+    t_cov = np.mean([(lambda r: r["lo"] <= 5.0 <= r["hi"])(C.t_ci(d)) for d in draws])
+    z_cov = np.mean([(lambda r: r["lo"] <= 5.0 <= r["hi"])(C.mean_ci(d)) for d in draws])
+    assert abs(t_cov - 0.95) < 0.015 and z_cov < 0.85  # normal z with n = 3 covers ~81 %
+
+
+def test_t_ci_edges():
+    assert C.t_ci([])["mean"] is None
+    one = C.t_ci([2.0, float("nan")])
+    assert one["n"] == 1 and one["mean"] == 2.0 and one["lo"] is None
+    with pytest.raises(ValueError, match="level"):
+        C.t_ci([1.0, 2.0], level=95)
+
+
 def test_write_json_atomic_and_jsonable(tmp_path):
     from dataclasses import dataclass
 

@@ -6,11 +6,11 @@ import logging
 
 import typer
 
-from ._common import ErrorsGroup
+from ._protocols import RootGroup
 from ._core import register as _register_core
 from ._core import register_demo as _register_demo
 
-app = typer.Typer(name="mindscope", no_args_is_help=True, add_completion=False, cls=ErrorsGroup,
+app = typer.Typer(name="mindscope", no_args_is_help=True, add_completion=False, cls=RootGroup,
                   # plain click help (rich's help renderer costs ~0.25 s of imports) and our
                   # own one-line errors instead of typer's pretty tracebacks
                   rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -34,25 +34,20 @@ _GROUPS = [
     ("evals", "app", "evals", "Grade saved responses; evaluation utilities."),
     ("steering", "vector_app", "vector", "Steering vectors: extract, inspect."),
     ("steering", "steer_app", "steer", "Steer generation with vectors; strength x layer sweeps."),
-    ("introspect", "app", "introspect",
-     "Introspection experiments: injected-thought detection, prefill, control, mechanisms."),
-    ("binding", "app", "binding", "Probes and multi-slot entity binding experiments."),
     ("activations", "harvest_cmd", "harvest", "Harvest activations to an on-disk store."),
     ("activations", "corpus_app", "corpus", "Build and inspect corpora (default corpus needs no download)."),
     ("causal", "lens_app", "lens", "Logit lens and tuned lens."),
     ("causal", "patch_app", "patch", "Activation/attribution patching and direct logit attribution."),
-    ("onpolicy", "app", "onpolicy", "On-policy recognition: entropy gap, input surprise, intention, verbal report."),
     ("features", "app", "features", "Describe SAE latents: analyze, explain, score, search."),
     ("features", "serve", "serve", "Serve the feature browser on 127.0.0.1."),
     ("features", "export_app", "export", "Export a feature analysis: html or neuronpedia."),
-    ("emotions", "app", "emotions", "Emotion concepts: vectors, geometry, intensity, tracking, steering."),
-    ("persona", "app", "persona", "Persona space, the Assistant axis, drift and activation capping."),
     ("audit", "organism_app", "organism", "Hidden-objective model organism: build, eval."),
     ("audit", "audit_app", "audit", "Auditor's toolkit, audit log and the auditing game."),
     ("protocols", "protocols_cmd", "protocols", "List the registered protocols and their settings."),
     ("circuits", "app", "circuits",
      "Circuit tracing: transcoders for every layer, attribution graphs, the graph browser."),
-    # one command per registered protocol, options from its Config (built on use, see _protocols)
+    # `mindscope NAME` and `mindscope run NAME` for every registered protocol, options from its
+    # Config: built on use by _protocols (RootGroup / run_app), no line here
     ("_protocols", "run_app", "run", "Run a registered protocol; options from its Config."),
 ]
 

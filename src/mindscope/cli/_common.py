@@ -278,12 +278,17 @@ def console():
 
 
 # ---- old spellings (hidden aliases, kept for one release) -----------------------------------
+def note_renamed(old: str, new: str) -> None:
+    """The one-line note an old spelling prints (on stderr)."""
+    typer.echo(f"note: {old} is now {new}; the old spelling goes away in the next release",
+               err=True)
+
+
 def renamed(old_value: Any, value: Any, old: str, new: str) -> Any:
     """The value of a hidden old spelling if it was given (with a one-line note), else ``value``."""
     if old_value is None or old_value == [] or old_value is False:
         return value
-    typer.echo(f"note: {old} is now {new}; the old spelling goes away in the next release",
-               err=True)
+    note_renamed(old, new)
     return old_value
 
 

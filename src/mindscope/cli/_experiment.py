@@ -1,24 +1,17 @@
-"""Shared parts of the experiment commands: the group, common options, and the tail (build the
-config, load the model, run, print)."""
+"""Shared parts of the experiment commands: the group, and the tail of a protocol command
+(build the config, load the model, run the protocol or its positive control, print)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import typer
-
-MODEL = typer.Option("smollm2-135m-instruct", help="Model spec for ms.load.")
-QUICK = typer.Option(False, "--quick", help="Config.quick() (small demo run).")
-
-
-def out_option(default: str):
-    """The ``--out/-o`` option of a command that writes a run folder (default ``default``)."""
-    return typer.Option(Path(default), "--out", "-o", help="Output folder.")
 
 
 def group(name: str, help: str, doc: str) -> typer.Typer:
     """A sub-command group with ``help``; its callback (docstring ``doc``) keeps a lone command
-    a sub-command (``mindscope persona run``, not ``mindscope persona``)."""
+    a sub-command (``mindscope organism build``, not ``mindscope organism``)."""
     app = typer.Typer(name=name, no_args_is_help=True, add_completion=False, help=help)
 
     def callback() -> None:
@@ -29,22 +22,48 @@ def group(name: str, help: str, doc: str) -> typer.Typer:
     return app
 
 
-def run_and_print(module, over: dict, quick: bool, model: str, out: Path):
-    """``module.Config(**over)`` (or ``.quick``), ``module.run(lm, cfg, out)``, then print
-    ``Result.summary_rows()`` and where the report is. Bad settings -> a CLI usage error."""
+def run_and_print(spec, over: dict, quick: bool, model: str, out: Path,
+                  load: Optional[dict] = None, quiet: bool = False, control: bool = False,
+                  control_strengths: Optional[tuple] = None):
+    """``spec.config(**over)`` (or ``.quick``), then ``spec.run(lm, cfg, out)`` (``spec`` a
+    registered ``ProtocolSpec``) or, with ``control``, ``experiments.run_control`` (its
+    positive control); print ``summary_rows()`` and where the report is. Bad settings (and a
+    protocol without a control) -> a CLI usage error before the model loads."""
     from rich.console import Console
 
-    import mindscope as ms
+    from ._common import quiet_loading, silence_bars
 
     try:
-        cfg = module.Config.quick(**over) if quick else module.Config(**over)
-        lm = ms.load(model)
-    except (ValueError, FileNotFoundError) as e:
+        cfg = spec.config.quick(**over) if quick else spec.config(**over)
+    except (ValueError, TypeError) as e:
         raise typer.BadParameter(str(e)) from None
-    logging.getLogger("mindscope").setLevel(logging.INFO)
-    res = module.run(lm, cfg, out)
+    if control:
+        from ..experiments import controls
+
+        if spec.name not in controls():
+            have = ", ".join(controls()) or "none yet"
+            raise typer.BadParameter(f"protocol {spec.name!r} has no registered positive "
+                                     f"control (protocols with one: {have})",
+                                     param_hint="--control")
+    import mindscope as ms
+
+    if quiet:
+        silence_bars()
+    try:
+        with quiet_loading(quiet):
+            lm = ms.load(model, **(load or {}))
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from None
+    logging.getLogger("mindscope").setLevel(logging.WARNING if quiet else logging.INFO)
     con = Console()
-    print_summary(res, con, title=f"{module.__name__.rsplit('.', 1)[-1]}: {lm.name}")
+    if control:
+        from ..experiments import run_control
+
+        res = run_control(spec.name, lm, cfg, out, strengths=control_strengths)
+        print_summary(res, con, title=f"{spec.name} positive control: {lm.name}")
+    else:
+        res = spec.run(lm, cfg, out)
+        print_summary(res, con, title=f"{spec.name}: {lm.name}")
     con.print(f"report: {out / 'report.html'}")
     return res
 

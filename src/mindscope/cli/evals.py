@@ -129,3 +129,21 @@ def grade_cmd(
                          config=evals.EvalConfig(workers=workers,
                                                  corrected_calibration=corrected_calibration))
     _show({"saved": res}, out)
+
+
+@app.command("judge-agreement")
+def judge_agreement_cmd(
+        judge: str = typer.Option("rule", "--judge", help="rule | lm | http://host:port/v1"),
+        judge_model: str = typer.Option("default", "--judge-model",
+                                        help="Judge model name at the --judge URL.")) -> None:
+    """Agreement of a judge with the introspection protocol's hand-labelled responses."""
+    from rich.console import Console
+
+    from mindscope.experiments import introspection as I
+
+    con = Console()
+    a = I.agreement(I.make_grader(judge, model=judge_model))
+    con.print_json(json.dumps({k: a[k] for k in ("grader", "n", "claims", "identifies")}))
+    for d in a["disagreements"]:
+        con.print(f"[yellow]disagree[/] {d['concept']}: {d['response']!r} label={d['label']} "
+                  f"graded={d['graded']}")

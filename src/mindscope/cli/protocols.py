@@ -12,16 +12,17 @@ from rich.table import Table
 def protocols_cmd(name: Optional[str] = typer.Argument(
         None, help="A protocol to show its settings; none: list the protocols.")) -> None:
     """List the registered protocols, or show one protocol's settings."""
-    from ..experiments import config_fields, protocols
+    from ..experiments import config_fields, controls, protocols
 
-    reg = protocols()
+    reg, ctrl = protocols(), controls()
     con = Console()
     if name is None:
-        t = Table(title="protocols")
+        t = Table(title="protocols (`mindscope NAME`; --control runs the positive control)")
         t.add_column("name")
         t.add_column("what it measures")
+        t.add_column("positive control")
         for p in reg.values():
-            t.add_row(p.name, p.doc)
+            t.add_row(p.name, p.doc, "yes" if p.name in ctrl else "-")
         con.print(t)
         return
     if name not in reg:

@@ -76,6 +76,10 @@ class Family:
     mlp_out are the scaled values (what the residual receives)."""
     embed_scale: Optional[str] = None
     """Config attribute scaling the embedding module's output (Granite); ``embed`` is scaled."""
+    embed_input: Optional[str] = None
+    """Vision-language models: the language model whose ``inputs_embeds`` input is the residual
+    entering block 0 (the token embeddings with the image features scattered in); ``embed`` is
+    read there instead of at the embedding module, whose output lacks the image features."""
     tiny: tuple = ("LlamaConfig", ())
     """Tiny test config: a transformers config class name and extra (key, value) pairs."""
 
@@ -130,12 +134,13 @@ FAMILIES: dict[str, Family] = {
 FAMILIES["gemma3"] = replace(  # Gemma3ForConditionalGeneration: its language model
     FAMILIES["gemma3_text"], layers="model.language_model.layers",
     embed="model.language_model.embed_tokens", final_norm="model.language_model.norm",
-    embeds=("model.language_model.embed_tokens",), tiny=("Gemma3Config", ()))
+    embeds=("model.language_model.embed_tokens",), embed_input="model.language_model",
+    tiny=("Gemma3Config", ()))
 _VL_TEXT = dict(layers="model.language_model.layers", embed="model.language_model.embed_tokens",
                 final_norm="model.language_model.norm", embeds=("model.language_model.embed_tokens",),
-                no_bake="vision-language model")
+                embed_input="model.language_model", no_bake="vision-language model")
 for _name, _cfg in (("qwen2_vl", "Qwen2VLConfig"), ("qwen2_5_vl", "Qwen2_5_VLConfig")):
-    FAMILIES[_name] = replace(_LLAMA, **_VL_TEXT, tiny=(_cfg, ()))  # text prompts (see _vision)
+    FAMILIES[_name] = replace(_LLAMA, **_VL_TEXT, tiny=(_cfg, ()))  # 3-D rotary: see _vision
 """model_type -> Family."""
 
 _warned: set = set()

@@ -124,6 +124,8 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                 res = self._call(ids, mask, use_cache=True, **b.model_inputs())
                 cache = getattr(res, ckw, None) or getattr(res, "past_key_values", None)
                 pos = self.position_ids(mask)[:, -1:]  # (B, 1)
+                if run.rope_delta is not None:  # after images on a multimodal-rotary model
+                    pos = pos + run.rope_delta
                 logits = res.logits[:, -1]
                 for step in range(max_new_tokens):
                     nxt = _sample(logits, temperature, top_p, gens).cpu()  # (B,)

@@ -86,7 +86,10 @@ class Dispatcher:
         s = self.lm.site(site)
         kind, layer, fam, hs = s.kind, s.layer, self.lm.family_spec, []
         part = (lambda path: self.lm.block_part(layer, path))
-        if kind == "embed":
+        if kind == "embed" and fam.embed_input:  # a VLM: text embeddings + image features
+            hs.append(self.lm.module(fam.embed_input).register_forward_pre_hook(
+                self._kwarg_hook(site, "inputs_embeds"), with_kwargs=True))
+        elif kind == "embed":
             hs.append(self.lm.module(fam.embed).register_forward_hook(
                 self._out_hook(site, self._scale(fam.embed_scale))))
         elif kind == "final_norm":
@@ -176,6 +179,13 @@ class Dispatcher:
                 return None if new is None else ((new,) + tuple(args[1:]), kwargs)
             new = self._dispatch(site, kwargs["hidden_states"])
             return None if new is None else (args, {**kwargs, "hidden_states": new})
+        return hook
+
+    def _kwarg_hook(self, site, name: str):
+        """The keyword input ``name`` of a module (pre-hook)."""
+        def hook(module, args, kwargs):
+            new = self._dispatch(site, kwargs[name])
+            return None if new is None else (args, {**kwargs, name: new})
         return hook
 
     def _remember_pre(self, layer):

@@ -23,9 +23,10 @@ from ._interventions import Intervention
 from ._positions import RowMeta, Run
 from ._sites import Site
 from ._vision import ImagePrompt, image_token_id
-from ._vision import placeholder as image_placeholder
+from ._vision import add_placeholders as add_image_placeholders
 from ._vision import encode as encode_image_prompt
 from ._vision import model_inputs as vision_inputs
+from ._vision import rope_positions
 from . import _sites
 
 log = logging.getLogger(__name__)
@@ -227,8 +228,7 @@ class LM:
             if img is not None:
                 p = img.text
                 if isinstance(p, str) and self.processor is not None:
-                    mark = image_placeholder(self.processor)
-                    p = p if mark in p else (mark + "\n") * len(img.images) + p
+                    p = add_image_placeholders(self, p, len(img.images))
             if isinstance(p, list):  # a conversation
                 p = self.chat(p)
             elif isinstance(p, str) and chat:
@@ -339,8 +339,19 @@ class LM:
 
         >>> # with torch.no_grad(), lm.run_context(b):
         >>> #     out = lm.call(b.input_ids, b.attention_mask, use_cache=True)"""
-        n = input_ids.shape[1]
-        pos = self.position_ids(attention_mask)[:, attention_mask.shape[1] - n:]
+        n, T = input_ids.shape[1], attention_mask.shape[1]
+        run = self._hooks.run
+        mm = rope_positions(self.model, input_ids.to(self.device), attention_mask, kw) \
+            if n == T else None
+        if mm is not None:  # images on a multimodal-rotary model: (3, B, T) positions
+            pos, delta = mm
+            if run is not None:
+                run.rope_delta = delta.cpu()  # for the tokens that continue this prompt
+        else:
+            pos = self.position_ids(attention_mask)[:, T - n:]
+            delta = getattr(run, "rope_delta", None) if n < T else None
+            if delta is not None:
+                pos = pos + delta
         return self.model(input_ids=input_ids.to(self.device),
                           attention_mask=attention_mask.to(self.device),
                           position_ids=pos.to(self.device), **kw)

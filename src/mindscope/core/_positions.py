@@ -80,6 +80,8 @@ class Run:
         self.valid = mask.bool().cpu()  # (B, prompt_len)
         self.n_real = self.valid.sum(-1)  # (B,) real prompt tokens per row
         self.image = None if image is None else image.bool().cpu()  # (B, prompt_len) image tokens
+        self.rope_delta: torch.Tensor | None = None
+        """(B, 1) shift of 1-D positions after a prompt with images on a multimodal-rotary model."""
 
     @property
     def B(self) -> int:

@@ -3,7 +3,9 @@
 An ``ImagePrompt`` holds text and images (PIL images or arrays). Where the text has no image
 placeholder, one per image is put before the text. The processor expands each placeholder to
 the model's image tokens; ``ms.role("image")`` then selects those token positions for capture,
-SAEs and steering.
+SAEs and steering. Models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL) get their
+3-D position ids from the model's ``get_rope_index`` (``rope_positions``), in every call
+mindscope makes, generation included.
 
 >>> # lm = LM.from_hf(vlm, tokenizer, processor=processor)
 >>> # cap = lm.capture([ms.ImagePrompt("What is this?", [img])], "resid_post.2",
@@ -11,6 +13,7 @@ SAEs and steering.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +50,44 @@ def placeholder(processor) -> str:
                      "(boi_token / image_token); put the model's image token in the text")
 
 
+def _wrapped(lm, mark: str) -> str:
+    """The placeholder with the model's vision start/end tokens around it where it has them
+    (Qwen2-VL: ``<|vision_start|><|image_pad|><|vision_end|>``, as its chat template writes)."""
+    cfg = lm.model.config
+    a, b = getattr(cfg, "vision_start_token_id", None), getattr(cfg, "vision_end_token_id", None)
+    if isinstance(a, int) and isinstance(b, int):
+        start, end = lm.tokenizer.convert_ids_to_tokens([a, b])
+        return f"{start}{mark}{end}"
+    return mark
+
+
+def add_placeholders(lm, text: str, n_images: int) -> str:
+    """``text`` with one image placeholder per image in front, unless it has placeholders."""
+    mark = placeholder(lm.processor)
+    return text if mark in text else (_wrapped(lm, mark) + "\n") * n_images + text
+
+
+def rope_positions(model, input_ids: torch.Tensor, mask: torch.Tensor, kw: dict):
+    """Multimodal rotary positions of a prompt with images (Qwen2-VL-style models: image tokens
+    get (temporal, height, width) positions and the text after them continues from the largest):
+    ``(position_ids (3, B, T), delta (B, 1))`` from the model's own ``get_rope_index``, where
+    ``delta`` shifts the 1-D positions of tokens generated afterwards. None for other models and
+    for prompts without images (plain 1-D positions are right there)."""
+    inner = getattr(model, "model", None)
+    fn = getattr(inner, "get_rope_index", None)
+    if fn is None or (kw.get("image_grid_thw") is None and kw.get("video_grid_thw") is None):
+        return None
+    names = inspect.signature(fn).parameters
+    args = {k: v for k, v in kw.items() if k in names and k != "input_ids"}
+    dev = input_ids.device
+    pos, delta = fn(input_ids, attention_mask=mask.to(dev), **args)
+    return pos, delta.view(-1, 1)
+
+
 def encode(lm, prompt: ImagePrompt, text: str, roles: list) -> tuple[list[int], RowMeta, dict]:
     """-> token ids, row metadata (text rebuilt from the tokens, so spans still resolve), and
     per-row model inputs (``pixel_values`` etc. with a leading image axis; token-level
     inputs as (T,))."""
-    if hasattr(getattr(lm.model, "model", None), "get_rope_index"):
-        raise NotImplementedError(
-            f"image prompts on {type(lm.model).__name__} are not supported yet: its 3-D rotary "
-            "positions for image tokens are not computed by mindscope's calls (text prompts "
-            "work); use a Gemma 3-style model for images")
     proc = lm.processor
     if proc is None:
         raise ValueError(f"{lm.name} has no processor for images: build the LM with "
@@ -66,7 +98,7 @@ def encode(lm, prompt: ImagePrompt, text: str, roles: list) -> tuple[list[int], 
     mark = placeholder(proc)
     n = text.count(mark)
     if n == 0:
-        text = (mark + "\n") * len(prompt.images) + text
+        text = add_placeholders(lm, text, len(prompt.images))
     elif n != len(prompt.images):
         raise ValueError(f"the prompt has {n} image placeholders ({mark!r}) for "
                          f"{len(prompt.images)} images; give one per image or none")
@@ -76,7 +108,8 @@ def encode(lm, prompt: ImagePrompt, text: str, roles: list) -> tuple[list[int], 
     for k, v in out.items():
         if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
             continue
-        extras[k] = v[0] if v.dim() == 2 and v.shape[1] == len(ids) else v
+        token_level = v.dim() == 2 and v.shape == (1, len(ids))  # (1, T): e.g. mm_token_type_ids
+        extras[k] = v[0] if token_level else v
     pieces = [lm.tokenizer.decode([t]) for t in ids]
     offs, pos = [], 0
     for p in pieces:

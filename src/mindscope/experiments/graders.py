@@ -13,6 +13,7 @@ Regenerate the grader table of the docs::
 
     python -m mindscope.experiments.graders            # rule graders only (seconds)
     python -m mindscope.experiments.graders --judge lm # + SmolLM2 as the second opinion
+    python -m mindscope.experiments.graders --delphi --judge lm  # auto-interp scorers' judges
 
 >>> agreement([1, 0, 1, 0], [1, 1, 0, 0])["kappa"]["value"]
 0.0
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-from ..judges import LogitJudge
+from ..judges import FeatureJudge, LogitJudge
 from ..runs import cohen_kappa, wilson
 from ._common import shipped_json
 
@@ -192,6 +193,116 @@ def table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- the auto-interp scorers' judges (features.score: detection, fuzzing) ------------------
+
+def _excerpt(tok, text: str, scorer: str) -> tuple[list[str], Optional[list[bool]]]:
+    """Token strings (and, for fuzzing, marks from the text's << >>) as the scorers see them."""
+    if scorer == "detection":
+        return [tok.decode([i]) for i in tok(text, add_special_tokens=False)["input_ids"]], None
+    toks, marks = [], []
+    for k, seg in enumerate(text.replace(">>", "<<").split("<<")):  # odd segments are marked
+        if seg:
+            ids = tok(seg, add_special_tokens=False)["input_ids"]
+            toks += [tok.decode([i]) for i in ids]
+            marks += [k % 2 == 1] * len(ids)
+    return toks, marks
+
+
+def delphi_decisions(tokenizer, judge="offline", seed: int = 0) -> list[dict]:
+    """Every item of the ``delphi_scoring`` set with the decision of ``judge`` (``"offline"`` or
+    a ``FeatureJudge``, e.g. ``make_feature_judge("lm", lm=lm, max_tokens=48)``), made exactly
+    as ``features.score`` makes it (``features.decisions``): one prompt per group of 5
+    excerpts sharing an explanation, in an order shuffled per group (seeded)."""
+    from ..features import decisions, make_feature_judge
+
+    j = make_feature_judge(judge)
+    items = labelled("delphi_scoring", None)
+    out = []
+    for g in sorted({it["group"] for it in items}):
+        grp = [it for it in items if it["group"] == g]
+        grp = [grp[i] for i in np.random.default_rng([seed, g]).permutation(len(grp))]
+        ex = [_excerpt(tokenizer, it["text"], it["scorer"]) for it in grp]
+        got, _ = decisions(j, grp[0]["scorer"], grp[0]["explanation"], grp[0]["tokens"], ex)
+        out += [{**it, "decision": d, "judge": j.name} for it, d in zip(grp, got)]
+    return out
+
+
+def delphi_question(it: dict) -> str:
+    """One excerpt as a yes/no question in the scorer prompts' own words (for LogitJudge)."""
+    head = f'A feature of a language model is described as:\n"{it["explanation"]}"\n'
+    if it["scorer"] == "detection":
+        return (head + "Is the feature active somewhere in this excerpt?\n\nExcerpt: "
+                + it["text"].replace("\n", "\\n") + "\n\nAnswer yes or no.")
+    return (head + "In the excerpt below some tokens are wrapped in << >>. Are the marked tokens "
+            "ones on which this feature would fire (yes), or were they marked at random (no)?"
+            "\n\nExcerpt: " + it["text"].replace("\n", "\\n") + "\n\nAnswer yes or no.")
+
+
+class _Recorded(FeatureJudge):
+    """A FeatureJudge that keeps the replies of another (to show what an unreadable judge says)."""
+
+    def __init__(self, inner: FeatureJudge):
+        super().__init__(inner.name, inner.judge)
+        self.inner, self.replies = inner, []
+
+    def ask(self, prompt: str):
+        r = self.inner.ask(prompt)
+        self.replies.append(r.text)
+        return r
+
+
+def validate_delphi(tokenizer, judge=None, logit=None, seed: int = 0) -> list[dict]:
+    """The offline judge against the labels, per scorer and for both: accuracy (Wilson) and κ
+    (bootstrap); with ``judge`` (a FeatureJudge answering the scorers' own prompts, unreadable
+    replies counted and left out) and/or ``logit`` (a ``LogitJudge`` asked ``delphi_question``
+    per excerpt) also those judges against the labels and the offline judge against them."""
+    off = delphi_decisions(tokenizer, "offline", seed=seed)
+    rec = other = None
+    if judge is not None:
+        rec = _Recorded(judge)
+        other = {it["id"]: it["decision"] for it in delphi_decisions(tokenizer, rec, seed)}
+    yn = None
+    if logit is not None:
+        yn = dict(zip([it["id"] for it in off],
+                      [int(v) for v in logit.yes_no([delphi_question(it) for it in off])]))
+    rows = []
+    for scorer in ("detection", "fuzzing", None):
+        sel = [it for it in off if scorer is None or it["scorer"] == scorer]
+        gold = [it["label"] for it in sel]
+        r = {"grader": f"delphi {scorer or 'detection + fuzzing'}", "set": "delphi_scoring",
+             "rule": agreement([it["decision"] for it in sel], gold, seed=seed)}
+        if other is not None:
+            ok = [it for it in sel if other[it["id"]] is not None]
+            r["judge"] = {"name": judge.name, "unreadable": len(sel) - len(ok),
+                          **agreement([other[it["id"]] for it in ok], [it["label"] for it in ok],
+                                      seed=seed)}
+            r["rule_vs_judge"] = agreement([it["decision"] for it in ok],
+                                           [other[it["id"]] for it in ok], seed=seed)
+            r["judge_replies"] = rec.replies[:3]
+        if yn is not None:
+            r["logit"] = {"name": logit.name, **agreement([yn[it["id"]] for it in sel], gold,
+                                                           seed=seed)}
+            r["rule_vs_logit"] = agreement([it["decision"] for it in sel],
+                                           [yn[it["id"]] for it in sel], seed=seed)
+        rows.append(r)
+    return rows
+
+
+def delphi_table(rows: Sequence[dict]) -> str:
+    """Markdown: scorer | offline vs labels | LM (scorer prompt) | LM logit yes/no | offline vs
+    LM logit."""
+    def unread(r):
+        j = r.get("judge")
+        return "–" if j is None else (f"{j['unreadable']}/{j['unreadable'] + j['n']} unreadable; "
+                                      + fmt_agreement(j))
+    lines = ["| scorer | offline judge vs labels | SmolLM2, scorer prompt, vs labels | "
+             "SmolLM2 logit yes/no vs labels | offline vs SmolLM2 logit |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['grader']} | {fmt_agreement(r['rule'])} | {unread(r)} | "
+                     f"{fmt_agreement(r.get('logit'))} | {fmt_agreement(r.get('rule_vs_logit'))} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mindscope.experiments.graders",
                                  description=__doc__.split("\n\n")[0])
@@ -199,7 +310,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
     ap.add_argument("--split", default="test", choices=("dev", "test"))
     ap.add_argument("-o", "--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--delphi", action="store_true",
+                    help="the auto-interp scorers' judges (offline; with --judge lm also "
+                         "SmolLM2 answering the scorer prompts) on the delphi_scoring set")
     a = ap.parse_args(argv)
+    if a.delphi:
+        import mindscope as ms
+        lm = ms.load(a.model)
+        from ..features import make_feature_judge
+        lmj = a.judge == "lm"
+        res = validate_delphi(lm.tokenizer, make_feature_judge("lm", lm=lm, max_tokens=48)
+                              if lmj else None, LogitJudge(lm) if lmj else None)
+        print(delphi_table(res))
+        if lmj:
+            print("first replies to the scorer prompt:", res[2]["judge_replies"])
+        if a.out:
+            from ..runs import write_json
+            write_json(a.out, res)
+        return 0
     judge = None
     if a.judge == "lm":
         import mindscope as ms

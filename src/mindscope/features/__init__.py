@@ -9,8 +9,8 @@ explanations and scores, search, and the tables the feature browser shows.
 from ._analyze import (AnalysisConfig, analyze, analyze_corpus, decoder_map, decoder_neighbours,
                        encode, features_dir, finalize, logit_effects, run_pass)
 from ._state import HIST_EDGES, N_HIST, N_RES, FeatureState, hash_key, hist_bin, hist_edges
-from ._interpret import (SCORERS, binary_metrics, explain, highlight, offline_explanation,
-                         parse_explanation, parse_list, roc_auc, score)
+from ._interpret import (SCORERS, binary_metrics, decisions, explain, highlight,
+                         offline_explanation, parse_explanation, parse_list, roc_auc, score)
 from ._delphi import (contrastive_explanation, embedding_scores, intervention_scores,
                       intruder_scores, search_latents)
 from ..judges import FeatureJudge, OfflineJudge, make_feature_judge  # re-exported
@@ -20,6 +20,6 @@ from ._tables import FeatureSet
 __all__ = ["embedding_scores", "intruder_scores", "contrastive_explanation", "search_latents", "intervention_scores", "AnalysisConfig", "analyze", "analyze_corpus", "finalize", "run_pass", "encode",
            "features_dir", "logit_effects", "decoder_neighbours", "decoder_map", "FeatureState",
            "hash_key", "hist_bin", "hist_edges", "HIST_EDGES", "N_HIST", "N_RES", "FeatureSet",
-           "explain", "score", "SCORERS", "binary_metrics", "roc_auc", "highlight", "parse_list",
+           "explain", "score", "decisions", "SCORERS", "binary_metrics", "roc_auc", "highlight", "parse_list",
            "parse_explanation", "offline_explanation", "FeatureJudge", "OfflineJudge",
            "make_feature_judge", "features_for_text", "features_for_token", "search_explanations"]

@@ -346,6 +346,35 @@ def _ask_lists(j: FeatureJudge, template: str, explanation: str, texts: list[str
 SCORERS = ("detection", "fuzzing", "specificity")
 
 
+def decisions(judge: FeatureJudge, scorer: str, explanation: str, tokens: Sequence[str],
+              excerpts: Sequence[tuple], batch: int = 5) -> tuple[list, np.ndarray]:
+    """The per-excerpt decisions of ``score``'s detection or fuzzing scorer: ``excerpts`` are
+    ``(token_strs, marks)`` pairs (marks None for detection). Offline judge: 1 when the
+    excerpt's tokens (its marked tokens for fuzzing) contain one of the explanation's
+    ``tokens``; an LM judge is asked ``DETECT_PROMPT`` / ``FUZZ_PROMPT`` about ``batch``
+    excerpts at a time (None where its reply could not be read). Returns (decisions, the
+    offline overlap score or the decisions as floats)."""
+    if scorer not in ("detection", "fuzzing"):
+        raise ValueError(f"decisions: scorer must be detection or fuzzing, got {scorer!r}")
+    toks = {_norm(t) for t in tokens}
+    if judge.offline:
+        s = np.array([_overlap(t, toks, m if scorer == "fuzzing" else None) for t, m in excerpts])
+        return [int(v > 0) for v in s], s
+    texts = (["".join(t).replace("\n", "\\n") for t, _ in excerpts] if scorer == "detection"
+             else [highlight(t, m) for t, m in excerpts])
+    got, _ = _ask_lists(judge, DETECT_PROMPT if scorer == "detection" else FUZZ_PROMPT,
+                        explanation, texts, 1, batch)
+    return got, np.array([np.nan if g is None else float(g) for g in got])
+
+
+def _judged(j, scorer, explanation, toks, excerpts, y, batch):
+    """(labels, predictions, scores, n_failed) with unreadable LM replies dropped."""
+    got, s = decisions(j, scorer, explanation, toks, excerpts, batch)
+    ok = np.array([g is not None for g in got], bool)
+    pred = np.array([g for g in got if g is not None], int)
+    return y[ok], pred, (s if j.offline else s[ok]), int((~ok).sum())
+
+
 def score(fs, judge="offline", latents: Optional[Sequence[int]] = None,
           scorers: Sequence[str] = SCORERS, n_explain: int = 10, batch: int = 5, seed: int = 0,
           workers: int = 4, progress: bool = True, lm=None, **judge_kw) -> list[dict]:
@@ -375,15 +404,8 @@ def score(fs, judge="offline", latents: Optional[Sequence[int]] = None,
             items = [(x["token_strs"], 1) for x in held] + [(x["token_strs"], 0) for x in neg]
             items = [items[i] for i in rng.permutation(len(items))]
             y = np.array([lab for _, lab in items])
-            if j.offline:
-                s = np.array([_overlap(t, toks) for t, _ in items])
-                pred, failed = (s > 0).astype(int), 0
-            else:
-                got, failed = _ask_lists(j, DETECT_PROMPT, e["explanation"],
-                                         ["".join(t).replace("\n", "\\n") for t, _ in items], 1, batch)
-                ok = np.array([g is not None for g in got], bool)
-                y, pred = y[ok], np.array([g for g in got if g is not None], int)
-                s = pred.astype(float)
+            y, pred, s, failed = _judged(j, "detection", e["explanation"], toks,
+                                         [(t, None) for t, _ in items], y, batch)
             rows.append({**base, "scorer": "detection", "n_failed": failed,
                          **binary_metrics(y, pred, s, seed=seed)})
         if "fuzzing" in scorers and held:
@@ -398,15 +420,8 @@ def score(fs, judge="offline", latents: Optional[Sequence[int]] = None,
                 items.append((x["token_strs"], m, 1))
             items = [items[i] for i in rng.permutation(len(items))]
             y = np.array([lab for *_, lab in items])
-            if j.offline:
-                s = np.array([_overlap(t, toks, m) for t, m, _ in items])
-                pred, failed = (s > 0).astype(int), 0
-            else:
-                got, failed = _ask_lists(j, FUZZ_PROMPT, e["explanation"],
-                                         [highlight(t, m) for t, m, _ in items], 1, batch)
-                ok = np.array([g is not None for g in got], bool)
-                y, pred = y[ok], np.array([g for g in got if g is not None], int)
-                s = pred.astype(float)
+            y, pred, s, failed = _judged(j, "fuzzing", e["explanation"], toks,
+                                         [(t, m) for t, m, _ in items], y, batch)
             rows.append({**base, "scorer": "fuzzing", "n_failed": failed,
                          **binary_metrics(y, pred, s, seed=seed)})
         if "specificity" in scorers:

@@ -1,5 +1,5 @@
-"""Interval statistics shared by every run: one Wilson interval, one normal-approximation mean
-CI and one percentile bootstrap.
+"""Interval statistics shared by every run: one Wilson interval, a normal-approximation mean
+CI and a Student-t one (few seeds), and one percentile bootstrap.
 
 >>> wilson(3, 10)["lo"] < 0.3 < wilson(3, 10)["hi"]
 True
@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["wilson", "mean_ci", "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc"]
+__all__ = ["wilson", "mean_ci", "t_ci", "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> dict:
@@ -43,6 +43,27 @@ def mean_ci(xs: Sequence[float], z: float = 1.96) -> dict:
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
     h = z * sd / math.sqrt(n)
     return {"mean": m, "lo": m - h, "hi": m + h, "n": n}
+
+
+def t_ci(xs: Sequence[float], level: float = 0.95) -> dict:
+    """Mean with a Student-t interval: mean ± t_{(1+level)/2, n-1}·sd/√n (sd with n-1), the
+    interval to use for a few seeds, where ``mean_ci``'s normal z is too narrow (n = 3: t = 4.30
+    against z = 1.96). NaNs are dropped; ``half`` is the half-width. n < 2 -> no interval
+    (lo, hi, half None)."""
+    if not 0 < level < 1:
+        raise ValueError(f"t_ci: level must be in (0, 1), got {level!r}")
+    xs = [float(x) for x in xs if x == x]
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "half": None, "n": 0}
+    m = sum(xs) / n
+    if n < 2:
+        return {"mean": m, "lo": None, "hi": None, "half": None, "n": 1}
+    from scipy.stats import t  # scipy comes with scikit-learn
+
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    h = float(t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": m, "lo": m - h, "hi": m + h, "half": h, "n": n}
 
 
 def bootstrap_ci(fn, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05

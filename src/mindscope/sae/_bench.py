@@ -17,7 +17,6 @@ asking for it raises BadInputError.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ..core import BadInputError, atomic_write_json
+from ..runs import t_ci
 
 TASKS = ("corpus_kind", "first_letter", "token_class")
 MISSING = {"scr": "spurious-correlation removal needs a dataset with two labelled attributes that "
@@ -73,15 +73,12 @@ class BenchConfig:
 
 
 def _t_ci(xs: Sequence[float]) -> dict:
-    xs = [x for x in xs if x == x]
-    if not xs:
+    """Mean and the half-width of its 95 % Student-t interval over seeds (``runs.t_ci``)."""
+    r = t_ci(xs)
+    if r["n"] == 0:
         return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return {"mean": m, "ci95": float("nan"), "n": 1}
-    from scipy.stats import t
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return {"mean": m, "ci95": float(t.ppf(0.975, len(xs) - 1)) * sd / math.sqrt(len(xs)), "n": len(xs)}
+    return {"mean": r["mean"], "ci95": float("nan") if r["half"] is None else r["half"],
+            "n": r["n"]}
 
 
 def check_sae(sae, lm, name: str = "SAE") -> None:
@@ -182,6 +179,18 @@ def _pool(v: torch.Tensor, doc: torch.Tensor, n_docs: int) -> torch.Tensor:
     return (out / cnt[:, None]).float()
 
 
+class _Clock:
+    """Adds the seconds since the previous call to ``parts[name]``."""
+
+    def __init__(self, parts: dict):
+        self.parts, self.t = parts, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 @torch.no_grad()
 def bench(saes: dict, lm, cfg: Optional[BenchConfig] = None, progress: bool = True) -> dict:
     """Score ``saes`` ({name: SAE}) on ``lm``; returns a JSON-able dict (see module docstring).
@@ -218,30 +227,39 @@ def bench(saes: dict, lm, cfg: Optional[BenchConfig] = None, progress: bool = Tr
              "l0": float(fired.sum(1).double().mean()),
              "fvu": float((xd - x_hat.double()).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum()),
              "dead": float((fired.sum(0) == 0).double().mean())}
+        part = {"encode_s": time.perf_counter() - t1}  # seconds per part, summed over seeds
         if cfg.core:
+            t2 = time.perf_counter()
             mm = model_metrics(lm, sae, texts, batch_size=cfg.batch_size, progress=False)
             r.update({k: mm[k] for k in ("ce_increase", "kl", "ce_recovered") if k in mm})
+            part["model_metrics_s"] = time.perf_counter() - t2
         W_raw = sae.W_dec.detach().float() / sae.cfg.scale_out                 # (L, d) raw units
         pooled_x = _pool(x, cap["doc"], len(docs))
         pooled_z = _pool(codes, cap["doc"], len(docs))
         per_seed = {}
         for seed in range(cfg.seeds):
             s = {}
+            clock = _Clock(part)
             for t in cfg.tasks:
                 z, xx = (pooled_z, pooled_x) if t == "corpus_kind" else (codes, x)
                 for k, v in sparse_probing(z, xx, rows[t], cfg.ks, seed).items():
                     s[f"probe/{t}/{k}"] = v
+            clock("probing_s")
             if "first_letter" in cfg.tasks:
                 a = absorption(codes, x, W_raw, rows["first_letter"], seed, cfg.absorption_cos)
                 s["absorption"], s["main_latent_silent"] = a["absorption"], a["main_latent_silent"]
+                clock("absorption_s")
             if "corpus_kind" in cfg.tasks:
                 s.update({f"tpp/{k}": v for k, v in
                           tpp(pooled_x, pooled_z, W_raw, rows["corpus_kind"], seed, cfg.tpp_latents).items()})
+                clock("tpp_s")
             s["detection"] = detection(codes, cap["tokens"], seed, cfg.autointerp_latents)["detection"]
+            clock("detection_s")
             for k, v in s.items():
                 per_seed.setdefault(k, []).append(v)
         r["scores"] = {k: _t_ci(v) for k, v in per_seed.items()}
         r["seconds"] = time.perf_counter() - t1
+        r["timing"] = part
         res["saes"][name] = r
         if progress:
             print(f"bench {name}: L0 {r['l0']:.1f}, FVU {r['fvu']:.3f}, {r['seconds']:.0f}s", flush=True)

@@ -228,8 +228,8 @@ def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
 def test_cli_help():
     from typer.testing import CliRunner
 
-    from mindscope.cli.binding import app
-    r = CliRunner().invoke(app, ["run", "--help"])
+    from mindscope.cli import app  # `binding run` (the old spelling, a hidden alias)
+    r = CliRunner().invoke(app, ["binding", "run", "--help"])
     assert r.exit_code == 0 and "--n-stories" in r.output
-    r = CliRunner().invoke(app, ["run", "--min-entities", "2", "--out", "/nonexistent/x"])
+    r = CliRunner().invoke(app, ["binding", "--min-entities", "2", "--out", "/nonexistent/x"])
     assert r.exit_code != 0

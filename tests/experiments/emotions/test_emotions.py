@@ -212,8 +212,10 @@ def test_pipeline_end_to_end(lm, tmp_path):
 def test_cli_rejects_bad_parts():
     from typer.testing import CliRunner
 
-    from mindscope.cli.emotions import app
-    r = CliRunner().invoke(app, ["run", "--part", "nope"])
+    from mindscope.cli import app
+    r = CliRunner().invoke(app, ["emotions", "--parts", "nope"])
+    assert r.exit_code == 2 and "unknown part" in r.output
+    r = CliRunner().invoke(app, ["emotions", "run", "--part", "nope"])  # old spelling (alias)
     assert r.exit_code == 2 and "unknown part" in r.output
 
 

@@ -77,12 +77,12 @@ def test_n_controls_and_mentions(tiny):
 def test_cli_protocol_command_passes_options(tiny, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from mindscope.cli.introspect import app
+    from mindscope.cli import app  # the old spelling `introspect detection` (hidden alias)
 
     lm = tiny("llama")
     monkeypatch.setattr(ms, "load", lambda *a, **k: lm)
     out = tmp_path / "cli"
-    r = CliRunner().invoke(app, ["detection", "--quick", "--out", str(out), "--layers", "2",
+    r = CliRunner().invoke(app, ["introspect", "detection", "--quick", "--out", str(out), "--layers", "2",
                                  "--strengths", "3", "--n-concepts", "2", "--n-baseline", "4",
                                  "--n-controls", "2", "--max-new-tokens", "2", "--seed", "7"])
     assert r.exit_code == 0, r.output

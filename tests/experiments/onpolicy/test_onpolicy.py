@@ -234,17 +234,17 @@ def test_run_entropy_gap_only(lm, tmp_path):
 def test_cli_gap(lm, tmp_path):
     from typer.testing import CliRunner
 
-    from mindscope.cli.onpolicy import app
+    from mindscope.cli import app  # `onpolicy gap` (the old spelling, a hidden alias)
 
     d = tmp_path / "tiny-llama"
     lm.model.save_pretrained(d)
     lm.tokenizer.save_pretrained(d)
-    r = CliRunner().invoke(app, ["gap", "--model", str(d), "--quick", "--n-prompts", "3",
+    r = CliRunner().invoke(app, ["onpolicy", "gap", "--model", str(d), "--quick", "--n-prompts", "3",
                                  "--max-new-tokens", "6", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "off/on entropy ratio" in r.output
     assert (tmp_path / "o" / "results.json").is_file()
-    r = CliRunner().invoke(app, ["gap", "--model", str(tmp_path / "nope"), "--quick"])
+    r = CliRunner().invoke(app, ["onpolicy", "--protocols", "gap", "--model", str(tmp_path / "nope"), "--quick"])
     assert r.exit_code != 0
 
 

@@ -247,6 +247,6 @@ def test_pipeline_end_to_end(lm, tmp_path):
 def test_cli_rejects_bad_cap_layers():
     from typer.testing import CliRunner
 
-    from mindscope.cli.persona import app
-    r = CliRunner().invoke(app, ["run", "--cap-layers", "18-25"])
+    from mindscope.cli import app
+    r = CliRunner().invoke(app, ["persona", "run", "--cap-layers", "18-25"])  # old spelling
     assert r.exit_code == 2 and "a:b" in r.output

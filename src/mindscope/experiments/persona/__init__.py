@@ -75,7 +75,7 @@ class Config:
     rule-vs-judge agreement."""
     layer: Optional[int] = None
     """Analysis and steering layer (resid_post.L); None = 2/3 depth (20 of 30)."""
-    cap_layers: Optional[tuple] = None
+    cap_layers: Optional[tuple[int, ...]] = None
     """Layers capped; None = 0.6..0.8 depth (18-24 of 30)."""
     cap_percentile: float = 25.0
     """Floor = this percentile of default-assistant token projections per layer."""
