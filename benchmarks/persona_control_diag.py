@@ -1,4 +1,6 @@
-"""Diagnostic: the planted x1 model's held-out turns projected on the UNTOUCHED model's axis."""
+"""Diagnostic of the persona positive control (docs/experiments/persona.md): the planted model's held-out
+turns (transcripts from runs/controls/persona) projected on the UNTOUCHED model's axis and on the
+planted model's own axis. Run after the control: /work/wt/heavy python benchmarks/persona_control_diag.py"""
 import json, math, statistics as st
 import torch
 import mindscope as ms
