@@ -15,7 +15,6 @@ for strength in (1.0, 0.5):
     lm = C.apply_lora(base, f, strength, "planted")
     for seed in (0,):
         r = json.load(open(f"runs/controls/persona/planted-{strength:g}/seed{seed}/results.json"))
-        system = json.load(open(f"runs/controls/persona/planted-{strength:g}/seed{seed}/run_config.json"))
         trs = [t for t in r["drift"]["transcripts"] if t["mode"] == "default" and t["set"].startswith("control")]
         from mindscope.experiments.persona.data import load_roles
         sp = load_roles()["default_system_prompts"][0]
