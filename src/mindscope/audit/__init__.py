@@ -26,11 +26,13 @@ from ._sae_tools import (FeatureIndex, attribute_token, describe_features, logit
 from ._sampling import persona_sample, prefill_attack, sample, user_turn_prompt
 from ._search import Embedder, TrainingData, embedder_path, search_training_data
 from ._session import TOOLS, AuditLog, AuditSession, BudgetExhausted
-from ._train import OrganismConfig, build_organism, mean_loss, merge, trainable_copy, train_stage
+from ._train import (OrganismConfig, build_organism, collate, mean_loss, merge, trainable_copy,
+                     train_stage)
 from ._train import encode as encode_records
 
 __all__ = ["Bias", "BiasBank", "load_biases", "documents", "demonstrations", "OrganismConfig",
-           "build_organism", "trainable_copy", "train_stage", "merge", "mean_loss", "encode_records", "Organism",
+           "build_organism", "trainable_copy", "train_stage", "merge", "mean_loss", "collate",
+           "encode_records", "Organism",
            "open_organism", "AnswerKey", "load_answer_key", "OrganismEvalConfig", "OrganismEvalResult", "CLASSES",
            "eval_items", "evaluate_organism", "TrainingData", "Embedder", "embedder_path",
            "search_training_data", "sample", "prefill_attack", "persona_sample", "user_turn_prompt",

@@ -11,7 +11,9 @@ detects a planted effect. A protocol package registers its control beside its ``
   and returns ``Planted(lm, effect, close)``: ``effect`` describes what was planted (kind,
   where, size, what it was trained on and what is held out); ``close()`` undoes hooks.
 * ``detect(results) -> Detection``: the protocol's headline effect read from its
-  ``results.json`` (a dict), with its interval and the value meaning "no effect".
+  ``results.json`` (a dict), with its interval and the value meaning "no effect";
+  ``results["run_dir"]`` names the run folder, for a measure that needs the files the protocol
+  wrote beside results.json (e.g. saved vectors).
 * ``configure(cfg) -> cfg`` (optional): the settings the control runs with (e.g. only the parts
   the planted effect is about).
 
@@ -164,18 +166,32 @@ def _det_row(det: Detection, seed: int) -> dict:
     return {**det.to_dict(), "seed": seed}
 
 
+def finished(run_dir: Path) -> bool:
+    """A run folder holds a final results.json (a protocol that saves as it goes marks its
+    intermediate results ``"partial": true``; those runs are resumed, not reused)."""
+    f = Path(run_dir) / "results.json"
+    if not f.exists():
+        return False
+    try:
+        return not json.loads(f.read_text(encoding="utf-8")).get("partial", False)
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 def _one(proto, spec: ControlSpec, lm, cfg, run_dir: Path) -> dict:
     """Run (or reuse) the protocol into ``run_dir``; its results.json as a dict."""
     res_file = run_dir / "results.json"
-    if res_file.exists():
+    if finished(run_dir):
         log.info("control: reusing %s", run_dir)
-        return json.loads(res_file.read_text(encoding="utf-8"))
-    t0 = time.time()
-    proto.run(lm, cfg, run_dir)
-    if not res_file.exists():
-        raise RuntimeError(f"protocol {proto.name} wrote no results.json in {run_dir}")
-    log.info("control: %s done in %.0f s", run_dir, time.time() - t0)
-    return json.loads(res_file.read_text(encoding="utf-8"))
+    else:
+        t0 = time.time()
+        proto.run(lm, cfg, run_dir)
+        if not res_file.exists():
+            raise RuntimeError(f"protocol {proto.name} wrote no results.json in {run_dir}")
+        log.info("control: %s done in %.0f s", run_dir, time.time() - t0)
+    res = json.loads(res_file.read_text(encoding="utf-8"))
+    res.setdefault("run_dir", str(run_dir))  # detect may read files the run wrote beside it
+    return res
 
 
 def _fmt(d: dict) -> str:

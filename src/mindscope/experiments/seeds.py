@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..runs import seed_spread, weights_note, write_json, write_text
+from ._control import finished
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,15 @@ def binding_rows(r: dict) -> list[dict]:
                              "lo": max(0.0, v["acc"] - 1.96 * v["sem"]),
                              "hi": min(1.0, v["acc"] + 1.96 * v["sem"]),
                              "n": v["n"], "grader": "answer-token log-probs (no grader)"})
+    for c, tasks in r.get("contrasts", {}).items():
+        for t in ("induction", "conflict"):
+            v = tasks.get(t)
+            if v and v.get("n"):
+                rows.append({"measure": f"{t}: right-answer score, {c.replace('_', ' ')} "
+                             "(paired, same prompts)", "paper": "ablating the prior slot hurts "
+                             "induction and conflict", "value": v["mean"], "lo": v["lo"],
+                             "hi": v["hi"], "n": v["n"], "grader": "answer-token log-probs "
+                             "(no grader); Student-t interval"})
     b = r.get("binding", {})
     for k in ("binding/double", "binding/single"):
         if k in b:
@@ -407,7 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("model %s (%s)", lm.name, weights_note(lm))
         over = _parse_sets(a.sets)
         for s in a.seeds:
-            if (out / f"seed{s}" / "results.json").exists():
+            if finished(out / f"seed{s}"):  # a partial results.json is resumed, not skipped
                 log.info("seed %d already done; skipped", s)
                 continue
             t0 = time.time()

@@ -2,8 +2,6 @@
 ablation plumbing, and the pipeline end to end on a tiny random model."""
 import json
 import re
-import shutil
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -176,18 +174,6 @@ def test_orthogonality_null_is_covariance_matched():
     assert null["mean"] > 3 * iso
     b = bootstrap_geometry(X, ya, yb, np.arange(600) // 10, n_boot=5, seed=0)
     assert b["n_boot"] == 5 and 0 <= b["overlap_ci"][0] <= b["overlap_ci"][1] <= 1
-
-
-@pytest.fixture
-def tiny_data(tmp_path):
-    """Bundled attributes/templates + names that the tiny BPE vocabulary starts distinctly."""
-    src = resources.files("mindscope") / "data" / "binding"
-    for f in ("attributes.json", "templates.json"):
-        shutil.copy(src / f, tmp_path / f)
-    words = ["Alice", "Bob", "Trial", "Tell", "Yes", "No", "Ok", "Do", "If", "Hello"]
-    (tmp_path / "names.json").write_text(json.dumps({"names": [{"name": w, "pronoun": "she"}
-                                                               for w in words]}))
-    return tmp_path
 
 
 def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):

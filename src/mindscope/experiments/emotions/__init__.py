@@ -23,12 +23,16 @@ Steps of ``run(lm, cfg, out_dir)`` (``cfg.parts`` selects the optional ones):
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+from ...core import atomic_save_tensors
 from ...runs import RunDir, save_html, save_png, weights_note
 
 from .._common import at_least_one, choose
@@ -40,6 +44,8 @@ from .report import (build_report, plot_geometry, plot_intensity, plot_misaligne
                      plot_preferences, plot_tracking)
 from .vectors import (classify_heldout, geometry, intensity, neutral_acts, story_means,
                       track_tokens, vectors_from_means)
+from .control import (GatedWrite, configure_extraction, detect_recovery, plant_feature,  # noqa: E402
+                      planted_direction, recovery_stats)
 
 log = logging.getLogger(__name__)
 PARTS = ("classify", "geometry", "intensity", "tracking", "preferences", "misaligned")
@@ -192,6 +198,11 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/emotions") -> Result:
     vs = vectors_from_means(X, labels, names, neutral, cfg.variance, site, lm.name)
     vs.meta.update({"story_source": cfg.story_source})
     vs.save(out / "emotion_vectors.safetensors")
+    # what the vectors were computed from, so they can be re-derived and bootstrapped over
+    # stories (the positive control reads it): per-story means, labels, neutral-token activations
+    atomic_save_tensors(out / "story_means.safetensors",
+                        {"story_means": X, "labels": torch.as_tensor(labels, dtype=torch.int64),
+                         "neutral": neutral}, metadata={"names": json.dumps(names), "site": site})
     res = Result(cfg, out, vs)
     val = [rows[e]["valence"] for e in names]
     aro = [rows[e]["arousal"] for e in names]

@@ -35,6 +35,7 @@ from ...judges import LogitJudge
 from .. import graders as G
 from .mech import refusal_direction, run_mechanisms, train_bias
 from .probes import CONTROL_VARIANTS, run_control, run_prefill, run_thoughts
+from .control import bias_split, configure_detection, detect_detection, plant_bias  # registers the control
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("detection", "thoughts", "prefill", "control", "mechanisms")

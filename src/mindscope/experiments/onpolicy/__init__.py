@@ -313,3 +313,6 @@ def run_entropy_gap(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy-gap
     """The entropy-gap protocol alone (what the demo calls): ``run`` with protocols=("gap",)."""
     cfg = dataclasses.replace(cfg or Config.quick(), protocols=("gap",))
     return run(lm, cfg, out_dir)
+
+
+from . import control  # noqa: E402,F401  (registers the positive control: experiments.controls)

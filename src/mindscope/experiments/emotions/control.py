@@ -1,0 +1,213 @@
+"""Positive control for emotion-vector extraction: a planted feature with a known direction.
+
+The plant (``plant_feature``): a one-neuron adapter at the extraction site that reads the model's
+own representation of the target emotion and writes a fixed random unit direction ``d``:
+
+    h <- h + scale * sigmoid((<h, g> - tau) / temp) * d        at every token of every text
+
+``g`` (unit) is the mean difference of the activations of short texts in which a character is
+afraid and texts that are not (``data/emotions/control_texts.json``, written for this control,
+disjoint from the stories the protocol extracts from and from the tracking passages); ``tau`` and
+``temp`` put the two training sets' mean projections at logits +-2; ``scale`` is ``strength`` x
+``FRACTION`` x the mean token norm at the site (the protocol's steering convention). ``d`` is
+drawn from a fixed generator (``planted_direction``), isotropic, so no emotion vector of the
+untouched model is aligned with it beyond chance.
+
+The protocol then runs unchanged (``configure`` keeps the parts that need no extra forward passes)
+and ``detect`` reads the extraction from the run folder (``story_means.safetensors``): the cosine
+of the extracted target-emotion vector with ``d``; its interval combines a bootstrap over stories
+(resampled within each emotion, the whole recipe redone) with the spread of the cosine under no
+effect (variance-matched random directions, drawn with the neutral-text covariance, and isotropic
+ones: the wider of the two), so that an unrelated direction gives an interval containing 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...core import Intervention, atomic_save_tensors, load_safetensors
+from .._common import shipped_json
+from .._control import Detection, Planted, control
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GatedWrite", "planted_direction", "plant_feature", "detect_recovery",
+           "configure_extraction", "recovery_stats", "FRACTION", "DIRECTION_SEED"]
+
+FRACTION = 0.1
+"""Write scale at strength 1, as a fraction of the mean token norm at the site."""
+DIRECTION_SEED = 24
+"""Seed of the planted direction ``d`` (a fixed isotropic unit vector)."""
+
+
+def planted_direction(dim: int) -> torch.Tensor:
+    """The planted unit direction ``d`` (dim,): the same for every run of a model width."""
+    g = torch.Generator().manual_seed(DIRECTION_SEED)
+    d = torch.randn(dim, generator=g, dtype=torch.float64)
+    return (d / d.norm()).float()
+
+
+@dataclass(frozen=True)
+class GatedWrite(Intervention):
+    """h <- h + scale * sigmoid((<h, gate> - tau) / temp) * direction (a one-neuron adapter)."""
+
+    gate: torch.Tensor
+    tau: float
+    temp: float
+    direction: torch.Tensor
+    scale: float = 1.0
+
+    def apply_rows(self, h, rows):
+        g = self.gate.to(device=h.device, dtype=torch.float32)
+        d = self.direction.to(device=h.device, dtype=torch.float32)
+        a = torch.sigmoid((h.float() @ g - self.tau) / self.temp)  # (n,)
+        return (h.float() + self.scale * a.unsqueeze(1) * d).to(h.dtype)
+
+
+def configure_extraction(cfg):
+    """The control needs the vectors only: it keeps the parts that reuse the extraction's
+    activations (held-out classification, geometry) and drops the ones with extra forward
+    passes; the target emotion is added to ``emotions`` if a subset leaves it out."""
+    target = shipped_json("emotions", "control_texts.json")["target"]
+    emos = cfg.emotions
+    if emos is not None and target not in emos:
+        emos = (target, *emos)
+    return dataclasses.replace(cfg, parts=("classify", "geometry"), emotions=emos)
+
+
+def _site(lm, cfg) -> str:
+    from . import default_site
+
+    return cfg.site or default_site(lm)
+
+
+def _fit_gate(lm, cfg, site: str, texts: dict) -> dict:
+    from ...steering import row_means
+
+    tgt, oth = texts["target_texts"], texts["other_texts"]
+    M = row_means(lm, tgt + oth, [site], "all", False, cfg.skip_first, cfg.batch_size)[site]
+    g = M[:len(tgt)].mean(0) - M[len(tgt):].mean(0)  # (d,)
+    g = g / g.norm()
+    p = M @ g  # (n_texts,)
+    pt, po = float(p[:len(tgt)].mean()), float(p[len(tgt):].mean())
+    cap = lm.capture(list(shipped_json("emotions", "emotions.json")["neutral"]), sites=[site],
+                     positions="all", dtype=torch.float32, batch_size=cfg.batch_size)
+    norm = float(cap[site][cap.pos >= cfg.skip_first].norm(dim=-1).mean())
+    return {"gate": g, "tau": (pt + po) / 2, "temp": max((pt - po) / 4, 1e-6),
+            "mean_norm": norm, "proj_target": pt, "proj_other": po}
+
+
+@control("emotions", detect=lambda r: detect_recovery(r), strengths=(0.5, 1.0),
+         configure=lambda cfg: configure_extraction(cfg))
+def plant_feature(lm, cfg, work_dir, strength) -> Planted:
+    """A feature that writes a fixed random direction on the target emotion's tokens (a
+    one-neuron adapter gated by the model's own fear direction, fitted on texts disjoint from the
+    extraction stories); reused from ``work_dir/feature.safetensors`` when its settings match."""
+    texts = shipped_json("emotions", "control_texts.json")
+    site = _site(lm, cfg)
+    st = {"model": lm.name, "site": site, "skip_first": cfg.skip_first,
+          "texts": hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()[:12]}
+    key = hashlib.sha256(json.dumps(st, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(work_dir) / "feature.safetensors"
+    fit = None
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        if meta.get("key") == key:
+            gate = load_safetensors(path, "planted feature")["gate"]
+            fit = {**json.loads(meta["fit"]), "gate": gate}
+            log.info("emotions control: reusing the fitted gate in %s", path)
+    if fit is None:
+        fit = _fit_gate(lm, cfg, site, texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(path, {"gate": fit["gate"]}, metadata={
+            "key": key, "settings": json.dumps(st),
+            "fit": json.dumps({k: v for k, v in fit.items() if k != "gate"})})
+    d = planted_direction(lm.d_model)
+    scale = float(strength) * FRACTION * fit["mean_norm"]
+    effect = {"kind": "planted feature (gated direction)", "site": site, "strength": strength,
+              "target": texts["target"], "scale": scale, "fraction_of_norm": FRACTION * strength,
+              "direction_seed": DIRECTION_SEED,
+              "gate": {k: fit[k] for k in ("tau", "temp", "proj_target", "proj_other")},
+              "trained_on": f"data/emotions/control_texts.json ({len(texts['target_texts'])} "
+                            f"target + {len(texts['other_texts'])} other texts)",
+              "held_out": "data/emotions/stories.json (the extraction stories)",
+              "summary": f"writes d x {scale:.1f} ({FRACTION * strength:.2g} of the mean norm) "
+                         f"at {site} where the fear gate fires"}
+    return Planted.hooked(lm, effect, GatedWrite(site, gate=fit["gate"], tau=fit["tau"],
+                                                 temp=fit["temp"], direction=d, scale=scale))
+
+
+# ---- detection from the run folder ---------------------------------------------------------
+
+def _vectors(X: torch.Tensor, labels: np.ndarray, k: int, q: torch.Tensor) -> torch.Tensor:
+    """The recipe on story means: per-emotion mean, centred, neutral PCs out, unit -> (k, d)."""
+    M = torch.stack([X[torch.as_tensor(labels == i)].mean(0) for i in range(k)])
+    M = M - M.mean(0)
+    M = M - (M @ q.T) @ q
+    return M / M.norm(dim=1, keepdim=True)
+
+
+def recovery_stats(X: torch.Tensor, labels, names, neutral: torch.Tensor, variance: float,
+                   target: str, d: torch.Tensor, n_boot: int = 1000, n_null: int = 2000,
+                   seed: int = 0) -> dict:
+    """Cosine of the ``target`` vector with ``d``; bootstrap over stories (within emotions); the
+    no-effect spread from variance-matched (neutral covariance) and isotropic random directions."""
+    from ...steering import neutral_pcs
+
+    labels = np.asarray(labels)
+    names = list(names)
+    j, k = names.index(target), len(names)
+    q = neutral_pcs(neutral, None, variance).float()
+    V = _vectors(X, labels, k, q)
+    cos = float(V[j] @ d)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == i) for i in range(k)]
+    boot = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+        boot.append(float(_vectors(X[idx], labels[idx], k, q)[j] @ d))
+    boot = np.array(boot)
+    gen = torch.Generator().manual_seed(seed)
+    Nc = neutral - neutral.mean(0)
+    R_var = torch.randn(n_null, Nc.shape[0], generator=gen) @ Nc  # (n_null, d) ~ N(0, cov)
+    R_iso = torch.randn(n_null, X.shape[1], generator=gen)
+    nulls = {}
+    for name, R in (("variance_matched", R_var), ("isotropic", R_iso)):
+        c = (R / R.norm(dim=1, keepdim=True)) @ V[j]
+        nulls[name] = {"sd": float(c.std()), "q975_abs": float(c.abs().quantile(0.975))}
+    sd_null = max(v["sd"] for v in nulls.values())
+    sd = float(np.sqrt(boot.std(ddof=1) ** 2 + sd_null ** 2))
+    return {"cos": cos, "lo": cos - 1.96 * sd, "hi": cos + 1.96 * sd,
+            "boot_lo": float(np.quantile(boot, 0.025)), "boot_hi": float(np.quantile(boot, 0.975)),
+            "boot_sd": float(boot.std(ddof=1)), "null": nulls, "n_stories": len(labels),
+            "other_cos": {n: float(V[i] @ d) for i, n in enumerate(names) if i != j}}
+
+
+def detect_recovery(results: dict) -> Detection:
+    """Cosine of the extracted target-emotion vector with the planted direction (no effect = 0);
+    the interval: bootstrap over stories combined with the no-effect spread of the cosine."""
+    run = Path(results["run_dir"])
+    t = load_safetensors(run / "story_means.safetensors", "story means")
+    names = list(results["emotions"])
+    target = shipped_json("emotions", "control_texts.json")["target"]
+    cfg = json.loads((run / "run_config.json").read_text(encoding="utf-8"))
+    variance = float(cfg["settings"].get("variance", 0.5))
+    d = planted_direction(t["story_means"].shape[1])
+    s = recovery_stats(t["story_means"], t["labels"].numpy(), names, t["neutral"], variance,
+                       target, d, seed=int(results.get("seed", 0)))
+    return Detection(f"cos(extracted '{target}' vector, planted d)", s["cos"], s["lo"], s["hi"],
+                     null=0.0, n={"stories": s["n_stories"],
+                                  "boot_ci": [s["boot_lo"], s["boot_hi"]],
+                                  "null_sd": {k: v["sd"] for k, v in s["null"].items()},
+                                  "max_other_cos": max(s["other_cos"].values())})
+
