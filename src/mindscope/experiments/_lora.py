@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from ..core import LM, atomic_dir
+from ..runs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def lora_model(lm, examples: Sequence[tuple[list, list]], adapter_dir, strength:
                     meta=meta or {})
         with atomic_dir(adir) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            (tmp / _INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+            write_json(tmp / _INFO, info)
         log.info("LoRA plant trained: loss %.3f -> %.3f in %d steps (%.0f s) -> %s",
                  info["loss_before"], info["loss_after"], info["steps"], info["train_seconds"], adir)
         del model
