@@ -98,7 +98,7 @@ def test_run_controls_runs_one_here_and_the_rest_are_listed(toy, tmp_path):
     assert r == {"source": None, "command": control_command("toy")}
     html = build_report(tmp_path / "demo2", {"controls": {"controls": {"toy": r}}}, ctx.cfg,
                         toy.name).read_text()
-    assert "not run yet" in html and "python -m mindscope.experiments.controls toy" in html
+    assert "not run yet" in html and "python -m mindscope.experiments.positive_control toy" in html
 
 
 def test_unknown_run_controls_are_refused(toy):

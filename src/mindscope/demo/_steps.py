@@ -293,7 +293,7 @@ def step_entropy_gap(ctx: Context) -> dict:
 
 def control_command(name: str) -> str:
     """The command that runs protocol ``name``'s positive control into the default folder."""
-    return (f"python -m mindscope.experiments.controls {name} --quick --seeds 0 1 2 "
+    return (f"python -m mindscope.experiments.positive_control {name} --quick --seeds 0 1 2 "
             f"-o runs/controls/{name}")
 
 

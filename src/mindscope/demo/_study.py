@@ -45,13 +45,10 @@ def demo_protocols() -> dict[str, str]:
 
 
 def registered_controls() -> dict:
-    """``{protocol: ControlSpec}`` of the registered positive controls (``experiments.controls``;
-    the shell entry ``mindscope.experiments.controls``, a module of the same name, shadows that
-    function on the package once imported, hence the check)."""
-    from .. import experiments
+    """``{protocol: ControlSpec}`` of the registered positive controls (``experiments.controls``)."""
+    from ..experiments import controls
 
-    reg = experiments.controls
-    return (reg if callable(reg) else reg.controls)()
+    return controls()
 
 
 STEPS = ("harvest", "sae", "evaluate", "features", "steering", *demo_protocols().values(),
@@ -101,7 +98,7 @@ class DemoConfig:
     """Seed of SAE training and sampling."""
     controls_dir: str = "runs/controls"
     """Where finished positive controls are read from: ``<dir>/<protocol>/control.json``, as
-    ``python -m mindscope.experiments.controls PROTOCOL -o runs/controls/PROTOCOL`` writes them."""
+    ``python -m mindscope.experiments.positive_control PROTOCOL -o runs/controls/PROTOCOL`` writes them."""
     run_controls: tuple = ("emotions",)
     """Protocols whose positive control the demo runs itself (quick config, this seed, the
     control's strengths) when ``controls_dir`` has none and one is registered; () runs none.
