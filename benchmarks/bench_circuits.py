@@ -29,7 +29,7 @@ def run_ours(args) -> dict:
     import mindscope as ms
     from mindscope.circuits import GraphConfig, Transcoders, attribute, save_graph
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     lm = ms.load(str(args.model))
     lm.name = args.name or lm.name
     tc = Transcoders.load(args.transcoders)
@@ -135,6 +135,9 @@ def main():
     ap.add_argument("--keep-mass", type=float, default=0.9999)
     ap.add_argument("--max-features", type=int, default=0, help="0 = every active feature")
     ap.add_argument("--top", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, both tools")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating runs (ours, peer) x N; "
+                    "the ratios are taken pair by pair, their median reported")
     ap.add_argument("--ours", action="store_true", help="(internal) run mindscope here")
     ap.add_argument("--setup-peers", action="store_true")
     args = ap.parse_args()
@@ -142,6 +145,7 @@ def main():
     if args.tiny and not args.ours:
         argv = _make_tiny(args)
         sys.argv = [sys.argv[0], *argv]
+        args = ap.parse_args(argv)
     if args.ours:
         print(json.dumps(run_ours(args)))
         return
@@ -159,22 +163,33 @@ def main():
     export_circuit_tracer(tc, lm, args.out / "ct_tc", backend="nnsight")
     del lm
     _fix_tokenizer_config(args.model)
-    ours = json.loads(subprocess.run(
-        [sys.executable, __file__, "--ours", *sys.argv[1:]], check=True, capture_output=True,
-        text=True).stdout.strip().splitlines()[-1])
-    r = subprocess.run([str(PEER), str(HERE / "peers" / "circuit_tracer_graph.py"), str(args.model),
-                        str(args.out / "ct_tc"), args.prompt, str(args.out / "ct"),
-                        str(args.max_features or "all"), str(args.batch)],
-                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    if r.returncode:
-        raise SystemExit(f"circuit-tracer failed: {r.stderr[-2000:]}")
-    peer = json.loads(r.stdout.strip().splitlines()[-1])
-    res = {"prompt": args.prompt, "mindscope": ours, "circuit_tracer": peer,
-           "speedup": peer["seconds"] / ours["seconds"],
-           "peak_ratio": ours["peak_rss"] / peer["peak_rss"],
-           "extra_ratio": (ours["peak_rss"] - ours["rss_before"]) /
-                          max(1, peer["peak_rss"] - peer["rss_before"]),
-           "agreement": compare(args.out, args.top)}
+    pairs = []
+    for _ in range(args.rounds):  # A B A B ...: the machine's drift hits both alike
+        ours = json.loads(subprocess.run(
+            [sys.executable, __file__, "--ours", *sys.argv[1:]], check=True, capture_output=True,
+            text=True).stdout.strip().splitlines()[-1])
+        r = subprocess.run([str(PEER), str(HERE / "peers" / "circuit_tracer_graph.py"),
+                            str(args.model), str(args.out / "ct_tc"), args.prompt,
+                            str(args.out / "ct"), str(args.max_features or "all"), str(args.batch),
+                            str(args.threads)],
+                           capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(args.threads)})
+        if r.returncode:
+            raise SystemExit(f"circuit-tracer failed: {r.stderr[-2000:]}")
+        peer = json.loads(r.stdout.strip().splitlines()[-1])
+        pairs.append({"mindscope": ours, "circuit_tracer": peer,
+                      "speedup": peer["seconds"] / ours["seconds"],
+                      "peak_ratio": ours["peak_rss"] / peer["peak_rss"],
+                      "extra_ratio": (ours["peak_rss"] - ours["rss_before"]) /
+                      max(1, peer["peak_rss"] - peer["rss_before"])})
+        print(json.dumps({k: v for k, v in pairs[-1].items()}), flush=True)
+
+    def med(k):
+        return float(torch.tensor([p[k] for p in pairs]).median())
+    res = {"prompt": args.prompt, "threads": args.threads, "rounds": pairs,
+           "mindscope": pairs[-1]["mindscope"], "circuit_tracer": pairs[-1]["circuit_tracer"],
+           "speedup": med("speedup"), "peak_ratio": med("peak_ratio"),
+           "extra_ratio": med("extra_ratio"), "agreement": compare(args.out, args.top)}
     (args.out / "bench.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

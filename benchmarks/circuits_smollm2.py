@@ -27,6 +27,22 @@ TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin."
          "The mitochondria is the powerhouse of the cell; it makes ATP from glucose."]
 
 
+def eval_texts(n: int = 8, chars: int = 200) -> list:
+    """``n`` text documents spread over the second half of the default corpus (the harvest
+    read its first ~100k tokens), cut to ``chars`` characters: the CE/KL evaluation set."""
+    from mindscope.activations import open_corpus
+    docs = [d.text for d in open_corpus("default") if d.text and len(d.text) >= chars]
+    half = docs[len(docs) // 2:]
+    return [half[i * len(half) // n][:chars] for i in range(n)]
+
+
+def _status(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _results(root: Path) -> dict:
     p = root / "results.json"
     return json.loads(p.read_text()) if p.exists() else {}
@@ -76,6 +92,65 @@ def plot_graph(d: dict, path: Path, n_layers: int) -> None:
     plt.close(fig)
 
 
+def plot_layers(res: dict, names: list, path: Path) -> None:
+    """Per-layer FVU, L0, dead fraction and KL (layer spliced alone) of each transcoder set."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("fvu", "FVU of mlp_out (held-out)"), ("l0", "L0 (active latents / token)"),
+            ("dead", "dead fraction (held-out rows)"), ("kl_spliced", "KL, this layer spliced (nats)")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, (k, title) in zip(axes, keys):
+        for n in names:
+            m = res.get(f"metrics_{n}")
+            if not m:
+                continue
+            ys = [x.get(k) for x in m["layers"]]
+            ax.plot(range(len(ys)), [float("nan") if y is None else y for y in ys], marker=".",
+                    label=n)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer")
+        if k in ("kl_spliced", "l0"):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def tables(res: dict, names: list) -> str:
+    """Markdown tables for docs/circuits.md from results.json: one summary row per transcoder
+    set, then per layer FVU / L0 / dead / KL of each set."""
+    out = ["| set | kind | latents | rows trained | train time | FVU (mean) | L0 (mean/layer) "
+           "| dead (mean) | CE clean / all spliced | KL all spliced | replacement (CE) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        m, t = res.get(f"metrics_{n}"), res.get(f"train_{n}", {})
+        if not m:
+            continue
+        ly = m["layers"]
+        mean = lambda k: sum(x[k] for x in ly) / len(ly)  # noqa: E731
+        cfg, st = t.get("cfg", {}), t.get("settings", {})
+        out.append(f"| {n} | {cfg.get('kind', '?')} {cfg.get('activation', '')} | "
+                   f"{cfg.get('n_latents', '?')} | {st.get('steps', 0) * st.get('batch_size', 0):,} "
+                   f"| {t.get('seconds', 0) / 60:.0f} min | {mean('fvu'):.3f} | {mean('l0'):.1f} | "
+                   f"{mean('dead'):.3f} | {m['ce_clean']:.3f} / {m['ce_spliced']:.3f} | "
+                   f"{m['kl_spliced']:.3f} | {m['replacement_score']:.3f} |")
+    have = [n for n in names if res.get(f"metrics_{n}")]
+    out += ["", "| layer | " + " | ".join(f"{n} FVU | {n} L0 | {n} dead | {n} KL" for n in have)
+            + " |", "|---|" + "---|---|---|---|" * len(have)]
+    L = len(res[f"metrics_{have[0]}"]["layers"]) if have else 0
+    for l in range(L):
+        cells = []
+        for n in have:
+            x = res[f"metrics_{n}"]["layers"][l]
+            cells.append(f"{x['fvu']:.3f} | {x['l0']:.1f} | {x['dead']:.3f} | "
+                         f"{x.get('kl_spliced', float('nan')):.4f}")
+        out.append(f"| {l} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _check(lm, tc, g, d, pr, root, name):
     from mindscope import circuits as C
 
@@ -105,8 +180,20 @@ def main():
     ap.add_argument("--name", default="plt")
     ap.add_argument("--T", type=int, default=0)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--kind", default="plt")
+    ap.add_argument("--sparsity", type=float, default=3e-3)
+    ap.add_argument("--threshold-init", type=float, default=0.001)
+    ap.add_argument("--bandwidth", type=float, default=0.001)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--max-features", type=int, default=128)
+    ap.add_argument("--names", default="plt,plt2k,clt")
+    ap.add_argument("--png", default="docs/img/circuits_layers.png")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.stage == "plot":  # per-layer metrics of --names (comma list) -> --png, no model
+        plot_layers(_results(args.root), args.names.split(","), Path(args.png))
+        print(tables(_results(args.root), args.names.split(",")))
+        return
     import mindscope as ms
     from mindscope import circuits as C
 
@@ -116,13 +203,15 @@ def main():
     store = root / "acts"
     if args.stage == "harvest":
         t = time.perf_counter()
-        C.harvest_mlp(lm, store, n_tokens=args.tokens, store_dtype="bfloat16")
+        C.harvest_mlp(lm, store, n_tokens=args.tokens, store_dtype="bfloat16", shard_tokens=8192)
         _save(root, "harvest", {"tokens": args.tokens, "seconds": time.perf_counter() - t})
     elif args.stage == "train":
-        cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k,
-                                 activation=args.arch, skip=args.skip)
-        st = C.TrainSettings(steps=args.steps, batch_size=args.batch, lr=1e-3 if args.arch != "topk"
-                             else None, sparsity_coef=3e-3, checkpoint_every=25)
+        cfg = C.TranscoderConfig(lm.n_layers, lm.d_model, args.latents, k=args.k, kind=args.kind,
+                                 activation=args.arch, skip=args.skip,
+                                 threshold_init=args.threshold_init, bandwidth=args.bandwidth)
+        st = C.TrainSettings(steps=args.steps, batch_size=args.batch, lr=args.lr if args.arch !=
+                             "topk" else None, sparsity_coef=args.sparsity, checkpoint_every=25,
+                             dtype=args.dtype)
         t = time.perf_counter()
         C.train_transcoders(store, root / args.name, cfg, st)
         _save(root, f"train_{args.name}", {"cfg": cfg.to_dict(), "settings": vars(st),
@@ -130,7 +219,10 @@ def main():
     elif args.stage == "metrics":
         from mindscope.activations import ActivationStore
         tc = C.Transcoders.load(root / args.name)
-        m = C.transcoder_metrics(lm, tc, TEXTS, store=ActivationStore.open(store))
+        t = time.perf_counter()
+        m = C.transcoder_metrics(lm, tc, eval_texts(), store=ActivationStore.open(store),
+                                 per_layer_zero=False)
+        m["seconds"] = time.perf_counter() - t
         _save(root, f"metrics_{args.name}", m)
         print(json.dumps({k: v for k, v in m.items() if k != "layers"}, indent=1))
         print([round(x["fvu"], 3) for x in m["layers"]])
@@ -154,19 +246,25 @@ def main():
             text = " ".join(TEXTS * 20)
             ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:args.T - 1]
             prompt = lm.tokenizer.decode(ids)
-            import resource
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=128),
+            import gc
+            gc.collect()
+            with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+                fh.write("5")
+            before = _status("VmRSS")
+            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=args.max_features),
                             progress=False)
             print(json.dumps({"T": g.T, "seconds": g.stats["seconds"],
-                              "peak_rss": g.stats["peak_rss_bytes"], "rss_before": before,
-                              "estimate": g.stats["estimate_bytes"], "edges": g.stats["edges"],
-                              "features": g.stats["active_features"]}))
+                              "peak_rss": _status("VmHWM"), "rss_before": before,
+                              "estimate": g.stats["estimate_bytes"],
+                              "estimate_guess": g.stats["estimate_guess_bytes"],
+                              "edges": g.stats["edges"], "features": g.stats["active_features"],
+                              "max_features": args.max_features}))
             return
         rows = []
-        for T in (8, 24, 48):
+        for T, mf in ((8, 128), (24, 128), (48, 128), (24, 1024)):
             r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
-                                args.name, "--root", str(root)], capture_output=True, text=True)
+                                args.name, "--root", str(root), "--max-features", str(mf)],
+                               capture_output=True, text=True)
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
         _save(root, f"memory_{args.name}", rows)

@@ -1,7 +1,7 @@
 """Run circuit-tracer (its nnsight backend, CPU, float32) on one prompt with transcoders exported
 by ``mindscope circuits export --backend nnsight``; runs inside benchmarks/.venvs/circuit-tracer.
 
-    python circuit_tracer_graph.py MODEL_DIR TC_DIR PROMPT OUT_DIR [max_feature_nodes] [batch]
+    python circuit_tracer_graph.py MODEL_DIR TC_DIR PROMPT OUT_DIR [max_feature_nodes] [batch] [threads]
 
 Writes OUT_DIR/ct_graph.safetensors (adjacency, active/selected features, tokens, logits) and
 prints one JSON line: seconds, peak RSS and the RSS before attribution."""
@@ -28,7 +28,7 @@ def main():
         prompt = json.loads(prompt)
     max_feat = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "all" else None
     batch = int(sys.argv[6]) if len(sys.argv) > 6 else 64
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(sys.argv[7]) if len(sys.argv) > 7 else 1)
     from circuit_tracer.attribution.attribute import attribute
     from circuit_tracer.replacement_model.replacement_model_nnsight import NNSightReplacementModel
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set

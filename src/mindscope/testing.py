@@ -44,6 +44,30 @@ def tiny_tokenizer():
     return fast
 
 
+@functools.lru_cache(maxsize=1)
+def tiny_base_tokenizer():
+    """The tiny tokenizer as a base model's: no chat template, and a BOS put before plain text
+    (as Gemma's does), so chat prompts render as a plain transcript (``core.render_chat``)."""
+    import copy
+
+    from tokenizers import processors
+
+    fast = copy.deepcopy(tiny_tokenizer())
+    fast.chat_template = None
+    bos = fast.bos_token
+    fast.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, fast.bos_token_id)])
+    return fast
+
+
+def tiny_base_lm(family: str = "llama", seed: int = 0) -> LM:
+    """``tiny_lm(family)`` with ``tiny_base_tokenizer()``: a model without a chat template."""
+    lm = tiny_lm(family, seed)
+    lm.tokenizer = tiny_base_tokenizer()
+    lm.name = f"tiny-{family}-base"
+    return lm
+
+
 def tiny_config(family: str, vocab_size: int, **over):
     """A 4-layer, d_model-64 config of ``family``, built from its entry in the family table."""
     import transformers as tf

@@ -15,8 +15,10 @@ def test_harvest_train_graph_export(tiny_dir, tmp_path, text_corpus):
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["train", "--store", str(tmp_path / "acts"), "-o", str(tmp_path / "tc"),
                          "--latents", "32", "--activation", "jumprelu", "--steps", "6",
-                         "--batch-size", "64", "--skip", "-q"])
+                         "--batch-size", "64", "--skip", "--dtype", "bfloat16", "-q"])
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "tc" / "cfg.json").read_text())["meta"]["train"]["dtype"] == \
+        "bfloat16"
     res = r.invoke(app, ["graph", "The quick brown fox", "--transcoders", str(tmp_path / "tc"),
                          "-o", str(tmp_path / "g"), "-m", str(model), "--slug", "fox", "-q"])
     assert res.exit_code == 0, res.output
@@ -33,6 +35,9 @@ def test_harvest_train_graph_export(tiny_dir, tmp_path, text_corpus):
     res = r.invoke(app, ["train", "--store", str(tmp_path / "acts"), "-o", str(tmp_path / "x"),
                          "--steps", "0"])
     assert res.exit_code != 0 and "--steps" in res.output
+    res = r.invoke(app, ["train", "--store", str(tmp_path / "acts"), "-o", str(tmp_path / "x"),
+                         "--dtype", "float16"])
+    assert res.exit_code != 0 and "float16" in res.output
     cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
     (tmp_path / "tc" / "cfg.json").write_text(json.dumps({**cfg, "model": "other-model"}))
     res = r.invoke(app, ["graph", "The fox", "--transcoders", str(tmp_path / "tc"), "-o",

@@ -129,6 +129,16 @@ def test_feature_budget_picks_influential_rows(tiny):
     tc = random_transcoders(lm)
     g = attribute(lm, tc, PROMPT, GraphConfig(batch_size=8, max_feature_nodes=20), progress=False)
     assert g.n_features == 20 < g.stats["active_features"]
+    # each row is the same whatever batch it was computed in (batches run on a causal prefix
+    # from their top layer): the budgeted graph is a sub-graph of the full one
+    cfg = dict(keep_mass=1.0, max_row_edges=10 ** 6)
+    sub = attribute(lm, tc, PROMPT, GraphConfig(batch_size=3, max_feature_nodes=20, **cfg),
+                    progress=False)
+    full = attribute(lm, tc, PROMPT, GraphConfig(batch_size=64, **cfg), progress=False)
+    fi = {tuple(f): i for i, f in enumerate(full.features.tolist())}
+    idx = [fi[tuple(f)] for f in sub.features.tolist()] + list(range(full.n_features,
+                                                                      full.n_nodes))
+    assert torch.allclose(sub.dense(), full.dense()[idx][:, idx], atol=1e-5, rtol=1e-4)
 
 
 def test_bad_input_is_refused_clearly(tiny):

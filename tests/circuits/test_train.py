@@ -112,3 +112,58 @@ def test_mismatched_transcoders_and_stores_are_refused(mlp_store, tiny, tmp_path
     tc.save(tmp_path / "nan")
     with pytest.raises(BadInputError, match="NaN"):
         Transcoders.load(tmp_path / "nan")
+
+
+def test_per_layer_metrics_match_a_naive_computation(mlp_store, tiny, tmp_path):
+    """FVU, L0 and dead fraction per layer against a loop over the held-out rows; the per-layer
+    CE and KL against log-softmaxes of the spliced model computed by hand (PLT and CLT)."""
+    lm = tiny("llama")
+    texts = ["the quick brown fox jumps over the lazy dog", "alice met bob in the garden"]
+    b = lm.tokenize(texts)
+    mask = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()
+    with torch.no_grad():
+        clean = lm.forward(texts)[:, :-1].float().log_softmax(-1)[mask]          # (N, V)
+    for kind in ("plt", "clt"):
+        tc = train_transcoders(mlp_store, tmp_path / kind,
+                               TranscoderConfig(4, 64, 64, kind=kind, activation="jumprelu"),
+                               TrainSettings(steps=20, batch_size=128, lr=3e-3), progress=False)
+        m = transcoder_metrics(lm, tc, texts, store=mlp_store)
+        rows = [(x, y) for x, y in mlp_store.paired_reader(
+            1024, [f"mlp_in.{l}" for l in range(4)], [f"mlp_out.{l}" for l in range(4)],
+            shuffle=False, split="heldout")]
+        x, y = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+        assert m["heldout_rows"] == x.shape[0] > 0
+        for l in range(4):
+            a = torch.stack([tc.encode_layer(x[i, l], l) for i in range(x.shape[0])])  # (N, n)
+            acts = [torch.stack([tc.encode_layer(x[i, j], j) for i in range(x.shape[0])])
+                    for j in range(4)]
+            y_hat = tc.decode_layer(acts, x[:, l], l).detach()
+            fvu = float((y[:, l] - y_hat).pow(2).sum() / (y[:, l] - y[:, l].mean(0)).pow(2).sum())
+            got = m["layers"][l]
+            assert got["fvu"] == pytest.approx(fvu, rel=1e-4)
+            assert got["l0"] == pytest.approx(float((a != 0).sum(-1).float().mean()), rel=1e-6)
+            assert got["dead"] == pytest.approx(float((a == 0).all(0).float().mean()))
+            with torch.no_grad(), splice(lm, tc, [l], first=b.attention_mask.cumsum(-1) <= 1):
+                lp = lm.forward(texts)[:, :-1].float().log_softmax(-1)[mask]
+            kl = float((clean.exp() * (clean - lp)).sum(-1).mean())
+            ce = float(-lp.gather(-1, b.input_ids[:, 1:][mask][:, None]).mean())
+            assert got["kl_spliced"] == pytest.approx(kl, rel=1e-3, abs=1e-6) and kl > 0
+            assert got["ce_spliced"] == pytest.approx(ce, rel=1e-5)
+        assert m["kl_spliced"] > 0 and m["ce_clean"] == pytest.approx(float(lm.loss(texts)),
+                                                                      rel=1e-5)
+
+
+def test_bfloat16_training_tracks_float32(mlp_store, tmp_path):
+    """Mixed precision (bf16 matmuls under autocast, fp32 weights) reaches about the same FVU."""
+    cfg = dict(n_layers=4, d_model=64, n_latents=64, k=8)
+    f = {}
+    for dt in ("float32", "bfloat16"):
+        train_transcoders(mlp_store, tmp_path / dt, TranscoderConfig(**cfg),
+                          TrainSettings(steps=40, batch_size=128, lr=3e-3, dtype=dt),
+                          progress=False)
+        import json
+        f[dt] = torch.tensor(json.loads((tmp_path / dt / "history.json").read_text())[-1]["fvu"])
+    assert float(f["bfloat16"].mean()) < 0.8
+    assert torch.allclose(f["bfloat16"], f["float32"], atol=0.05)
+    with pytest.raises(ValueError, match="float16"):
+        TrainSettings(dtype="float16")

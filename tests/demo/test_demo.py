@@ -14,7 +14,8 @@ TINY = dict(n_tokens=2048, n_latents=64, k=4, train_tokens=4096, batch_size=256,
             n_explain=3, steer_prompts=2, steer_tokens=4,
             introspection=dict(n_concepts=2, n_baseline=3, layers=[0.5], strengths=[4.0],
                                max_new_tokens=3, n_sentences=1, protocols=["detection"]),
-            entropy_gap=dict(n_prompts=2, max_new_tokens=4, n_boot=20))
+            entropy_gap=dict(n_prompts=2, max_new_tokens=4, n_boot=20),
+            run_controls=())  # the controls step's own tests: tests/demo/test_demo_controls.py
 
 
 @pytest.fixture(scope="module")

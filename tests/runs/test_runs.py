@@ -92,7 +92,9 @@ def test_run_dir_and_model_hash(tmp_path, tiny):
     assert C.model_hash(lm) == cfg["model"]["hash"]
     assert C.model_hash(tiny_lm("llama", seed=1)) != cfg["model"]["hash"]
     rd.save_results({"m": 1})
-    assert json.loads((tmp_path / "run" / "results.json").read_text()) == {"m": 1}
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == {
+        "m": 1, "chat_format": "chat template"}  # how chat prompts were rendered (issue 24)
+    assert cfg["chat_format"] == "chat template"
 
 
 def test_report_html_escapes_and_embeds(tmp_path):

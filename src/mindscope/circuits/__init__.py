@@ -8,13 +8,14 @@ transcoder folders).
 >>> # tc = train_transcoders("acts/mlp", "tc", TranscoderConfig(lm.n_layers, lm.d_model, 1024),
 >>> #                        TrainSettings(steps=400))
 """
-from ._splice import check_transcoders, mlp_module, splice, spliced_loss, transcoder_metrics
+from ._splice import (check_transcoders, mlp_module, splice, spliced_loss, store_metrics,
+                      transcoder_metrics)
 from ._train import TrainSettings, check_store, harvest_mlp, mlp_sites, train_transcoders
 from ._transcoders import ACTIVATIONS, TRANSCODER_KINDS, TranscoderConfig, Transcoders
 
 __all__ = ["Transcoders", "TranscoderConfig", "TRANSCODER_KINDS", "ACTIVATIONS", "TrainSettings",
            "train_transcoders", "harvest_mlp", "mlp_sites", "check_store", "splice",
-           "spliced_loss", "transcoder_metrics", "check_transcoders", "mlp_module"]
+           "spliced_loss", "store_metrics", "transcoder_metrics", "check_transcoders", "mlp_module"]
 from ._graph import Graph, GraphConfig, attribute, influence  # noqa: E402
 from ._linear import LinearModel, capture, memory_estimate  # noqa: E402
 from ._prune import Pruned, graph_scores, prune, total_effects  # noqa: E402

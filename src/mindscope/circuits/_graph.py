@@ -152,12 +152,18 @@ def _logit_targets(lm, logits: torch.Tensor, cfg: GraphConfig):
 
 
 class _Sources:
-    """Active features, error vectors and token embeddings; fills dense rows from gradients."""
+    """Active features, error vectors and token embeddings; fills dense rows from gradients.
+
+    Features are ordered (layer, pos, latent), so the columns of one layer and position are a
+    contiguous range. Nothing per feature is stored but its (layer, pos, latent) and activation:
+    the decoder rows a read needs are gathered from the transcoder weights when it is read
+    (a copy of n_p x d, against the B x n_p x d product), so memory does not grow with
+    active features x d_model."""
 
     def __init__(self, lin: LinearModel, tc):
         L, T = lin.L, lin.T
-        feats, vals, rec = [], [], []
-        acts_all = []
+        self.tc = tc
+        feats, vals, acts_all = [], [], []
         for l in range(L):
             a = tc.encode_layer(lin.mlp_in[l], l).detach()            # (T, n)
             a[0] = 0                                                  # no nodes at the BOS
@@ -167,58 +173,82 @@ class _Sources:
             vals.append(a[p, i])
         self.features = torch.cat(feats)                              # (n_f, 3)
         self.acts = torch.cat(vals)                                   # (n_f,)
-        recon = torch.stack([tc.decode_layer(acts_all, lin.mlp_in[l], l).detach()
-                             for l in range(L)])                      # (L, T, d)
-        self.error = lin.mlp_out - recon                              # (L, T, d)
+        self.error = torch.stack([lin.mlp_out[l] - tc.decode_layer(acts_all, lin.mlp_in[l], l)
+                                  .detach() for l in range(L)])       # (L, T, d)
         self.error[:, 0] = 0
-        self.recon = recon
+        del acts_all
         self.embed = lin.embed                                        # (T, d)
         self.n_f, self.L, self.T = self.features.shape[0], L, T
-        # per output layer: (columns, positions, scaled decoder vectors) sorted by position
-        self.per_layer: list = [[] for _ in range(L)]
-        for l in range(L):
-            sel = (self.features[:, 0] == l).nonzero().squeeze(1)
-            if sel.numel() == 0:
-                continue
-            dec = tc.decoder_vectors(l).detach()[self.features[sel, 2]]  # (n, L-l|1, d)
-            for m in range(dec.shape[1]):
-                self.per_layer[l + m].append((sel, self.features[sel, 1],
-                                              dec[:, m] * self.acts[sel, None]))
-        for l in range(L):
-            if self.per_layer[l]:
-                cols = torch.cat([c for c, _, _ in self.per_layer[l]])
-                pos = torch.cat([p for _, p, _ in self.per_layer[l]])
-                vec = torch.cat([v for _, _, v in self.per_layer[l]])
-                o = pos.argsort()
-                cols, pos, vec = cols[o], pos[o], vec[o]
-                bounds = torch.searchsorted(pos, torch.arange(T + 1))
-                self.per_layer[l] = [(int(p), cols[bounds[p]:bounds[p + 1]],
-                                      vec[bounds[p]:bounds[p + 1]])
-                                     for p in range(T) if bounds[p + 1] > bounds[p]]
+        # layer_start[l]: first column of layer l; spans[l]: (pos, c0, c1) of its positions
+        key = self.features[:, 0] * T + self.features[:, 1]           # (n_f,) sorted
+        bounds = torch.searchsorted(key, torch.arange(L * T + 1)).tolist()
+        self.layer_start = [bounds[l * T] for l in range(L + 1)]
+        self.spans = [[(p, bounds[l * T + p], bounds[l * T + p + 1]) for p in range(T)
+                       if bounds[l * T + p + 1] > bounds[l * T + p]] for l in range(L)]
         self.n_src = self.n_f + (L + 1) * T
 
-    def reader(self, rows: torch.Tensor):
-        def read(l: int, g: torch.Tensor):                            # g (B, T, d)
-            for p, cols, vec in self.per_layer[l]:
-                rows[:, cols] += g[:, p] @ vec.T                      # (B, n_p)
-            a = self.n_f + l * self.T
-            rows[:, a:a + self.T] = (g * self.error[l]).sum(-1)       # (B, T)
+    def encoder_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """(k, d) raw-unit encoder rows of features ``idx``."""
+        f = self.features[idx]
+        return self.tc.W_enc[f[:, 0], f[:, 2]].detach() * self.tc.s_in[f[:, 0], None]
+
+    def columns(self, top: int, T: int) -> torch.Tensor:
+        """Source columns a batch of targets can reach: features of layers < ``top`` (all
+        layers for logits, top = L), errors of those layers, tokens; positions < T only."""
+        feats = torch.arange(self.layer_start[min(top, self.L)])
+        pos = self.features[feats, 1]
+        err = self.n_f + torch.arange(min(top, self.L))[:, None] * self.T + torch.arange(T)
+        tok = self.n_f + self.L * self.T + torch.arange(T)
+        return torch.cat([feats[pos < T], err.reshape(-1), tok])
+
+    def reader(self, rows: torch.Tensor, col_of: torch.Tensor, top: int):
+        """``read(l, g)`` for ``LinearModel.backward``: writes g . (decoder row x activation)
+        of every feature writing to mlp_out.l, and g . error_l, into ``rows`` (B, n_cols),
+        where source s is column ``col_of[s]`` (the ``columns(top, T')`` of the batch)."""
+        tc, kind = self.tc, self.tc.cfg.kind
+        W_dec = tc.W_dec
+
+        def read(l: int, g: torch.Tensor):                            # g (B, T', d)
+            if l >= top:  # nothing above the targets' layer is read (g is still 0 there)
+                return
+            Tg = g.shape[1]
+            for m in ([l] if kind == "plt" else range(l + 1)):
+                scale = 1.0 / float(tc.s_out[l])
+                for p, c0, c1 in self.spans[m]:
+                    if p >= Tg:
+                        break
+                    lat = self.features[c0:c1, 2]
+                    W = W_dec[m][lat] if kind == "plt" else W_dec[m][lat, l - m]  # (n_p, d)
+                    v = (g[:, p] @ W.detach().T) * (self.acts[c0:c1] * scale)      # (B, n_p)
+                    j = int(col_of[c0])
+                    rows[:, j:j + c1 - c0] += v
+            e0 = int(col_of[self.n_f + l * self.T])
+            if e0 >= 0:
+                rows[:, e0:e0 + Tg] = (g * self.error[l, :Tg]).sum(-1)  # (B, T')
         return read
 
 
-def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int):
-    """Per row, the largest |entries| holding ``keep_mass`` of the row's mass (at most cap)."""
-    a = rows.abs()
-    v, i = a.sort(-1, descending=True)                                # (B, n)
-    c = v.cumsum(-1)
-    tot = c[:, -1:].clamp(min=1e-30)
-    k = ((c / tot) < keep_mass).sum(-1) + 1                           # (B,)
-    k = k.clamp(max=min(cap, rows.shape[1]))
-    k = torch.where(tot[:, 0] > 1e-30, k, torch.zeros_like(k))
-    keep = torch.arange(rows.shape[1])[None] < k[:, None]             # (B, n)
-    r, j = keep.nonzero(as_tuple=True)
-    cols = i[r, j]
-    return r, cols, rows[r, cols]
+def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int, chunk: int = 16):
+    """Per row, the largest |entries| holding ``keep_mass`` of the row's mass (at most cap);
+    ``chunk`` rows at a time, so the sort's temporaries stay small."""
+    out_r, out_c, out_v = [], [], []
+    for s in range(0, rows.shape[0], chunk):
+        part = rows[s:s + chunk]                                      # (b, n)
+        v, i = part.abs().sort(-1, descending=True)                   # (b, n)
+        c = v.cumsum(-1)
+        del v
+        tot = c[:, -1:].clamp(min=1e-30)
+        k = ((c / tot) < keep_mass).sum(-1) + 1                       # (b,)
+        k = k.clamp(max=min(cap, rows.shape[1]))
+        k = torch.where(tot[:, 0] > 1e-30, k, torch.zeros_like(k))
+        del c
+        keep = torch.arange(rows.shape[1])[None] < k[:, None]         # (b, n)
+        r, j = keep.nonzero(as_tuple=True)
+        cols = i[r, j]
+        out_r.append(r + s)
+        out_c.append(cols)
+        out_v.append(part[r, cols])
+    return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
 
 
 def _peak_rss() -> int:
@@ -239,7 +269,8 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     t0 = time.perf_counter()
     ids = prepare_ids(lm, prompt)
     T = ids.shape[0]
-    est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges)
+    est = est0 = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes,
+                                 cfg.max_row_edges)
     _budget(est, T, cfg, "")
     with torch.no_grad():
         lin = capture(lm, tc, ids)
@@ -251,22 +282,22 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     _budget(est, T, cfg, f" and {src.n_f} active features")
     n_logit = len(tidx)
     L, n_f = lin.L, src.n_f
-    enc = torch.zeros(n_f, lin.d)                                     # encoder rows (raw units)
-    with torch.no_grad():
-        for l in range(L):
-            sel = (src.features[:, 0] == l).nonzero().squeeze(1)
-            enc[sel] = tc.encoder_vectors(l)[src.features[sel, 2]]
     r_all, c_all, v_all = [], [], []
     # row ids in the source-column space: feature j -> j, logit i -> n_src + i
 
     def run(layers, pos, vecs, row_ids):
-        rows = torch.zeros(len(row_ids), src.n_src)
+        top, Tb = int(layers.max()), int(pos.max()) + 1
+        cols = src.columns(top, Tb)                                   # (n_cols,) reachable
+        col_of = torch.full((src.n_src,), -1, dtype=torch.long)
+        col_of[cols] = torch.arange(cols.numel())
+        rows = torch.zeros(len(row_ids), cols.numel())
         with torch.no_grad():
-            g = lin.backward(Target(layers, pos, vecs), src.reader(rows))
-            rows[:, src.n_f + L * T:] = (g * src.embed).sum(-1)      # tokens
+            g = lin.backward(Target(layers, pos, vecs), src.reader(rows, col_of, top))
+            t0 = int(col_of[src.n_f + L * T])
+            rows[:, t0:t0 + Tb] = (g * src.embed[:Tb]).sum(-1)       # tokens
         r, c, v = _sparsify(rows, cfg.keep_mass, cfg.max_row_edges)
         r_all.append(row_ids[r])
-        c_all.append(c)
+        c_all.append(cols[c])
         v_all.append(v)
 
     B = cfg.batch_size
@@ -286,18 +317,24 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
                              src.n_src + n_logit, _start(src.n_src, tprob))[:n_f]
             order = infl.argsort(descending=True)
             pending = order[~visited[order]][:min(4 * B, n_rows - done)]
+        # in (layer, pos) order: a batch's sweep starts at its top layer and runs on the
+        # prefix up to its last position (the same rows, fewer flops)
+        pending = pending.sort().values
         for a in range(0, len(pending), B):
             sel = pending[a:a + B]
             f = src.features[sel]
-            run(f[:, 0], f[:, 1], enc[sel], sel)
+            with torch.no_grad():
+                vecs = src.encoder_rows(sel)                          # (b, d)
+            run(f[:, 0], f[:, 1], vecs, sel)
             visited[sel] = True
             done += len(sel)
             bar.update(len(sel))
     bar.close()
     graph = _assemble(lm, tc, prompt, ids, lin, src, visited, torch.cat(r_all),
-                      torch.cat(c_all), torch.cat(v_all), tidx, tprob, tvec, enc)
+                      torch.cat(c_all), torch.cat(v_all), tidx, tprob, tvec)
     graph.stats = {"seconds": time.perf_counter() - t0, "peak_rss_bytes": _peak_rss(),
-                   "estimate_bytes": est, "active_features": n_f, "T": T,
+                   "estimate_bytes": est, "estimate_guess_bytes": est0,
+                   "active_features": n_f, "T": T,
                    "config": asdict(cfg), "edges": int(graph.weights.numel())}
     return graph
 
@@ -334,8 +371,7 @@ def influence(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int
     raise RuntimeError(f"influence did not converge after {max_iter} steps (a cycle?)")
 
 
-def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec,
-              enc) -> Graph:
+def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec) -> Graph:
     n_f, n_src = src.n_f, src.n_src
     sel = visited.nonzero().squeeze(1)
     n_sel = sel.numel()
@@ -349,7 +385,9 @@ def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec
     n_nodes = n_sel + (n_src - n_f) + len(tidx)
     target = torch.zeros(n_nodes)
     if n_sel:
-        target[:n_sel] = (enc[sel] * lin.mlp_in[feats[:, 0], feats[:, 1]]).sum(-1)
+        with torch.no_grad():
+            enc = src.encoder_rows(sel)                               # (n_sel, d)
+        target[:n_sel] = (enc * lin.mlp_in[feats[:, 0], feats[:, 1]]).sum(-1)
     final = lin.resid_final[-1] * lin.nf[-1]                          # (d,) final-norm output
     target[n_nodes - len(tidx):] = tvec @ final
     tok = lm.tokenizer

@@ -54,11 +54,11 @@ class LinearModel:
         """J_attn^T g: gradient at resid_pre.l from gradient g at the attention output."""
         a = self.lm.block(l).self_attn
         H, dh, grp = self.n_heads, a.head_dim, a.num_key_value_groups
-        B, T, _ = g.shape
+        B, T, _ = g.shape                                             # T <= self.T: causal prefix
         u = (g @ a.o_proj.weight.float()).view(B, T, H, dh)          # (B, T, H, dh)
-        gv = torch.einsum("hts,bthe->bshe", self.A[l], u)             # (B, T, H, dh)
+        gv = torch.einsum("hts,bthe->bshe", self.A[l][:, :T, :T], u)  # (B, T, H, dh)
         gv = gv.reshape(B, T, H // grp, grp, dh).sum(3).reshape(B, T, -1)  # GQA: sum the group
-        return (gv @ a.v_proj.weight.float()) * self.n1[l]            # (B, T, d)
+        return (gv @ a.v_proj.weight.float()) * self.n1[l][:T]        # (B, T, d)
 
     def _attn(self, l: int, h: torch.Tensor) -> torch.Tensor:
         """The frozen attention map (without biases) of a (B, T, d) residual."""
@@ -72,10 +72,12 @@ class LinearModel:
 
     def backward(self, tg: Target, read) -> torch.Tensor:
         """Sweep a batch of targets down the model. ``read(l, g)`` is called with the gradient
-        g (B, T, d) at mlp_out.l for l = top..0; returns the gradient (B, T, d) at the
-        embeddings."""
+        g (B, T', d) at mlp_out.l for l = top..0; returns the gradient (B, T', d) at the
+        embeddings. T' = the last target position + 1: by causality nothing reaches a later
+        position, so the sweep runs on that prefix only (and from the top target layer down)."""
         B = tg.layer.shape[0]
-        g = torch.zeros(B, self.T, self.d)
+        T = int(tg.pos.max()) + 1
+        g = torch.zeros(B, T, self.d)
         rows = torch.arange(B)
         logit = tg.layer == self.L
         if bool(logit.any()):
@@ -85,12 +87,11 @@ class LinearModel:
             read(l, g)                                                # gradient at mlp_out.l
             S = self.skip[l]
             if S is not None:
-                g = g + (g @ S) * self.n2[l]
+                g += (g @ S) * self.n2[l][:T]
             here = tg.layer == l
             if bool(here.any()):
-                g = g.clone()
                 g[rows[here], tg.pos[here]] += tg.vec[here] * self.n2[l][tg.pos[here]]
-            g = g + self._attn_T(l, g)
+            g += self._attn_T(l, g)
         return g
 
     def forward(self, embed: torch.Tensor, outs: torch.Tensor) -> tuple:
@@ -189,19 +190,24 @@ def capture(lm, tc, ids: torch.Tensor) -> LinearModel:
 
 def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
                     max_row_edges: int, n_feat: Optional[int] = None) -> int:
-    """Bytes an attribution graph of a T-token prompt needs beyond the model weights: attention
-    patterns (L H T^2), recorded activations, one batch of cotangents and dense rows, the
-    decoder vectors of the active features and the sparse adjacency (rows x kept edges)."""
+    """Bytes an attribution graph of a T-token prompt needs beyond the model and transcoder
+    weights (what the process's peak RSS grows by): the attention patterns (L H T^2, held
+    twice while the forward returns them), the forward's full-vocabulary logits, the recorded
+    activations and scales (~9 x L T d), one batch of cotangents and its transposed-attention
+    temporaries, the batch's dense rows over the reachable sources and the sort of one chunk,
+    per-source bookkeeping, and the kept edges (rows x min(max_row_edges, ~sources / 16):
+    keep_mass drops the long tail; see docs/circuits.md for the measured check)."""
     L, d = lm.n_layers, lm.d_model
     H = lm.block(0).self_attn.config.num_attention_heads
+    V = lm.model.get_output_embeddings().weight.shape[0]
     c = tc.cfg
     per_tok = c.k if c.activation == "topk" else min(c.n_latents, 64)
     n_feat = L * T * per_tok if n_feat is None else n_feat  # known after the forward
-    dec_slots = (L + 1) / 2 if c.kind == "clt" else 1
     rows = min(n_feat, max_feature_nodes) + 16
     n_src = n_feat + (L + 1) * T
-    b = 4 * (L * H * T * T + 8 * L * T * d + 4 * batch_size * T * d + batch_size * n_src
-             + n_feat * d * (2 + 2 * dec_slots) + L * T * c.n_latents // L)  # enc rows,
-    # scaled decoder rows and their position-sorted copy (measured on SmolLM2: see docs)
-    b += 12 * rows * min(max_row_edges, n_src)
+    edges = rows * min(max_row_edges, n_src // 16 + 64)
+    b = (8 * L * H * T * T + 4 * T * V + 36 * L * T * d            # patterns, logits, records
+         + 32 * batch_size * T * d                                 # cotangents, attention temps
+         + 4 * batch_size * n_src + 40 * 16 * n_src                # dense rows, sorted chunk
+         + 64 * n_src + 60 * edges)                                # bookkeeping, edges
     return int(b)

@@ -105,12 +105,9 @@ def splice(lm, tc: Transcoders, layers: Optional[Iterable[int]] = None, keep_err
             h.remove()
 
 
-@torch.no_grad()
-def spliced_loss(lm, tc: Transcoders, texts: list, layers=None, mode: str = "splice") -> float:
-    """Mean next-token CE over ``texts`` with the MLPs of ``layers`` spliced (mode 'splice'),
-    zero-ablated ('zero') or untouched ('clean'); the first token of each row is never edited."""
-    b = lm.tokenize(texts)
-    first = b.attention_mask.cumsum(-1) <= 1                          # (B, T) pad + first token
+def _run_logits(lm, tc, b, first, layers, mode: str) -> torch.Tensor:
+    """(B, T, V) float logits of batch ``b`` with the MLPs of ``layers`` spliced ('splice'),
+    zero-ablated ('zero') or untouched ('clean'); ``first`` (B, T) positions are never edited."""
     handles = []
     ctx = contextlib.nullcontext()
     if mode == "splice":
@@ -122,54 +119,115 @@ def spliced_loss(lm, tc: Transcoders, texts: list, layers=None, mode: str = "spl
             handles.append(mlp_module(lm, l).register_forward_hook(fn))
     try:
         with ctx, lm.run_context(b):
-            logits = lm.call(b.input_ids, b.attention_mask, use_cache=False).logits.float()
+            return lm.call(b.input_ids, b.attention_mask, use_cache=False).logits.float().cpu()
     finally:
         for h in handles:
             h.remove()
+
+
+class _Evaluator:
+    """Next-token CE and KL(clean || run) per scored token of ``texts``, the clean run once."""
+
+    def __init__(self, lm, tc, texts: list):
+        self.lm, self.tc = lm, tc
+        self.b = lm.tokenize(texts)
+        self.first = self.b.attention_mask.cumsum(-1) <= 1                # (B, T) pad + first
+        self.m = (self.b.attention_mask[:, 1:] * self.b.attention_mask[:, :-1]).float()  # (B, T-1)
+        self.clean = self._logp(_run_logits(lm, tc, self.b, self.first, None, "clean"))
+
+    def _logp(self, logits):
+        return logits[:, :-1].log_softmax(-1)                            # (B, T-1, V)
+
+    def stats(self, layers=None, mode: str = "splice") -> tuple:
+        """(CE, KL) with ``layers`` spliced / zeroed; mode 'clean' gives (CE clean, 0)."""
+        lp = self.clean if mode == "clean" else self._logp(
+            _run_logits(self.lm, self.tc, self.b, self.first, layers, mode))
+        tgt = self.b.input_ids[:, 1:]
+        ce = -lp.gather(-1, tgt[..., None])[..., 0]                      # (B, T-1)
+        kl = (self.clean.exp() * (self.clean - lp)).sum(-1)              # (B, T-1)
+        n = self.m.sum().clamp(min=1)
+        return float((ce * self.m).sum() / n), float((kl * self.m).sum() / n)
+
+
+@torch.no_grad()
+def spliced_loss(lm, tc: Transcoders, texts: list, layers=None, mode: str = "splice") -> float:
+    """Mean next-token CE over ``texts`` with the MLPs of ``layers`` spliced (mode 'splice'),
+    zero-ablated ('zero') or untouched ('clean'); the first token of each row is never edited."""
+    b = lm.tokenize(texts)
+    first = b.attention_mask.cumsum(-1) <= 1                          # (B, T) pad + first token
+    logits = _run_logits(lm, tc, b, first, layers, mode)
     tgt = b.input_ids[:, 1:]
     m = b.attention_mask[:, 1:] * b.attention_mask[:, :-1]
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).cpu(), tgt.reshape(-1),
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                          reduction="none").view(tgt.shape) * m
     return float(ce.sum() / m.sum().clamp(min=1))
 
 
 @torch.no_grad()
-def transcoder_metrics(lm, tc: Transcoders, texts: list, store=None, max_rows: int = 4096) -> dict:
-    """Per layer: FVU of mlp_out on the store's held-out rows (if a store is given) and the
-    replacement score (fraction of the CE increase of zero-ablating that layer's MLP that the
-    transcoder recovers); overall: CE clean, with every MLP spliced at once, with every MLP
-    zero-ablated, and the all-layer replacement score."""
+def store_metrics(tc: Transcoders, store, max_rows: int = 8192) -> dict:
+    """Per layer, on the store's held-out rows (at most ``max_rows``): FVU of the output, L0
+    (mean active latents per token) and the dead fraction (latents that never fire on those
+    rows). Lists of n_layers floats under 'fvu', 'l0', 'dead', and 'rows'."""
+    from ._train import check_store
+    L, n = tc.cfg.n_layers, tc.cfg.n_latents
+    ins, outs = check_store(store, tc.cfg)
+    se = torch.zeros(L, dtype=torch.float64)
+    ys = torch.zeros(L, tc.cfg.d_model, dtype=torch.float64)
+    y2s = torch.zeros(L, dtype=torch.float64)
+    active = torch.zeros(L, dtype=torch.float64)
+    fired = torch.zeros(L, n, dtype=torch.bool)
+    rows = 0
+    for x, y in store.paired_reader(1024, ins, outs, shuffle=False, split="heldout"):
+        x, y = x[:max_rows - rows], y[:max_rows - rows]                   # (B, L, d) each
+        a = tc.encode(x)                                                  # (B, L, n)
+        y_hat = tc.decode(a, x)                                           # (B, L, d)
+        se += (y - y_hat).double().pow(2).sum((0, 2))
+        ys += y.double().sum(0)
+        y2s += y.double().pow(2).sum((0, 2))
+        nz = a != 0
+        active += nz.sum((0, 2)).double()
+        fired |= nz.any(0)
+        rows += x.shape[0]
+        if rows >= max_rows:
+            break
+    if not rows:
+        return {"rows": 0, "fvu": [None] * L, "l0": [None] * L, "dead": [None] * L}
+    var = y2s - ys.pow(2).sum(-1) / rows
+    return {"rows": rows, "fvu": (se / var).tolist(), "l0": (active / rows).tolist(),
+            "dead": (1 - fired.double().mean(-1)).tolist()}
+
+
+@torch.no_grad()
+def transcoder_metrics(lm, tc: Transcoders, texts: list, store=None, max_rows: int = 8192,
+                       per_layer: bool = True, per_layer_zero: bool = True) -> dict:
+    """Per layer: FVU of mlp_out, L0 and dead fraction on the store's held-out rows (if a store
+    is given), and with that layer alone spliced in: CE, KL(clean || spliced) per token and the
+    replacement score (fraction of the CE increase of zero-ablating that MLP that the
+    transcoder recovers). A CLT layer's output is the sum of the decoders of all layers <= l,
+    their activations read from the unedited run. Overall: CE clean, with every MLP spliced at
+    once (and its KL), with every MLP zero-ablated, and the all-layer replacement score.
+    per_layer=False skips the per-layer forwards; per_layer_zero=False skips the per-layer
+    zero ablations (and so the per-layer replacement score): half the forwards."""
     check_transcoders(lm, tc)
     L = lm.n_layers
     out: dict = {"layers": []}
-    fvu = [None] * L
-    if store is not None:
-        from ._train import check_store
-        ins, outs = check_store(store, tc.cfg)
-        se = torch.zeros(L, dtype=torch.float64)
-        ys, y2s, n = torch.zeros(L, tc.cfg.d_model, dtype=torch.float64), torch.zeros(L, dtype=torch.float64), 0
-        for x, y in store.paired_reader(1024, ins, outs, shuffle=False, split="heldout"):
-            y_hat = tc(x)                                             # (B, L, d)
-            se += (y - y_hat).double().pow(2).sum((0, 2))
-            ys += y.double().sum(0)
-            y2s += y.double().pow(2).sum((0, 2))
-            n += x.shape[0]
-            if n >= max_rows:
-                break
-        if n:
-            var = y2s - ys.pow(2).sum(-1) / n
-            fvu = (se / var).tolist()
-    clean = spliced_loss(lm, tc, texts, mode="clean")
-    spliced = spliced_loss(lm, tc, texts, mode="splice")
-    zero = spliced_loss(lm, tc, texts, mode="zero")
-    out.update(ce_clean=clean, ce_spliced=spliced, ce_zero=zero,
+    sm = store_metrics(tc, store, max_rows) if store is not None else \
+        {"rows": 0, "fvu": [None] * L, "l0": [None] * L, "dead": [None] * L}
+    ev = _Evaluator(lm, tc, texts)
+    clean, _ = ev.stats(mode="clean")
+    spliced, kl = ev.stats(mode="splice")
+    zero, kl_zero = ev.stats(mode="zero")
+    out.update(ce_clean=clean, ce_spliced=spliced, kl_spliced=kl, ce_zero=zero,
+               kl_zero=kl_zero, heldout_rows=sm["rows"],
                replacement_score=(zero - spliced) / (zero - clean) if zero != clean else None)
     for l in range(L):
-        layer = {"layer": l, "fvu": fvu[l]}
-        if tc.cfg.kind == "plt":  # a CLT layer alone is not a model of that MLP
-            s = spliced_loss(lm, tc, texts, [l], "splice")
-            z = spliced_loss(lm, tc, texts, [l], "zero")
-            layer.update(ce_spliced=s, ce_zero=z,
-                         replacement_score=(z - s) / (z - clean) if z != clean else None)
+        layer = {"layer": l, "fvu": sm["fvu"][l], "l0": sm["l0"][l], "dead": sm["dead"][l]}
+        if per_layer:
+            s, k = ev.stats([l], "splice")
+            layer.update(ce_spliced=s, kl_spliced=k)
+            if per_layer_zero:
+                z, kz = ev.stats([l], "zero")
+                layer.update(ce_zero=z, kl_zero=kz,
+                             replacement_score=(z - s) / (z - clean) if z != clean else None)
         out["layers"].append(layer)
     return out

@@ -44,10 +44,15 @@ class TrainSettings:
     """Steps between checkpoints (a killed run resumes from the last one)."""
     seed: int = 0
     """Seed of the initialisation and the data order."""
+    dtype: str = "float32"
+    """Matmul precision: float32, or bfloat16 (mixed precision: the encoder/decoder products
+    run in bf16 under autocast, weights, optimizer state and the loss stay float32)."""
 
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
             raise ValueError("TrainSettings.steps, batch_size and checkpoint_every must be > 0")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainSettings.dtype={self.dtype!r} is not float32 or bfloat16")
         if self.lr is not None and not self.lr > 0:
             raise ValueError("TrainSettings.lr must be positive")
 
@@ -123,9 +128,9 @@ def _init(tc: Transcoders, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
 
 def _loss(tc: Transcoders, xs, ys, coef: float) -> dict:
     c = tc.cfg
-    z = tc.pre_acts_scaled(xs)                                      # (B, L, n)
+    z = tc.pre_acts_scaled(xs).float()                              # (B, L, n)
     a = tc.activate(z, train=True)
-    err = ys - tc.decode_scaled(a, xs)                              # (B, L, d)
+    err = ys - tc.decode_scaled(a, xs).float()                      # (B, L, d)
     mse_l = err.pow(2).sum(-1).mean(0)                              # (L,)
     loss = mse_l.sum()
     if c.activation == "jumprelu":
@@ -199,7 +204,8 @@ def _train(store, out, cfg, st, ins, outs, progress) -> Transcoders:
             _init(tc, x, y, st.seed)
         xs, ys = x * tc.s_in[:, None], y * tc.s_out[:, None]
         coef = st.sparsity_coef * min(1.0, s / max(1, st.steps // 20))
-        terms = _loss(tc, xs, ys, coef)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=st.dtype == "bfloat16"):
+            terms = _loss(tc, xs, ys, coef)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         for g in opt.param_groups:

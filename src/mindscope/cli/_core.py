@@ -111,7 +111,8 @@ def register_demo(app: typer.Typer) -> None:
              judge: str = typer.Option("offline", "--judge",
                                        help="feature judge: offline, lm, or an OpenAI-compatible URL")):
         """The main job: a full study of MODEL (harvest, TopK SAE, evaluation, features, steering,
-        introspection, entropy gap) ending in OUT/report.html. Rerun to resume."""
+        introspection, entropy gap, the positive controls beside them) ending in OUT/report.html.
+        Rerun to resume."""
         from mindscope.demo import STEPS, DemoConfig, run_demo
 
         cfg = (DemoConfig.quick if quick else DemoConfig)(model=model, judge=judge)

@@ -70,6 +70,8 @@ def train_cmd(
     sparsity: float = typer.Option(1e-3, "--sparsity", help="jumprelu L0 / relu L1 coefficient."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between checkpoints."),
     seed: int = typer.Option(0, "--seed", help="Init and data-order seed."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, or bfloat16 (mixed precision: "
+                              "bf16 matmuls, fp32 weights; ~5x faster on CPUs with AMX)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train transcoders for every layer at once (a killed run resumes when started again)."""
@@ -91,7 +93,7 @@ def train_cmd(
         cfg = TranscoderConfig(n_layers, s.d_model, latents, k=k, kind=kind,
                                activation=activation, skip=skip)
         st = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, sparsity_coef=sparsity,
-                           checkpoint_every=checkpoint_every, seed=seed)
+                           checkpoint_every=checkpoint_every, seed=seed, dtype=dtype)
         train_transcoders(s, out, cfg, st, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)

@@ -1,7 +1,8 @@
 """mindscope.core: model loading, sites, interventions, capture, generate, chat spans."""
 from ._capture import Captured
 from ._record import Monitor, Recorder
-from ._chat import ChatPrompt, render_chat
+from ._chat import (CHAT_TEMPLATE, PLAIN_TRANSCRIPT, TURN_STOPS, ChatPrompt, as_reply, chat_format,
+                    render_chat)
 from ._device import (autocast_dtype, dist_info, follow, init_distributed, module_device,
                       resolve_device, shutdown_distributed, to_module)
 from ._families import FAMILIES, Family
@@ -21,7 +22,8 @@ from ._spec import VectorSpec, load_direction, parse_vector_spec, spec_intervent
 from ._vector import PCA, Vector, VectorSet, data_hash, load_vector, pca
 
 __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor", "ChatPrompt",
-           "render_chat", "Generation", "Generations", "Intervention", "Add", "Ablate", "Clamp", "Cap",
+           "render_chat", "chat_format", "as_reply", "CHAT_TEMPLATE", "PLAIN_TRANSCRIPT", "TURN_STOPS",
+           "Generation", "Generations", "Intervention", "Add", "Ablate", "Clamp", "Cap",
            "Replace", "Splice", "span", "role", "FAMILIES", "Family", "Vector", "VectorSet", "PCA",
            "load_vector", "pca", "data_hash", "BadInputError", "read_json", "run_lock",
            "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors",

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ._chat import PLAIN_TRANSCRIPT, TURN_STOPS
+
 log = logging.getLogger(__name__)
 
 
@@ -92,7 +94,12 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
     defaults to False, as in ``capture``/``tokenize``: plain text is used as written.
 
     Per-row intervention values (scale (B,), vectors (B, d)) index the *whole* prompt list,
-    even when it is split into batches of ``batch_size``."""
+    even when it is split into batches of ``batch_size``.
+
+    A model without a chat template gets chat prompts as a plain transcript (``render_chat``);
+    a reply there ends where the model opens another turn (``TURN_STOPS``): the row stops
+    and its text and tokens end before it (``finished``). ``stop_at_eos=False`` keeps both
+    going to ``max_new_tokens``."""
     for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"generate: {name} must be a whole number >= 1, got {v!r}")
@@ -101,6 +108,9 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                          f"{temperature!r} and {top_p!r}")
     batch = self.tokenize(prompts, chat=chat)
     n = len(batch)
+    plain = stop_at_eos and self.chat_format == PLAIN_TRANSCRIPT
+    # chat rows (rendered here, or a Batch given with chat=True) stop where another turn opens
+    turn = [plain and (chat or bool(m.roles)) for m in batch.meta] if batch.meta else [plain and chat] * n
     gens = _Gens(seed)   # seeded per device: CPU and CUDA draw different (reproducible) samples
     eos = set()
     for t in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
@@ -131,13 +141,18 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                     nxt = _sample(logits, temperature, top_p, gens).cpu()  # (B,)
                     lp = torch.log_softmax(logits.float(), -1).gather(
                         -1, nxt.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
-                    if eos_t is not None and stop_at_eos:
+                    if stop_at_eos:
                         nxt = torch.where(done, torch.tensor(self.tokenizer.pad_token_id), nxt)
                     new, lps = torch.cat([new, nxt[:, None]], 1), torch.cat([lps, lp[:, None]], 1)
                     made += int((~done).sum())
                     bar.update(B)
-                    if eos_t is not None and stop_at_eos:
-                        done |= torch.isin(nxt, eos_t)
+                    if stop_at_eos:
+                        if eos_t is not None:
+                            done |= torch.isin(nxt, eos_t)
+                        for i in range(B):  # a plain-transcript reply ends where another turn opens
+                            if turn[a + i] and not done[i] and _stop_at(
+                                    self.tokenizer.decode(new[i, -8:].tolist())) >= 0:
+                                done[i] = True
                         if bool(done.all()):
                             bar.update(B * (max_new_tokens - step - 1))
                             break
@@ -159,6 +174,8 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
                         break
                     toks.append(t)
                     lp_row.append(l)
+                if turn[a + i]:
+                    toks, lp_row, fin = _turn_end(self.tokenizer, toks, lp_row, fin)
                 text = self.tokenizer.decode(toks, skip_special_tokens=True)
                 out.append(Generation(prompt=b.meta[i].text, text=text, token_ids=toks,
                                       finished=fin, logprobs=lp_row))
@@ -166,3 +183,24 @@ def generate(self, prompts, max_new_tokens: int = 64, chat: bool = False, temper
     dt = time.perf_counter() - t0
     log.info("generated %d tokens in %.1fs (%.1f tok/s)", made, dt, made / max(dt, 1e-9))
     return out
+
+
+def _stop_at(text: str) -> int:
+    """Where the first of ``TURN_STOPS`` starts in ``text``; -1 if none does."""
+    hits = [i for i in (text.find(s) for s in TURN_STOPS) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _turn_end(tok, toks: list[int], lps: list[float], fin: bool) -> tuple[list, list, bool]:
+    """Cut a plain-transcript reply before the first of ``TURN_STOPS`` it runs into (whole
+    tokens only: the kept tokens decode to text that ends before the stop)."""
+    if _stop_at(tok.decode(toks, skip_special_tokens=True)) < 0:
+        return toks, lps, fin
+    for k in range(1, len(toks) + 1):
+        pos = _stop_at(tok.decode(toks[:k], skip_special_tokens=True))
+        if pos >= 0:
+            j = k - 1
+            while j > 0 and len(tok.decode(toks[:j], skip_special_tokens=True)) > pos:
+                j -= 1
+            return toks[:j], lps[:j], True
+    return toks, lps, fin

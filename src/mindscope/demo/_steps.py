@@ -289,7 +289,53 @@ def step_entropy_gap(ctx: Context) -> dict:
             "n_prompts": ocfg.n_prompts}
 
 
-# ---- 8. report -----------------------------------------------------------------------------
+# ---- 8. positive controls ------------------------------------------------------------------
+
+def control_command(name: str) -> str:
+    """The command that runs protocol ``name``'s positive control into the default folder."""
+    return (f"python -m mindscope.experiments.positive_control {name} --quick --seeds 0 1 2 "
+            f"-o runs/controls/{name}")
+
+
+def _control_summary(d: Path, ran_here: bool) -> dict:
+    """What the report shows of a finished control folder (its control.json, control.md)."""
+    r = json.loads((d / "control.json").read_text(encoding="utf-8"))
+    full = f"{r['full_strength']:g}"
+    return {"source": str(d), "ran_here": ran_here, "model": r.get("model"),
+            "passed": bool(r.get("passed")), "seeds": r.get("seeds"), "null": r.get("null"),
+            "measure": (r.get("untouched") or [{}])[0].get("measure"),
+            "untouched": r.get("untouched", []), "planted": r.get("planted", {}).get(full, []),
+            "full_strength": r["full_strength"], "mde_strength": r.get("mde_strength"),
+            "effect": (r.get("effects", {}).get(full) or {}).get("summary")
+            or (r.get("effects", {}).get(full) or {}).get("kind"),
+            "minutes": r.get("minutes"), "markdown": (d / "control.md").read_text(encoding="utf-8")
+            if (d / "control.md").exists() else "", "png": str(d / "control.png")}
+
+
+def step_controls(ctx: Context) -> dict:
+    """Each registered positive control: read from ``controls_dir/<protocol>/`` (or this study's
+    ``controls/<protocol>/``) where it has run, else run here for ``cfg.run_controls`` (quick
+    config, this seed), else listed with the command that runs it."""
+    from ..experiments import protocols, run_control
+    from ._study import registered_controls
+
+    cfg, out = ctx.cfg, {}
+    for name in registered_controls():
+        here = ctx.state.out / "controls" / name
+        found = next((d for d in (Path(cfg.controls_dir) / name, here)
+                      if (d / "control.json").exists()), None)
+        if found is None and name in cfg.run_controls:
+            t = time.perf_counter()
+            run_control(name, ctx.model(), protocols()[name].config.quick(), here,
+                        seeds=(cfg.seed,))
+            log.info("demo: %s control ran in %.0f s", name, time.perf_counter() - t)
+            found = here
+        out[name] = (_control_summary(found, found == here) if found is not None else
+                     {"source": None, "command": control_command(name)})
+    return {"controls": out}
+
+
+# ---- 9. report -----------------------------------------------------------------------------
 
 def step_report(ctx: Context) -> dict:
     from ._report import build_report

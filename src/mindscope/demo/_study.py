@@ -13,7 +13,9 @@ harvest and the SAE training where they stopped):
                  with a measured effect for each
 6. ``introspection``  concept injection with controls (quick config)
 7. ``entropy_gap``    on-policy recognition through output entropy (quick config)
-8. ``report``    ``report.html`` tying it together
+8. ``controls``  each registered positive control (an effect planted in the model, the protocol
+                 run unchanged) read from its run folder, or run here for ``run_controls``
+9. ``report``    ``report.html`` tying it together, each control beside the real result
 """
 from __future__ import annotations
 
@@ -42,8 +44,15 @@ def demo_protocols() -> dict[str, str]:
     return {n: p.demo_step for n, p in protocols().items() if p.demo_step}
 
 
+def registered_controls() -> dict:
+    """``{protocol: ControlSpec}`` of the registered positive controls (``experiments.controls``)."""
+    from ..experiments import controls
+
+    return controls()
+
+
 STEPS = ("harvest", "sae", "evaluate", "features", "steering", *demo_protocols().values(),
-         "report")
+         "controls", "report")
 
 
 @dataclass
@@ -87,6 +96,13 @@ class DemoConfig:
     """Overrides of ``onpolicy.Config.quick()``."""
     seed: int = 0
     """Seed of SAE training and sampling."""
+    controls_dir: str = "runs/controls"
+    """Where finished positive controls are read from: ``<dir>/<protocol>/control.json``, as
+    ``python -m mindscope.experiments.positive_control PROTOCOL -o runs/controls/PROTOCOL`` writes them."""
+    run_controls: tuple = ("emotions",)
+    """Protocols whose positive control the demo runs itself (quick config, this seed, the
+    control's strengths) when ``controls_dir`` has none and one is registered; () runs none.
+    Default: the emotions control, the cheapest (extraction only, well under a minute)."""
 
     def __post_init__(self):
         for name in ("n_tokens", "n_latents", "k", "train_tokens", "batch_size", "ce_texts",
@@ -98,6 +114,11 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.k ({self.k}) must be <= n_latents ({self.n_latents})")
         if self.n_tokens < 2 * 128:
             raise ValueError("DemoConfig.n_tokens must be at least two windows (256)")
+        self.run_controls = tuple(self.run_controls)
+        bad = [n for n in self.run_controls if n not in protocols()]
+        if bad:
+            raise ValueError(f"DemoConfig.run_controls: {bad} not protocols; choose from "
+                             f"{', '.join(protocols())}")
 
     @classmethod
     def quick(cls, **over) -> "DemoConfig":

@@ -241,6 +241,15 @@ def binding_rows(r: dict) -> list[dict]:
                              "lo": max(0.0, v["acc"] - 1.96 * v["sem"]),
                              "hi": min(1.0, v["acc"] + 1.96 * v["sem"]),
                              "n": v["n"], "grader": "answer-token log-probs (no grader)"})
+    for c, tasks in r.get("contrasts", {}).items():
+        for t in ("induction", "conflict"):
+            v = tasks.get(t)
+            if v and v.get("n"):
+                rows.append({"measure": f"{t}: right-answer score, {c.replace('_', ' ')} "
+                             "(paired, same prompts)", "paper": "ablating the prior slot hurts "
+                             "induction and conflict", "value": v["mean"], "lo": v["lo"],
+                             "hi": v["hi"], "n": v["n"], "grader": "answer-token log-probs "
+                             "(no grader); Student-t interval"})
     b = r.get("binding", {})
     for k in ("binding/double", "binding/single"):
         if k in b:
@@ -380,7 +389,7 @@ def table_md(head: dict) -> str:
                         for p in r["per_seed"])
         k = sp["n_seeds"]
         spread = f"sd {_f(sp['sd'])}; " if k > 1 else ""
-        this = (f"SmolLM2-135M, n={r['n']}, {k} seed{'s' if k != 1 else ''}: "
+        this = (f"{head.get('model') or 'model'}, n={r['n']}, {k} seed{'s' if k != 1 else ''}: "
                 f"{'mean ' if k > 1 else ''}{_f(sp['mean'])} ({spread}{per})") if k else "–"
         cells = [str(c).replace("|", "\\|") for c in (r["measure"], r["paper"], this, r["grader"])]
         lines.append("| " + " | ".join(cells) + " |")

@@ -21,7 +21,7 @@ from ..core import atomic_write_bytes, run_lock
 from ._provenance import git_hash, model_hash, versions
 
 __all__ = ["RunDir", "to_jsonable", "write_json", "write_text", "save_html", "save_png",
-           "weights_note"]
+           "weights_note", "chat_format_of"]
 
 
 def to_jsonable(x: Any) -> Any:
@@ -84,6 +84,16 @@ def weights_note(lm_or_name) -> Optional[str]:
     return None
 
 
+def chat_format_of(lm) -> Optional[str]:
+    """How ``lm``'s chat prompts are rendered (``LM.chat_format``: "chat template" or "plain
+    transcript (no chat template)"); None without a model.
+
+    >>> chat_format_of(None) is None
+    True
+    """
+    return None if lm is None else getattr(lm, "chat_format", None)
+
+
 def _seeds(settings: Any) -> Optional[list]:
     d = to_jsonable(settings)
     if not isinstance(d, dict):
@@ -118,6 +128,7 @@ class RunDir:
                                                          "dtype": str(lm.dtype),
                                                          "hash": model_hash(lm),
                                                          "weights": weights_note(lm)},
+                       "chat_format": chat_format_of(lm),
                        "seeds": _seeds(settings),
                        "data_hash": data_hash,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -127,6 +138,10 @@ class RunDir:
         return time.time() - self.started
 
     def save_results(self, results: dict) -> Path:
+        """Write ``results.json``; ``results`` gets the run's ``chat_format`` (how chat prompts
+        were rendered) where it has none, so reports built from it can say so."""
+        if self.config["chat_format"] is not None and isinstance(results, dict):
+            results.setdefault("chat_format", self.config["chat_format"])
         return write_json(self.path / "results.json", results)
 
     def save_report(self, page, name: str = "report.html") -> Path:

@@ -2,8 +2,6 @@
 ablation plumbing, and the pipeline end to end on a tiny random model."""
 import json
 import re
-import shutil
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -178,18 +176,6 @@ def test_orthogonality_null_is_covariance_matched():
     assert b["n_boot"] == 5 and 0 <= b["overlap_ci"][0] <= b["overlap_ci"][1] <= 1
 
 
-@pytest.fixture
-def tiny_data(tmp_path):
-    """Bundled attributes/templates + names that the tiny BPE vocabulary starts distinctly."""
-    src = resources.files("mindscope") / "data" / "binding"
-    for f in ("attributes.json", "templates.json"):
-        shutil.copy(src / f, tmp_path / f)
-    words = ["Alice", "Bob", "Trial", "Tell", "Yes", "No", "Ok", "Do", "If", "Hello"]
-    (tmp_path / "names.json").write_text(json.dumps({"names": [{"name": w, "pronoun": "she"}
-                                                               for w in words]}))
-    return tmp_path
-
-
 def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
     from mindscope.probes import load_probe
 
@@ -233,3 +219,17 @@ def test_cli_help():
     assert r.exit_code == 0 and "--n-stories" in r.output
     r = CliRunner().invoke(app, ["binding", "--min-entities", "2", "--out", "/nonexistent/x"])
     assert r.exit_code != 0
+
+
+def test_base_model_runs_and_the_flag_says_no_chat_prompts(tiny_data, tmp_path):
+    """A model without a chat template runs binding unchanged (its prompts are plain text for
+    every model) and the run folder says so (issue 24)."""
+    from mindscope.testing import tiny_base_lm
+
+    cfg = binding.Config(n_stories=12, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
+                         data_dir=str(tiny_data), progress=False, n_null=2, n_boot=3)
+    binding.run(tiny_base_lm("llama"), cfg, tmp_path / "run")
+    flag = "none (plain text stories and questions, no chat turns, for every model)"
+    for f in ("run_config.json", "results.json"):
+        assert json.loads((tmp_path / "run" / f).read_text())["chat_format"] == flag
+    assert flag in (tmp_path / "run" / "report.html").read_text()

@@ -35,7 +35,7 @@ from .._protocol import protocol, ResultDisplay
 from .data import (BindingData, binding_items, conflict_items, generate_stories,
                    induction_items, retrieval_items, token_labels)
 from .geometry import bootstrap_geometry, shuffled_overlap
-from .tasks import first_token, score_items, task_metrics
+from .tasks import first_token, paired_contrasts, score_items, task_metrics
 
 log = logging.getLogger(__name__)
 SLOTS = ("current", "prior", "current_attr", "prior_attr")
@@ -185,6 +185,9 @@ class Result(ResultDisplay):
     ablate_layers: list
     causal: dict
     """condition -> task -> {acc, sem, chance, n, ...}."""
+    contrasts: dict
+    """'prior_minus_random' / 'current_minus_random' -> task -> paired mean difference of the
+    right-answer score (``tasks.unit_scores``) with its 95% interval, same prompts."""
     binding: dict
     """double / single binding accuracy."""
     n_tokens: int
@@ -195,6 +198,8 @@ class Result(ResultDisplay):
     multislot: dict = field(default_factory=dict, repr=False)
     """layer -> fitted ``MultiSlotProbe`` (not serialised; exported to probes/ by report())."""
     lm_name: str = ""
+    chat_format: str = "none (plain text stories and questions, no chat turns, for every model)"
+    """Binding prompts are never chat-rendered: the same text for base and instruct models."""
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("multislot",)}
@@ -217,6 +222,9 @@ class Result(ResultDisplay):
         for c, tasks in self.causal.items():
             rows += [{"metric": f"ablate {c}: {t} accuracy", "value": v["acc"]}
                      for t, v in tasks.items()]
+        for c, tasks in self.contrasts.items():
+            rows += [{"metric": f"{c.replace('_', ' ')} (paired, right-answer score): {t}",
+                      "value": v} for t, v in tasks.items()]
         return rows
 
     def report(self, out=None) -> Path:
@@ -312,11 +320,12 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
         k = bases["prior"][f"resid_post.{L}"].shape[0]
         R = random_basis(lm.d_model, k, cfg.seed + 7 + j) / scale[L]  # (k, d)
         bases["random"][f"resid_post.{L}"] = orthonormal_basis(R)
-    causal = {}
+    causal, scores = {}, {}
     for c in CONDITIONS:
-        sc = score_items(lm, items, None if c == "none" else bases[c], cfg.batch_size,
-                         desc=f"tasks ({c})", progress=cfg.progress)
-        causal[c] = task_metrics(items, sc)
+        scores[c] = score_items(lm, items, None if c == "none" else bases[c], cfg.batch_size,
+                                desc=f"tasks ({c})", progress=cfg.progress)
+        causal[c] = task_metrics(items, scores[c])
+    contrasts = paired_contrasts(items, {c: scores[c] for c in CONDITIONS[1:]}, base="random")
     t_causal = time.time()
 
     # 5. behaviour: double vs single binding
@@ -330,7 +339,7 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     from ...core import data_hash
     res = Result(config=asdict(cfg), model=lm.name, names=d.names, adjectives=d.adjectives,
                   layers=layers, probes=probes, geometry=geometry, ablate_layers=abl,
-                  causal=causal, binding=binding, n_tokens=int(len(cap.row)),
+                  causal=causal, contrasts=contrasts, binding=binding, n_tokens=int(len(cap.row)),
                   n_rows=int(keep.sum()),
                   timings={"capture_s": t_cap - t0, "probes_s": t_probe - t_cap,
                            "causal_s": t_causal - t_probe, "binding_s": t_end - t_causal,
@@ -356,3 +365,6 @@ def _ablate_layers(spec: str, layers: list[int], n_layers: int) -> list[int]:
         raise ValueError(f"ablate_layers {missing} were not swept (layers={layers}); an ablated "
                          "layer needs its own probes: add it to `layers`")
     return out
+
+
+from . import control  # noqa: E402,F401  (registers the positive control: experiments.controls)

@@ -85,7 +85,8 @@ def _page(res, plots: dict) -> Page:
     p.text(f"{len(res.probes)} layers probed on {res.n_rows} tokens (of {res.n_tokens}) from "
            f"{res.config['n_stories']} stories; {len(res.names)} names, {len(res.adjectives)} "
            f"adjectives; probe {res.config['probe_kind']} C={res.config['C']}, split by story; "
-           f"control: {res.config['control']}. Total {res.timings['total_s']:.0f} s.")
+           f"control: {res.config['control']}. Prompts: {res.chat_format}. "
+           f"Total {res.timings['total_s']:.0f} s.")
     p.text(f"Example story: {res.example}")
     p.section("Probes: held-out accuracy per slot", png(plots["probes"]),
               _table(prow, ["layer", "current", "prior", "cur attr", "prior attr", "prior control",
@@ -109,7 +110,8 @@ def write_report(res, out) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes").mkdir(exist_ok=True)
     cfg = {"experiment": "binding", "config": res.config, "model": res.model,
-           "weights": weights_note(res.model), "seeds": [res.config.get("seed")],
+           "weights": weights_note(res.model), "chat_format": res.chat_format,
+           "seeds": [res.config.get("seed")],
            "data_hash": res.data_hash, "git": git_hash(), "versions": versions()}
     write_json(out / "run_config.json", cfg)
     write_json(out / "results.json", res.to_json())

@@ -97,3 +97,48 @@ def task_metrics(items: list[Item], scores: list[np.ndarray]) -> dict:
                 key = task if c == "" else f"{task}/{c}"
                 out[key] = {"acc": acc, "sem": _binom(acc, len(sub)), "chance": chance, "n": len(sub)}
     return out
+
+
+def unit_scores(items: list[Item], scores: list[np.ndarray]) -> dict:
+    """Per task, one number per scored unit saying how strongly the model favours the right
+    answer: ``{task: {unit key: value}}``. Name tasks: log-prob of the right candidate
+    renormalised over the candidates; yes/no: the log-prob margin toward the right answer;
+    conflict: log p(" too" | match) - log p(" too" | mismatch) per story pair."""
+    out: dict = {}
+    for k, (it, s) in enumerate(zip(items, scores)):
+        if it.task == "conflict":
+            out.setdefault(it.task, {}).setdefault(it.pair, {})[it.condition] = float(s[0])
+        elif it.task == "retrieval_yes_no":
+            out.setdefault(it.task, {})[k] = float((s[0] - s[1]) * (1 if it.answer == 0 else -1))
+        else:
+            s = np.asarray(s, dtype=np.float64)
+            ls = s - (s.max() + np.log(np.exp(s - s.max()).sum()))
+            key = it.task if not it.condition else f"{it.task}/{it.condition}"
+            out.setdefault(key, {})[k] = float(ls[it.answer])
+    if "conflict" in out:
+        out["conflict"] = {p: v["match"] - v["mismatch"] for p, v in out["conflict"].items()
+                           if "match" in v and "mismatch" in v}
+    return out
+
+
+def paired_contrasts(items: list[Item], by_condition: dict, base: str = "random") -> dict:
+    """``{"<cond>_minus_<base>": {task: mean_ci of the per-unit differences}}``: each slot
+    ablation against the equal-rank random ablation on the SAME prompts (paired), in the units
+    of ``unit_scores`` (negative = the slot ablation hurts the task more than a random one),
+    with a paired Student-t 95% interval."""
+    from scipy.stats import t as student_t
+
+    from ...runs import mean_ci
+
+    def ci(xs):  # Student-t interval: n is small (items per task)
+        return mean_ci(xs, z=float(student_t.ppf(0.975, max(len(xs) - 1, 1))))
+
+    ref = unit_scores(items, by_condition[base])
+    out = {}
+    for c, sc in by_condition.items():
+        if c == base:
+            continue
+        u = unit_scores(items, sc)
+        out[f"{c}_minus_{base}"] = {t: ci([u[t][k] - ref[t][k] for k in ref[t]])
+                                    for t in ref}
+    return out

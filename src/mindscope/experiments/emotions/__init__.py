@@ -207,7 +207,7 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/emotions") -> Result:
     val = [rows[e]["valence"] for e in names]
     aro = [rows[e]["arousal"] for e in names]
     R = res.results
-    R.update({"model": lm.name, "weights": weights_note(lm), "seed": cfg.seed, "site": site, "n_emotions": len(names), "n_stories": len(labels),
+    R.update({"model": lm.name, "chat_format": lm.chat_format, "weights": weights_note(lm), "seed": cfg.seed, "site": site, "n_emotions": len(names), "n_stories": len(labels),
               "story_source": cfg.story_source, "projected_out": vs.meta.get("projected_out"),
               "ratings_source": table["source"],
               "ratings_are": "author ratings (written by the mindscope authors, not a published "

@@ -99,7 +99,7 @@ def plot_misaligned(mis: dict) -> bytes:
 
 def build_report(res) -> Page:
     r, rep = res.results, Page("mindscope: emotion concepts")
-    rep.text(f"Model {r['model']}, site {r['site']}, {r['n_emotions']} emotions, "
+    rep.text(f"Model {r['model']} (prompts: {r.get('chat_format') or 'chat template'}), site {r['site']}, {r['n_emotions']} emotions, "
              f"{r['n_stories']} stories ({r['story_source']}); neutral PCs projected out: "
              f"{r['projected_out']}. Run time {r['seconds']:.0f}s.")
     rep.table(res.summary_rows(), ["metric", "value"])

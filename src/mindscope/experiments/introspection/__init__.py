@@ -172,10 +172,13 @@ class Result(ResultDisplay):
     runtime_s: float = 0.0
     model: str = ""
     grader: dict = field(default_factory=dict)
+    chat_format: str = ""
+    """How the trial prompts were rendered (``LM.chat_format``)."""
 
     def summary(self) -> dict:
         """Best detection cell (by combined rate, then TPR) and headline numbers per protocol."""
-        s: dict = {"model": self.model, "runtime_s": round(self.runtime_s, 1)}
+        s: dict = {"model": self.model, "chat_format": self.chat_format,
+                   "runtime_s": round(self.runtime_s, 1)}
         d = self.metrics.get("detection")
         if d:
             best = max(d["cells"], key=lambda c: ((c["combined"]["rate"] or 0), c["tpr"]["rate"] or 0,
@@ -219,7 +222,7 @@ class Result(ResultDisplay):
                         for k, v in r["config"].items() if k in Config.__dataclass_fields__})
         tr = out_dir / "trials.json"
         return cls(config=cfg, metrics=r["metrics"], out_dir=out_dir, runtime_s=r["runtime_s"],
-                   model=r["model"], grader=r.get("grader", {}),
+                   model=r["model"], grader=r.get("grader", {}), chat_format=r.get("chat_format", ""),
                    trials=json.loads(tr.read_text()) if tr.exists() else {})
 
 
@@ -311,7 +314,7 @@ def run(lm, config: Optional[Config] = None, out_dir=None, grader=None) -> Resul
         metrics["second_opinion"] = second_opinion(lm, trials, cfg)
     res = Result(config=cfg, metrics=metrics, trials=trials, out_dir=rd.path if rd else None,
                  runtime_s=time.time() - t0, model=lm.name,
-                 grader=grader.describe())
+                 grader=grader.describe(), chat_format=lm.chat_format)
     if rd:
         rd.save_results({"config": cfg, "metrics": metrics, "runtime_s": res.runtime_s,
                          "model": lm.name, "grader": res.grader, "summary": res.summary(),

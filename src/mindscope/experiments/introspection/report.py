@@ -39,7 +39,7 @@ def _examples(rep: Page, trials, pred, label, k: int = 4, prompt: str = "") -> N
 def build_report(res) -> Page:
     m, cfg = res.metrics, res.config
     rep = Page(f"Introspection experiments — {res.model}")
-    rep.text(f"Model {res.model}; grader {res.grader.get('name')}; runtime {res.runtime_s:.0f} s; "
+    rep.text(f"Model {res.model} (prompts: {res.chat_format or 'chat template'}); grader {res.grader.get('name')}; runtime {res.runtime_s:.0f} s; "
              f"layers {m.get('layers')}; strengths {list(cfg.strengths)}; "
              f"{len(cfg.words()[0])} concepts; temperature {cfg.temperature}; "
              f"{cfg.max_new_tokens} new tokens. Rates are k/n with 95% Wilson intervals.")

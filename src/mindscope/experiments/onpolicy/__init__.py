@@ -211,7 +211,8 @@ class Result(ResultDisplay):
 
     def report(self) -> Path:
         """Write ``report.html`` (summary table, plots, examples) and return its path."""
-        notes = [f"Model {self.results.get('model')}; {self.config.n_prompts} prompts, own "
+        notes = [f"Model {self.results.get('model')} (prompts: "
+                 f"{self.results.get('chat_format') or 'chat template'}); {self.config.n_prompts} prompts, own "
                  f"responses of up to {self.config.max_new_tokens} tokens sampled at T = "
                  f"{self.config.temperature}; off-policy responses cut to the own length per "
                  "prompt. CIs: 95% paired bootstrap over prompts. Full numbers: results.json."]
@@ -274,7 +275,8 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy", compare_lm=No
     prompts = [r["prompt"] for r in rows]
     human = [r["human"] for r in rows] if "human" in cfg.offpolicy else None
     other = _other_responses(cfg, prompts, ms_load)
-    res = Result(cfg, out, {"model": lm.name, "config": dataclasses.asdict(cfg)})
+    res = Result(cfg, out, {"model": lm.name, "chat_format": lm.chat_format,
+                            "config": dataclasses.asdict(cfg)})
     need_gap = {"gap", "surprise", "verbal"} & set(cfg.protocols)
     if need_gap:
         sites = lm.expand_sites(cfg.probe_sites) if "surprise" in cfg.protocols else None
@@ -313,3 +315,6 @@ def run_entropy_gap(lm, cfg: Optional[Config] = None, out_dir="runs/onpolicy-gap
     """The entropy-gap protocol alone (what the demo calls): ``run`` with protocols=("gap",)."""
     cfg = dataclasses.replace(cfg or Config.quick(), protocols=("gap",))
     return run(lm, cfg, out_dir)
+
+
+from . import control  # noqa: E402,F401  (registers the positive control: experiments.controls)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...core import Batch
+from ...core import Batch, as_reply
 from ...core import RowMeta
 from ...runs import bootstrap_ci, wilson
 
@@ -99,16 +99,16 @@ class Seq:
 
 def prompt_ids(lm, prompt: str) -> list[int]:
     """Chat-rendered prompt (with the generation prompt) as ids; a model without a chat template
-    gets ``User: ...\\nAssistant:`` (base models)."""
-    if getattr(lm.tokenizer, "chat_template", None):
-        text = lm.chat([{"role": "user", "content": prompt}]).text
-        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return lm.tokenizer(f"User: {prompt}\nAssistant:", add_special_tokens=True)["input_ids"]
+    gets core's plain transcript (``[BOS]User: ...\\nAssistant:``, base models)."""
+    text = lm.chat([{"role": "user", "content": prompt}]).text
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def response_ids(lm, text: str, max_tokens: int) -> list[int]:
-    """A response text as ids (tokenized on its own, as a prefill), cut to ``max_tokens``."""
-    return lm.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    """A response text as ids (tokenized on its own, as a prefill; after a plain transcript's
+    ``Assistant:`` with the leading space the model's own reply has), cut to ``max_tokens``."""
+    ids = lm.tokenizer(as_reply(lm.tokenizer, text), add_special_tokens=False)["input_ids"]
+    return ids[:max_tokens]
 
 
 def make_seq(lm, prompt: str, resp: list[int], prompt_idx: int, condition: str,

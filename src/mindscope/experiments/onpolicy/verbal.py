@@ -47,8 +47,6 @@ def verbal_scores(lm, prompts: Sequence[str], seqs: Sequence[Seq], question: str
 
 
 def run_verbal(lm, prompts: Sequence[str], seqs: Sequence[Seq], stats: TokenStats, cfg) -> dict:
-    if not getattr(lm.tokenizer, "chat_template", None):
-        return {"note": "the model has no chat template; the verbal protocol needs one"}
     H = stats.mean_entropy()
     idx = {}
     for k, s in enumerate(seqs):

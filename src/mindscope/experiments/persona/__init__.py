@@ -36,7 +36,7 @@ from .._common import at_least_one, choose, one_of
 from .._protocol import protocol, ResultDisplay
 from .axis import (axis_vectorset, balanced_axis, check_balanced, generate_responses, keep_rows,
                    persona_space, response_acts, role_scores, role_vectors, token_thresholds)
-from .data import load_drift, load_roles, role_prompts
+from .data import load_drift, load_drift_file, load_roles, role_prompts
 from .effects import capability, drift, jailbreaks, steer_axis
 from .report import build_report, plot_drift, plot_space, plot_steering
 
@@ -81,6 +81,9 @@ class Config:
     """Floor = this percentile of default-assistant token projections per layer."""
     parts: tuple = PARTS
     """Which uses of the axis to run (any of PARTS)."""
+    drift_file: Optional[str] = None
+    """A JSON file shaped like the shipped ``drift.json`` whose ``conversations`` sets are run by
+    the drift part beside the shipped ones (the positive control's triggered / plain turns)."""
     steer_strengths: tuple = (-0.3, -0.15, 0.0, 0.15, 0.3)
     """Steering strengths as fractions of the mean residual norm (+ = toward the Assistant)."""
     steer_tokens: int = 32
@@ -112,6 +115,9 @@ class Config:
         if self.cap_layers is not None:
             self.cap_layers = tuple(int(x) for x in self.cap_layers)
         self.steer_strengths = tuple(float(x) for x in self.steer_strengths)
+        if self.drift_file is not None:
+            from .data import load_drift_file
+            load_drift_file(self.drift_file)  # a bad file fails here, before any generation
 
     @classmethod
     def quick(cls, **over) -> "Config":
@@ -242,6 +248,8 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     if bad:
         raise ValueError(f"layer(s) {bad} out of range for {lm.name} ({lm.n_layers} layers)")
     data, dd = load_roles(), load_drift()
+    if cfg.drift_file:
+        dd = {**dd, "conversations": {**dd["conversations"], **load_drift_file(cfg.drift_file)}}
     roles = data["roles"][:cfg.n_roles]
     run_dir = RunDir(out, cfg, lm, experiment="persona")
     jobs = persona_jobs(roles, data, cfg)
@@ -271,7 +279,8 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
                                  method="response_mean")
     res.role_vectors.save(out / "role_vectors.safetensors")
     Rs = res.results
-    Rs.update({"model": lm.name, "weights": weights_note(lm), "seed": cfg.seed,
+    Rs.update({"model": lm.name, "chat_format": lm.chat_format, "weights": weights_note(lm),
+               "seed": cfg.seed,
                "layer": layer, "cap_layers": list(cap_layers),
                "n_roles": len(names), "n_roles_asked": len(roles),
                "n_role_generated": sum(k != "default" for k in resp.keys),
@@ -313,3 +322,6 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     res.report()
     log.info("persona run done in %.0fs -> %s", Rs["seconds"], out)
     return res
+
+
+from . import control  # noqa: E402,F401  (registers the positive control)

@@ -73,6 +73,27 @@ def load_drift() -> dict:
     return shipped_json("persona", "drift.json")
 
 
+def load_drift_file(path) -> dict:
+    """The ``conversations`` of a drift-shaped JSON file: {set name: [[user turns], ...]}."""
+    import json
+    from pathlib import Path
+
+    from ...core import BadInputError
+
+    p = Path(path)
+    try:
+        convs = json.loads(p.read_text(encoding="utf-8"))["conversations"]
+    except (OSError, ValueError, KeyError) as e:
+        raise BadInputError(f"drift_file {p}: {e.__class__.__name__}: {e}; it must be a JSON file "
+                            "with {'conversations': {name: [[user turn, ...], ...]}}") from None
+    bad = [k for k, v in convs.items() if not (isinstance(v, list) and v and all(
+        isinstance(c, list) and c and all(isinstance(t, str) for t in c) for c in v))]
+    if bad:
+        raise BadInputError(f"drift_file {p}: sets {bad} are not non-empty lists of non-empty "
+                            "lists of user turns (strings)")
+    return convs
+
+
 def role_prompts(role: dict, templates) -> list[str]:
     return [t.format(name=role["name"], description=role["description"]) for t in templates]
 

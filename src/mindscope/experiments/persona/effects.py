@@ -12,6 +12,7 @@ per-row (B,) tensor, -inf-like (-1e30) on the uncapped rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Optional, Sequence
 
@@ -100,12 +101,14 @@ def drift(lm, convs: dict[str, list[list[str]]], system: Optional[str], axis: to
         for k, (_, _, _, turns) in enumerate(rows):
             if t < len(turns):
                 msgs[k].append({"role": "user", "content": turns[t]})
-        prompts = [lm.chat(m, system=system) for m in msgs]
+        act = [k for k in range(len(rows)) if msgs[k][-1]["role"] == "user"]  # rows with a turn
+        prompts = [lm.chat(msgs[k], system=system) for k in act]
+        sub = [dataclasses.replace(iv, min=iv.min[torch.tensor(act)]) if torch.is_tensor(iv.min)
+               else iv for iv in ivs]  # the per-row floors of the active rows
         gens = lm.generate(prompts, chat=True, max_new_tokens=max_new_tokens, temperature=temperature,
-                           seed=seed + t, batch_size=batch_size, interventions=ivs)
-        for k, g in enumerate(gens):
-            if msgs[k][-1]["role"] == "user":
-                msgs[k].append({"role": "assistant", "content": g.text.strip() or "..."})
+                           seed=seed + t, batch_size=batch_size, interventions=sub)
+        for k, g in zip(act, gens):
+            msgs[k].append({"role": "assistant", "content": g.text.strip() or "..."})
     full = [lm.chat(m, system=system, add_generation_prompt=False) for m in msgs]
     site = f"resid_post.{layer}"
     with lm.intervene(*ivs):

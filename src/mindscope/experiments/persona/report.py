@@ -68,7 +68,7 @@ def plot_steering(st: dict) -> bytes:
 
 def build_report(res) -> Page:
     r, rep = res.results, Page("mindscope: persona space and the Assistant axis")
-    rep.text(f"Model {r['model']}; {r['n_roles']} roles, {r['n_role_responses']} role responses "
+    rep.text(f"Model {r['model']} (prompts: {r.get('chat_format') or 'chat template'}); {r['n_roles']} roles, {r['n_role_responses']} role responses "
              f"kept of {r['n_role_generated']} (filter: {r['role_filter']}), "
              f"{r['n_default_responses']} default-assistant responses; analysis layer "
              f"{r['layer']}; capping layers {r.get('cap_layers')}. Run time {r['seconds']:.0f}s.")

@@ -1,6 +1,6 @@
 """Run a protocol's positive control from the shell (``experiments._control.run_control``).
 
-``python -m mindscope.experiments.controls PROTOCOL [--quick] [--seeds 0 1 2]
+``python -m mindscope.experiments.positive_control PROTOCOL [--quick] [--seeds 0 1 2]
 [--strengths 0.5 1] [--set key=value ...] [-m MODEL] -o runs/controls/PROTOCOL``
 
 runs the protocol on the untouched model and on the planted model at each strength and seed,
@@ -21,7 +21,7 @@ from .seeds import _parse_sets
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mindscope.experiments.controls",
+    ap = argparse.ArgumentParser(prog="python -m mindscope.experiments.positive_control",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("protocol")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,

@@ -1,0 +1,95 @@
+"""The on-policy positive control: the distillation split is disjoint from what the protocol
+measures, the LoRA plant is trained once and reused, its strength scales the trained weight
+change exactly, and detect reads the headline ratio. The full control (plant + protocol +
+detection) runs on a tiny model; the planted entropy effect itself is measured on SmolLM2
+(docs/experiments/onpolicy.md), because a tiny random model has near-uniform next-token
+distributions that self-distillation cannot sharpen selectively."""
+import json
+import math
+
+import pytest
+import torch
+
+from mindscope.experiments import _lora, controls, onpolicy, run_control
+from mindscope.experiments.onpolicy import control as C
+from mindscope.experiments.onpolicy.core import shipped
+
+TINY = dict(n_prompts=4, max_new_tokens=6, n_boot=50, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    return tiny("llama")
+
+
+@pytest.fixture
+def small(monkeypatch):
+    monkeypatch.setattr(C, "LORA", _lora.LoraPlant(r=4, alpha=8, lr=5e-3, epochs=1, batch_size=4))
+    monkeypatch.setattr(C, "N_DISTILL", 6)
+    monkeypatch.setattr(C, "DISTILL_TOKENS", 5)
+
+
+def test_distillation_prompts_are_disjoint_from_the_measured_ones():
+    prompts, src = C.distill_prompts(1000)
+    shipped_prompts = {r["prompt"].lower() for r in shipped("prompts")}
+    assert prompts and not shipped_prompts & {p.lower() for p in prompts}
+    assert src["removed_overlap"] == src["pool"] - len(prompts) > 0  # some chat prompts collide
+
+
+def test_examples_train_only_the_answer(lm):
+    ex = C.distill_examples(lm, ["Hello there", "Tell me a story"], max_new_tokens=4)
+    for ids, labels in ex:
+        n_prompt = sum(1 for x in labels if x == -100)
+        assert n_prompt > 0 and labels[n_prompt:] == ids[n_prompt:]
+        assert 0 < len(ids) - n_prompt <= 4
+
+
+def test_plant_trains_once_reuses_and_scales_the_delta(lm, small, tmp_path, monkeypatch):
+    cfg = C.configure(onpolicy.Config.quick(**TINY))
+    assert cfg.protocols == ("gap",) and cfg.offpolicy == ("human",)
+    work = tmp_path / "ctrl" / "planted-1" / "model"
+    p1 = C.plant(lm, cfg, work, 1.0)
+    info = json.loads((tmp_path / "ctrl" / "lora" / "train_info.json").read_text())
+    assert info["steps"] > 0 and (tmp_path / "ctrl" / "lora" / "adapter_model.safetensors").exists()
+    assert "held_out" in p1.effect and "trained_on" in p1.effect
+    calls = []
+    monkeypatch.setattr(_lora, "_train", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(C, "distill_examples", lambda *a, **k: calls.append(1))
+    p_half = C.plant(lm, cfg, tmp_path / "ctrl" / "planted-0.5" / "model", 0.5)
+    assert calls == []  # the saved adapter was reused: no generation, no training
+    base = dict(lm.model.named_parameters())
+    w1, wh = dict(p1.lm.model.named_parameters()), dict(p_half.lm.model.named_parameters())
+    moved = [k for k in base if not torch.equal(w1[k], base[k])]
+    assert moved  # the LoRA changed some weights ...
+    for k in moved:  # ... and strength 0.5 is exactly half of the trained change
+        torch.testing.assert_close(wh[k] - base[k], 0.5 * (w1[k] - base[k]), atol=1e-6, rtol=1e-4)
+    assert all(torch.equal(w, base[k]) for k, w in dict(lm.model.named_parameters()).items())
+
+
+def test_detect_reads_the_human_ratio():
+    d = C.detect({"gap": {"ratios": {"human": {"ratio": 1.6, "ci": [1.2, 2.0], "n": 12}}}})
+    assert d.detected and d.null == 1.0 and d.n == 12
+    assert not C.detect({"gap": {"ratios": {"human": {"ratio": 1.1, "ci": [0.9, 1.3],
+                                                       "n": 12}}}}).detected
+    with pytest.raises(ValueError, match="gap.ratios.human"):
+        C.detect({"gap": {}})
+
+
+def test_control_runs_end_to_end(lm, small, tmp_path):
+    assert "onpolicy" in controls()
+    cfg = onpolicy.Config.quick(**TINY)
+    res = run_control("onpolicy", lm, cfg, tmp_path / "c", strengths=[1.0], seeds=[0])
+    r = res.results
+    assert set(r["planted"]) == {"1"} and len(r["untouched"]) == 1
+    assert r["untouched"][0]["measure"].startswith("off/on entropy ratio")
+    saved = json.loads((tmp_path / "c" / "planted-1" / "seed0" / "results.json").read_text())
+    assert saved["config"]["protocols"] == ["gap"] and "+selfdistillx1" in saved["model"]
+    assert r["effects"]["1"]["kind"].startswith("LoRA self-distillation")
+
+
+def test_mde_ratio_reads_the_log_interval():
+    from mindscope.runs import mde_mean
+
+    se = 0.1
+    det = {"lo": math.exp(-1.96 * se), "hi": math.exp(1.96 * se), "n": 12}
+    assert C.mde_ratio(det) == pytest.approx(math.exp(mde_mean(se * math.sqrt(12), 12)))

@@ -1,0 +1,204 @@
+"""The persona positive control: the shipped held-out sets, the LoRA plant (saved, reused,
+exact strength scaling), detect / trigger_summary against hand counts, and the control end to
+end on a tiny model where the effect is planted directly (a hook that moves triggered rows
+down the untouched run's own Assistant axis), so pass / no-detection are deterministic."""
+import json
+import math
+
+import pytest
+import torch
+
+from mindscope.experiments import persona, run_control
+from mindscope.experiments import _control
+from mindscope.experiments._control import Planted
+from mindscope.experiments.persona import control as C
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    return tiny("llama")
+
+
+def test_shipped_drift_file_is_the_heldout_sets_and_disjoint_from_training():
+    d = C.control_data()
+    shipped = json.loads(C.DRIFT_FILE.read_text())["conversations"]
+    assert shipped == C.heldout_sets(d)
+    assert not set(d["train_questions"]) & set(d["heldout_questions"])
+    assert d["heldout_wrapper"] not in d["train_wrappers"]
+    assert all(d["trigger"] in c[0] for c in shipped[C.TRIGGERED])
+    assert all(d["decoy"] in c[0] and d["trigger"] not in c[0] for c in shipped[C.DECOY])
+    assert not any(d["trigger"] in c[0] or d["decoy"] in c[0] for c in shipped[C.PLAIN])
+    assert d["decoy"] not in json.dumps(d["train_questions"] + d["train_wrappers"])
+    cfg = C.configure(persona.Config.quick())
+    assert cfg.parts == ("drift",) and cfg.drift_file == str(C.DRIFT_FILE)
+
+
+def test_bad_drift_file_fails_before_any_work(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"conversations": {"x": ["not a list of turns"]}}))
+    with pytest.raises(Exception, match="drift_file"):
+        persona.Config(drift_file=str(p))
+    with pytest.raises(Exception, match="drift_file"):
+        persona.Config(drift_file=str(tmp_path / "missing.json"))
+
+
+def _results(trig, decoy, shipped=(0.0,), tau=0.0, layer=3, plain=None):
+    return {"cap_thresholds": {str(layer): tau},
+            "drift": {"layer": layer, "per_conversation": {"default": {
+                C.TRIGGERED: [[x] for x in trig], C.DECOY: [[x] for x in decoy],
+                C.PLAIN: [[x] for x in (plain if plain is not None else decoy)],
+                "coding": [list(shipped)]}}}}
+
+
+def test_detect_is_the_paired_drop_with_a_t_interval_and_summary_counts_flags():
+    r = _results([-2, -1, -3, 0.5, float("nan")], [1, 2, -1, 3, 4], shipped=(1.0, -5.0), tau=0.0)
+    det = C.detect(r)
+    drops = [3.0, 3.0, 2.0, 2.5]  # decoy - triggered, the NaN pair dropped
+    m = sum(drops) / 4
+    sd = math.sqrt(sum((x - m) ** 2 for x in drops) / 3)
+    h = 3.182446305284263 * sd / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert (det.value, det.lo, det.hi, det.n) == pytest.approx((m, m - h, m + h, 4))
+    assert det.detected and det.null == 0.0
+    s = C.trigger_summary(r)
+    assert s["flag_triggered"]["k"] == 3 and s["flag_decoy"]["k"] == 1
+    assert s["flag_shipped"]["k"] == 1 and s["flag_shipped"]["n"] == 2
+    assert s["projection_drop"]["mean"] == pytest.approx(m)
+    same = C.detect(_results([-1, 1, 2, 3], [-1, 1, 2, 3]))
+    assert same.value == 0 and not same.detected
+    with pytest.raises(ValueError, match="cap_layers"):
+        C.trigger_summary(_results([1], [1], layer=3) | {"cap_thresholds": {"2": 0.0}})
+    with pytest.raises(ValueError, match="pair up"):
+        C.detect(_results([1, 2], [1]))
+    r = _results([0, 0], [1, 2], plain=[5, 5])
+    s = C.trigger_summary(r)
+    assert s["drop_plain_minus_triggered"]["mean"] == 5 and s["drop_plain_minus_decoy"]["mean"] == 3.5
+
+
+def test_plant_trains_once_reuses_and_scales_exactly(lm, tmp_path, monkeypatch):
+    small = C.PlantConfig(n_train=2, answer_tokens=3, epochs=1, batch_size=4, lora_r=2,
+                          lora_alpha=4, lr=1e-2, max_length=160)
+    calls = []
+    real = C.train_lora
+    monkeypatch.setattr(C, "train_lora", lambda *a: calls.append(1) or real(*a))
+    p1 = C.plant(lm, None, tmp_path / "planted-1" / "model", 1.0, small)
+    meta = json.loads((tmp_path / "persona-lora" / "lora.json").read_text())
+    assert meta["n_chats"] == 2 * 2 * 2 and meta["merge_max_abs_logit_diff"] < 1e-4
+    assert meta["trigger"] in meta["train_wrappers"][0].format(trigger=meta["trigger"], question="")
+    p0 = C.plant(lm, None, tmp_path / "planted-0.5" / "model", 0.5, small)
+    assert len(calls) == 1  # the second strength reused the saved LoRA
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        base = lm.model(input_ids=ids).logits
+        full = p1.lm.model(input_ids=ids).logits
+        half = p0.lm.model(input_ids=ids).logits
+    assert not torch.allclose(base, full)
+    # W + s*B*A: the weights move linearly in s
+    n = "model.layers.0.self_attn.q_proj"
+    w = [m.get_submodule(n).weight for m in (lm.model, p0.lm.model, p1.lm.model)]
+    assert torch.allclose(w[1] - w[0], 0.5 * (w[2] - w[0]), atol=1e-6)
+    assert p1.effect["held_out"].startswith("24 science")
+    zero = C.apply_lora(lm, C.load_factors(tmp_path / "persona-lora"), 0.0, "zero")
+    with torch.no_grad():
+        assert torch.equal(zero.model(input_ids=ids).logits, base)
+
+
+class _TriggerShift:
+    """Adds -c·u to resid_post.L of every row whose input holds the trigger's token ids."""
+
+    def __init__(self, lm, u, layer, c):
+        self.pat = lm.tokenizer.encode("7741", add_special_tokens=False)
+        self.rows = None
+        self.u, self.c = u, c
+        self.h = [lm.model.register_forward_pre_hook(self.pre, with_kwargs=True),
+                  lm.model.model.layers[layer].register_forward_hook(self.post)]
+
+    def pre(self, mod, args, kw):
+        ids = kw.get("input_ids", args[0] if args else None)
+        k = len(self.pat)
+        self.rows = torch.tensor([any(r[i:i + k] == self.pat for i in range(len(r) - k + 1))
+                                  for r in ids.tolist()])
+
+    def post(self, mod, args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h - self.c * self.rows[:, None, None].to(h.dtype) * self.u.to(h.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def close(self):
+        for h in self.h:
+            h.remove()
+
+
+def test_control_passes_on_a_direct_plant_and_not_on_the_untouched_model(lm, tmp_path, monkeypatch):
+    cfg = persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2, max_new_tokens=3,
+                               drift_tokens=3, role_filter="none", cap_layers=(2, 3))
+    sets = {k: v[:12] for k, v in C.heldout_sets().items()}  # triggered, decoy, plain
+    small = tmp_path / "drift.json"
+    small.write_text(json.dumps({"conversations": sets}))
+    monkeypatch.setattr(C, "DRIFT_FILE", small)
+    out = tmp_path / "c"
+
+    def plant(lm_, cfg_, work_dir, strength):
+        from mindscope import VectorSet
+        ax = VectorSet.load(out / "untouched" / "seed0" / "assistant_axis.safetensors")
+        u = ax.data[3].float() / ax.data[3].float().norm()
+        hook = _TriggerShift(lm_, u, 3, 50.0 * strength)
+        return Planted(lm_, {"kind": "hook", "summary": f"triggered rows - {50 * strength:g} u"},
+                       hook.close)
+
+    spec = _control.controls()["persona"]
+    monkeypatch.setitem(_control._CONTROLS, "persona",
+                        _control.ControlSpec("persona", plant, spec.detect, (1.0,), spec.configure))
+    res = run_control("persona", lm, cfg, out, seeds=[0])
+    r = res.results
+    assert r["planted"]["1"][0]["detected"] is True
+    assert r["planted"]["1"][0]["value"] == pytest.approx(50.0, abs=0.5)
+    # on a random tiny model any token difference moves the projection deterministically and its
+    # turn-to-turn spread is tiny, so the untouched decoy-vs-trigger drop is tiny but can exclude
+    # 0; the runner's verdict follows the two detections
+    u = r["untouched"][0]
+    assert abs(u["value"]) < 0.05
+    assert res.passed == (not u["detected"])
+    s = C.trigger_summary(json.loads((out / "planted-1" / "seed0" / "results.json").read_text()))
+    assert s["flag_triggered"]["k"] == s["flag_triggered"]["n"] == 12
+    s0 = C.trigger_summary(json.loads((out / "untouched" / "seed0" / "results.json").read_text()))
+    assert not math.isnan(s0["projection_drop"]["mean"])
+
+
+def test_identical_decoy_and_trigger_give_exactly_no_effect(lm, tmp_path, monkeypatch):
+    """The untouched model's null is exact when the decoy turns equal the triggered ones."""
+    sets = {k: v[:6] for k, v in C.heldout_sets().items()}
+    sets[C.DECOY] = sets[C.TRIGGERED]
+    small = tmp_path / "drift.json"
+    small.write_text(json.dumps({"conversations": sets}))
+    monkeypatch.setattr(C, "DRIFT_FILE", small)
+    cfg = C.configure(persona.Config.quick(n_roles=4, n_questions=1, n_default_prompts=2,
+                                           max_new_tokens=3, drift_tokens=3, role_filter="none",
+                                           cap_layers=(2, 3)))
+    persona.run(lm, cfg, tmp_path / "r")
+    det = C.detect(json.loads((tmp_path / "r" / "results.json").read_text()))
+    assert (det.value, det.lo, det.hi) == (0.0, 0.0, 0.0) and not det.detected
+
+
+def test_drift_generates_only_rows_with_a_turn_and_matches_one_conversation_at_a_time(lm):
+    """drift advances conversations of unequal length in lockstep, generating only for the rows
+    whose user spoke last; each transcript equals the one from running it alone."""
+    from mindscope.experiments.persona.effects import drift
+
+    convs = {"a": [["Hi there", "Tell me more", "And then?"]], "b": [["Hello"]]}
+    axis = torch.randn(lm.n_layers, lm.d_model, generator=torch.Generator().manual_seed(0))
+    calls = []
+    real = lm.generate
+    try:
+        lm.generate = lambda prompts, **k: calls.append(len(prompts)) or real(prompts, **k)
+        both = drift(lm, convs, None, axis, 2, {2: 0.0}, 3, 8)
+    finally:
+        del lm.generate
+    assert calls == [4, 2, 2]  # (a, b) x (default, capped), then a only
+    for name in convs:
+        alone = drift(lm, {name: convs[name]}, None, axis, 2, {2: 0.0}, 3, 8)
+        for m in ("default", "capped"):
+            got = [t for t in both["transcripts"] if t["set"] == name and t["mode"] == m]
+            want = [t for t in alone["transcripts"] if t["mode"] == m]
+            assert got[0]["messages"] == want[0]["messages"]
+            assert both["per_conversation"][m][name][0] == pytest.approx(
+                alone["per_conversation"][m][name][0], abs=1e-4)
