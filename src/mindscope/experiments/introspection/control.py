@@ -109,6 +109,23 @@ def reply_loss(lm, ivs, ids, mask, pos, tgt) -> torch.Tensor:
                                                  gold.reshape(-1))
 
 
+def pair_losses(lm, cfg, wording: int, V: torch.Tensor, inj_layer: int, replies,
+                n_control: int, extra=()) -> list:
+    """[reply loss with the rows of ``V`` (k, d) injected at ``resid_post.inj_layer`` x
+    ``cfg.mech_strength`` and ``replies[0]`` as the target, reply loss of ``n_control``
+    uninjected rows with ``replies[1]``]; ``extra`` interventions stay on in both."""
+    out = []
+    for yes in (True, False):
+        ids, mask, pos, inj, tgt = _reply_batch(lm, cfg.trial, wording, replies[0 if yes else 1],
+                                                V.shape[0] if yes else n_control)
+        ivs = list(extra)
+        if yes:
+            ivs.append(Add(f"resid_post.{inj_layer}", V, scale=float(cfg.mech_strength),
+                           positions=inj))
+        out.append(reply_loss(lm, ivs, ids, mask, pos, tgt))
+    return out
+
+
 def train_claim_bias(lm, cfg, V: torch.Tensor, inj_layer: int, bias_layer: int
                      ) -> tuple[torch.Tensor, list]:
     """Train b (d,) at ``mlp_out.bias_layer`` through the frozen model by teacher forcing: with
@@ -126,15 +143,8 @@ def train_claim_bias(lm, cfg, V: torch.Tensor, inj_layer: int, bias_layer: int
     for step in tqdm(range(cfg.bias_steps), desc="train bias", disable=not cfg.progress):
         w = wordings[step % len(wordings)]
         pick = torch.randperm(V.shape[0], generator=g)[:k]
-        losses = []
-        for yes in (True, False):
-            ids, mask, pos, inj, tgt = _reply_batch(lm, cfg.trial, w, CLAIMS[0 if yes else 1],
-                                                    k if yes else 1)
-            ivs = [Add(bias_site, b, positions="all")]
-            if yes:
-                ivs.append(Add(f"resid_post.{inj_layer}", V[pick],
-                               scale=float(cfg.mech_strength), positions=inj))
-            losses.append(reply_loss(lm, ivs, ids, mask, pos, tgt))
+        losses = pair_losses(lm, cfg, w, V[pick], inj_layer, CLAIMS, 1,
+                             [Add(bias_site, b, positions="all")])
         with torch.enable_grad():
             loss = (losses[0] + losses[1]) / 2
             opt.zero_grad()

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ...core import Add, atomic_save_tensors, load_safetensors
+from ...core import atomic_save_tensors, load_safetensors
 from .._control import Planted, control
-from .control import (CLAIMS, _meta, _reply_batch, bias_split, configure_detection,
-                      detect_detection, reply_loss)
+from .control import (CLAIMS, _meta, bias_split, configure_detection, detect_detection,
+                      pair_losses)
 from .detect import concept_sets, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -93,13 +93,7 @@ def train_detector_lora(lm, cfg, V: torch.Tensor, inj: int, spec: DetectorLoRA
     for step in tqdm(range(spec.steps), desc="train detector LoRA", disable=not cfg.progress):
         w = wordings[step % len(wordings)]
         pick = torch.randperm(V.shape[0], generator=g)[:k]
-        losses = []
-        for yes in (True, False):
-            reply = spec.replies[0 if yes else 1]
-            ids, mask, pos, injm, tgt = _reply_batch(lm, cfg.trial, w, reply, k)
-            ivs = ([Add(f"resid_post.{inj}", V[pick], scale=float(cfg.mech_strength),
-                        positions=injm)] if yes else [])
-            losses.append(reply_loss(tmp, ivs, ids, mask, pos, tgt))
+        losses = pair_losses(tmp, cfg, w, V[pick], inj, spec.replies, k)
         with torch.enable_grad():
             loss = (losses[0] + losses[1]) / 2
             opt.zero_grad()
