@@ -166,30 +166,38 @@ def _det_row(det: Detection, seed: int) -> dict:
     return {**det.to_dict(), "seed": seed}
 
 
+def _final_results(run_dir: Path) -> Optional[dict]:
+    """The run folder's results.json as a dict when it is final; None when it is missing,
+    unreadable, or marked ``"partial": true`` (a protocol that saves as it goes)."""
+    f = Path(run_dir) / "results.json"
+    if not f.exists():
+        return None
+    try:
+        res = json.loads(f.read_text(encoding="utf-8"))
+        return None if res.get("partial", False) else res
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def finished(run_dir: Path) -> bool:
     """A run folder holds a final results.json (a protocol that saves as it goes marks its
     intermediate results ``"partial": true``; those runs are resumed, not reused)."""
-    f = Path(run_dir) / "results.json"
-    if not f.exists():
-        return False
-    try:
-        return not json.loads(f.read_text(encoding="utf-8")).get("partial", False)
-    except (json.JSONDecodeError, AttributeError):
-        return False
+    return _final_results(run_dir) is not None
 
 
-def _one(proto, spec: ControlSpec, lm, cfg, run_dir: Path) -> dict:
+def _one(proto, lm, cfg, run_dir: Path) -> dict:
     """Run (or reuse) the protocol into ``run_dir``; its results.json as a dict."""
-    res_file = run_dir / "results.json"
-    if finished(run_dir):
+    res = _final_results(run_dir)
+    if res is not None:
         log.info("control: reusing %s", run_dir)
     else:
         t0 = time.time()
         proto.run(lm, cfg, run_dir)
+        res_file = run_dir / "results.json"
         if not res_file.exists():
             raise RuntimeError(f"protocol {proto.name} wrote no results.json in {run_dir}")
         log.info("control: %s done in %.0f s", run_dir, time.time() - t0)
-    res = json.loads(res_file.read_text(encoding="utf-8"))
+        res = json.loads(res_file.read_text(encoding="utf-8"))
     res.setdefault("run_dir", str(run_dir))  # detect may read files the run wrote beside it
     return res
 
@@ -255,7 +263,8 @@ def run_control(name: str, lm, cfg, out_dir, strengths: Optional[Sequence[float]
                 seeds: Optional[Sequence[int]] = None) -> ControlResult:
     """Run protocol ``name`` on ``lm`` untouched and with its planted effect at each strength,
     for each seed (default: the config's seed). Resumes from the run folders already there."""
-    protos, ctrls = protocols(), controls()
+    protos = protocols()  # imports every protocol package, which registers its control
+    ctrls = dict(_CONTROLS)
     if name not in protos:
         raise BadInputError(f"no protocol {name!r}; registered: {', '.join(protos)}")
     if name not in ctrls:
@@ -281,7 +290,7 @@ def run_control(name: str, lm, cfg, out_dir, strengths: Optional[Sequence[float]
 
     untouched = []
     for s in seeds:
-        res = _one(proto, spec, lm, _with_seed(cfg, s), out / "untouched" / f"seed{s}")
+        res = _one(proto, lm, _with_seed(cfg, s), out / "untouched" / f"seed{s}")
         untouched.append(_det_row(spec.detect(res), s))
         tick(f"untouched seed {s}")
     planted, effects = {}, {}
@@ -292,7 +301,7 @@ def run_control(name: str, lm, cfg, out_dir, strengths: Optional[Sequence[float]
             effects[key] = p.effect
             rows = []
             for s in seeds:
-                res = _one(proto, spec, p.lm, _with_seed(cfg, s), out / f"planted-{key}" / f"seed{s}")
+                res = _one(proto, p.lm, _with_seed(cfg, s), out / f"planted-{key}" / f"seed{s}")
                 rows.append(_det_row(spec.detect(res), s))
                 tick(f"planted x{key} seed {s}")
             planted[key] = rows

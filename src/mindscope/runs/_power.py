@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._stats import wilson_bounds
+
 __all__ = ["newcombe_diff", "mde_proportions", "power_proportions", "mde_mean", "mde_correlation",
            "mde_auc", "mde_from_curve", "null_statement"]
 
@@ -37,14 +39,6 @@ def _z(q: float) -> float:
     return float(norm.ppf(q))
 
 
-def _wilson_bounds(k: np.ndarray, n: int, z: float) -> tuple[np.ndarray, np.ndarray]:
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z / den * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-
-
 def newcombe_diff(k1, n1: int, k2, n2: int, alpha: float = 0.05) -> tuple:
     """Newcombe's (1998, method 10) interval for p1 - p2 from two Wilson intervals; works on
     arrays of counts. Returns (diff, lo, hi)."""
@@ -53,8 +47,8 @@ def newcombe_diff(k1, n1: int, k2, n2: int, alpha: float = 0.05) -> tuple:
     z = _z(1 - alpha / 2)
     k1, k2 = np.asarray(k1, dtype=float), np.asarray(k2, dtype=float)
     p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = _wilson_bounds(k1, n1, z)
-    l2, u2 = _wilson_bounds(k2, n2, z)
+    l1, u1 = wilson_bounds(k1, n1, z)
+    l2, u2 = wilson_bounds(k2, n2, z)
     d = p1 - p2
     lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)

@@ -16,21 +16,28 @@ import numpy as np
 __all__ = ["wilson", "mean_ci", "t_ci", "bootstrap_ci", "mcnemar", "seed_spread", "cohen_kappa", "auc"]
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> dict:
-    """Rate k/n with its Wilson score interval (95% for z=1.96). n == 0 -> rate None.
+def wilson_bounds(k, n: int, z: float = 1.96) -> tuple:
+    """Wilson score bounds of k/n (k a number or an array of counts), clipped to [0, 1].
 
     Wilson (1927): centre (p + z²/2n)/(1 + z²/n), half-width z/(1 + z²/n)·√(p(1-p)/n + z²/4n²).
     """
+    p = np.asarray(k, dtype=float) / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z / den * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> dict:
+    """Rate k/n with its Wilson score interval (95% for z=1.96; ``wilson_bounds``). n == 0 ->
+    rate None."""
     k, n = int(k), int(n)
     if k < 0 or n < 0 or k > n:
         raise ValueError(f"need 0 <= k <= n; got k={k}, n={n}")
     if n == 0:
         return {"k": 0, "n": 0, "rate": None, "lo": None, "hi": None}
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z / den * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return {"k": k, "n": n, "rate": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half)}
+    lo, hi = wilson_bounds(k, n, z)
+    return {"k": k, "n": n, "rate": k / n, "lo": float(lo), "hi": float(hi)}
 
 
 def mean_ci(xs: Sequence[float], z: float = 1.96) -> dict:
