@@ -113,3 +113,48 @@ def test_recovery_stats_on_planted_data():
     assert s1["cos"] == pytest.approx(float(M[2] / M[2].norm() @ d), abs=1e-5)
     assert s1["cos"] > 0.8 and s1["lo"] > 0
     assert 0 < s1["boot_hi"] - s1["boot_lo"] < 0.2 and s1["boot_lo"] > 0.8
+
+
+def test_causal_half_steering_along_the_extracted_vector(lm, planted_setup, tmp_path,
+                                                         monkeypatch):
+    """The planted reader turns d into output: steering the planted model along its extracted
+    'afraid' vector raises the lexicon's log-prob (interval excludes 0, above the untouched
+    model's effect, paired); variance-matched random directions of the same norm do not."""
+    from mindscope.experiments.emotions import steer_control as S
+
+    spec = {"target": "afraid", "lexicon": ["zzz"],
+            "prompts": ["The quick brown fox", "Tell me about", "numbers 0 1 2", "They walked",
+                        "She opened the door", "It was a long day", "We went home and",
+                        "The rain fell on"]}
+    real = S.shipped_json
+    monkeypatch.setattr(S, "shipped_json", lambda f, n: spec if n == "control_steer.json"
+                        else real(f, n))
+    monkeypatch.setattr(C, "shipped_json", lambda f, n: spec if n == "control_steer.json"
+                        else TEXTS if n == "control_texts.json" else real(f, n))
+    monkeypatch.setattr(C, "READ_FRACTION", 8.0)  # the tiny model's logits need a loud reader
+    cfg = planted_setup.__class__(**{**planted_setup.__dict__, "strength": 4.0})
+    res = S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strength=64.0, n_random=4,
+                           max_new_tokens=2)
+    p, u = res["planted"][0], res["untouched"][0]
+    assert res["extraction"]["planted"]["detected"] and res["cos_vectors_d"]["planted"] > 0.5
+    assert p["vector"]["detected"] and p["vector"]["value"] > 0.1, p["vector"]
+    # random directions of the same norm do not raise the lexicon (measured: they lower it)
+    assert not (p["random_pooled"]["detected"] and p["random_pooled"]["value"] > 0)
+    assert p["minus_random"]["detected"] and p["minus_random"]["value"] > 0
+    assert p["minus_untouched"]["detected"] and res["passed"], res
+    assert (tmp_path / "c" / "steering.md").exists() and (tmp_path / "c" / "steering.png").exists()
+    assert "PASSED" in (tmp_path / "c" / "steering.md").read_text()
+    # the reader reads d downstream of the extraction site and writes the lexicon's direction
+    assert u["n_prompts"] == 8 and res["effect"]["reader"]["r_site"] == "resid_post.3"
+
+
+def test_paired_effect_and_reader_direction(lm):
+    from mindscope.experiments.emotions import steer_control as S
+
+    e = S.paired_effect([1.0, 2.0, 3.0, 2.0], n_boot=500)
+    assert e["value"] == pytest.approx(2.0) and 1.0 <= e["lo"] <= 2.0 <= e["hi"] <= 3.0
+    assert e["detected"] and not S.paired_effect([1.0, -1.0, 0.5, -0.5])["detected"]
+    u = C.reader_direction(lm, ["zzz"])
+    assert u.shape == (lm.d_model,) and float(u.norm()) == pytest.approx(1.0, abs=1e-5)
+    R = S.random_directions(torch.randn(50, lm.d_model), 3, seed=0)
+    assert R.shape == (3, lm.d_model) and torch.allclose(R.norm(dim=1), torch.ones(3))

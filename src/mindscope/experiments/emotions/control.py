@@ -13,6 +13,17 @@ disjoint from the stories the protocol extracts from and from the tracking passa
 drawn from a fixed generator (``planted_direction``), isotropic, so no emotion vector of the
 untouched model is aligned with it beyond chance.
 
+A **reader** makes ``d`` causal (the steering half, ``steer_control.py``): a second one-neuron
+adapter at the last layer's output reads ``d`` and writes the fear words' output direction ``u``
+(the final-norm-weighted mean unembedding of ``control_steer.json``'s lexicon minus the mean
+unembedding, unit norm):
+
+    h_L <- h_L + READ_FRACTION * |h_L| * sigmoid((<h_L, d> - tau_r) / temp_r) * u
+
+``tau_r`` and ``temp_r`` put the mean projection on ``d`` of the same training texts, with the
+writer on, at logits +-2. The reader sits downstream of the extraction site, so it changes no
+activation the extraction reads; it only makes moving along ``d`` raise the fear words.
+
 The protocol then runs unchanged (``configure`` keeps the parts that need no extra forward passes)
 and ``detect`` reads the extraction from the run folder (``story_means.safetensors``): the cosine
 of the extracted target-emotion vector with ``d``; its interval combines a bootstrap over stories
@@ -39,10 +50,13 @@ from .._control import Detection, Planted, control
 log = logging.getLogger(__name__)
 
 __all__ = ["GatedWrite", "planted_direction", "plant_feature", "detect_recovery",
-           "configure_extraction", "recovery_stats", "FRACTION", "DIRECTION_SEED"]
+           "configure_extraction", "recovery_stats", "reader_direction", "FRACTION",
+           "READ_FRACTION", "DIRECTION_SEED"]
 
 FRACTION = 0.1
 """Write scale at strength 1, as a fraction of the mean token norm at the site."""
+READ_FRACTION = 0.5
+"""The reader's write scale, as a fraction of the mean token norm at the read site."""
 DIRECTION_SEED = 24
 """Seed of the planted direction ``d`` (a fixed isotropic unit vector)."""
 
@@ -104,6 +118,35 @@ def _fit_gate(lm, cfg, site: str, texts: dict) -> dict:
             "mean_norm": norm, "proj_target": pt, "proj_other": po}
 
 
+def read_site(lm) -> str:
+    """Where the reader sits: the last layer's output (the input of the final norm)."""
+    return f"resid_post.{lm.n_layers - 1}"
+
+
+def reader_direction(lm, words) -> torch.Tensor:
+    """u (d,): the output direction of ``words`` (first token of ' word' each): final-norm
+    weight x (mean unembedding row of the words - mean row of the vocabulary), unit norm."""
+    ids = sorted({lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words})
+    W = lm.model.get_output_embeddings().weight.detach().float().cpu()  # (V, d)
+    gamma = lm.module(lm.family_spec.final_norm).weight.detach().float().cpu()  # (d,)
+    u = gamma * (W[ids].mean(0) - W.mean(0))
+    return u / u.norm()
+
+
+def _fit_reader(lm, cfg, writer: GatedWrite, texts: dict) -> dict:
+    from ...steering import row_means
+
+    site = read_site(lm)
+    tgt, oth = texts["target_texts"], texts["other_texts"]
+    with lm.intervene(writer):
+        M = row_means(lm, tgt + oth, [site], "all", False, cfg.skip_first, cfg.batch_size)[site]
+    p = M @ writer.direction  # (n_texts,)
+    pt, po = float(p[:len(tgt)].mean()), float(p[len(tgt):].mean())
+    norm = float(M.norm(dim=1).mean())
+    return {"r_tau": (pt + po) / 2, "r_temp": max((pt - po) / 4, 1e-6), "r_norm": norm,
+            "r_proj_target": pt, "r_proj_other": po, "r_site": site}
+
+
 @control("emotions", detect=lambda r: detect_recovery(r), strengths=(0.5, 1.0),
          configure=lambda cfg: configure_extraction(cfg))
 def plant_feature(lm, cfg, work_dir, strength) -> Planted:
@@ -134,17 +177,24 @@ def plant_feature(lm, cfg, work_dir, strength) -> Planted:
             "fit": json.dumps({k: v for k, v in fit.items() if k != "gate"})})
     d = planted_direction(lm.d_model)
     scale = float(strength) * FRACTION * fit["mean_norm"]
+    writer = GatedWrite(site, gate=fit["gate"], tau=fit["tau"], temp=fit["temp"], direction=d,
+                        scale=scale)
+    rfit = _fit_reader(lm, cfg, writer, texts)
+    lex = shipped_json("emotions", "control_steer.json")["lexicon"]
+    reader = GatedWrite(rfit["r_site"], gate=d, tau=rfit["r_tau"], temp=rfit["r_temp"],
+                        direction=reader_direction(lm, lex), scale=READ_FRACTION * rfit["r_norm"])
     effect = {"kind": "planted feature (gated direction)", "site": site, "strength": strength,
               "target": texts["target"], "scale": scale, "fraction_of_norm": FRACTION * strength,
               "direction_seed": DIRECTION_SEED,
               "gate": {k: fit[k] for k in ("tau", "temp", "proj_target", "proj_other")},
+              "reader": {**rfit, "scale": reader.scale, "lexicon": lex},
               "trained_on": f"data/emotions/control_texts.json ({len(texts['target_texts'])} "
                             f"target + {len(texts['other_texts'])} other texts)",
               "held_out": "data/emotions/stories.json (the extraction stories)",
               "summary": f"writes d x {scale:.1f} ({FRACTION * strength:.2g} of the mean norm) "
-                         f"at {site} where the fear gate fires"}
-    return Planted.hooked(lm, effect, GatedWrite(site, gate=fit["gate"], tau=fit["tau"],
-                                                 temp=fit["temp"], direction=d, scale=scale))
+                         f"at {site} where the fear gate fires; {rfit['r_site']} reads d and "
+                         "writes the fear words"}
+    return Planted.hooked(lm, effect, writer, reader)
 
 
 # ---- detection from the run folder ---------------------------------------------------------
