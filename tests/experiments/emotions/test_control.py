@@ -122,7 +122,7 @@ def test_causal_half_steering_along_the_extracted_vector(lm, planted_setup, tmp_
     model's effect, paired); variance-matched random directions of the same norm do not."""
     from mindscope.experiments.emotions import steer_control as S
 
-    spec = {"target": "afraid", "lexicon": ["zzz"],
+    spec = {"target": "afraid", "lexicon": ["zzz"], "train_prompts": ["Once upon a", "I saw"],
             "prompts": ["The quick brown fox", "Tell me about", "numbers 0 1 2", "They walked",
                         "She opened the door", "It was a long day", "We went home and",
                         "The rain fell on"]}
@@ -154,7 +154,12 @@ def test_paired_effect_and_reader_direction(lm):
     e = S.paired_effect([1.0, 2.0, 3.0, 2.0], n_boot=500)
     assert e["value"] == pytest.approx(2.0) and 1.0 <= e["lo"] <= 2.0 <= e["hi"] <= 3.0
     assert e["detected"] and not S.paired_effect([1.0, -1.0, 0.5, -0.5])["detected"]
-    u = C.reader_direction(lm, ["zzz"])
+    ids = C.lexicon_ids(lm, ["zzz"])
+    before = [p.requires_grad for p in lm.model.parameters()]
+    u, losses = C.train_reader_direction(lm, "resid_post.3", 1.0, ["The rain fell on", "We"],
+                                         ids, steps=10)
     assert u.shape == (lm.d_model,) and float(u.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert losses[-1] < losses[0]  # the trained write raises the lexicon's log-prob
+    assert [p.requires_grad for p in lm.model.parameters()] == before  # the model as it was
     R = S.random_directions(torch.randn(50, lm.d_model), 3, seed=0)
     assert R.shape == (3, lm.d_model) and torch.allclose(R.norm(dim=1), torch.ones(3))

@@ -14,15 +14,16 @@ drawn from a fixed generator (``planted_direction``), isotropic, so no emotion v
 untouched model is aligned with it beyond chance.
 
 A **reader** makes ``d`` causal (the steering half, ``steer_control.py``): a second one-neuron
-adapter at the last layer's output reads ``d`` and writes the fear words' output direction ``u``
-(the final-norm-weighted mean unembedding of ``control_steer.json``'s lexicon minus the mean
-unembedding, unit norm):
+adapter one layer downstream (``read_site``) reads ``d`` and writes a trained direction ``u``:
 
-    h_L <- h_L + READ_FRACTION * |h_L| * sigmoid((<h_L, d> - tau_r) / temp_r) * u
+    h_r <- h_r + READ_FRACTION * |h_r| * sigmoid((<h_r, d> - tau_r) / temp_r) * u
 
 ``tau_r`` and ``temp_r`` put the mean projection on ``d`` of the same training texts, with the
-writer on, at logits +-2. The reader sits downstream of the extraction site, so it changes no
-activation the extraction reads; it only makes moving along ``d`` raise the fear words.
+writer on, at logits +-2; ``u`` (unit) is trained with the model frozen (``READ_STEPS`` Adam
+steps, ``train_reader_direction``) so that adding it raises log P(a fear word next) at the end of
+``control_steer.json``'s ``train_prompts`` (the measure's prompts are held out). The reader sits
+downstream of the extraction site, so it changes no activation the extraction reads; it only
+makes moving along ``d`` raise the fear words. Saved in ``reader-<strength>.safetensors``.
 
 The protocol then runs unchanged (``configure`` keeps the parts that need no extra forward passes)
 and ``detect`` reads the extraction from the run folder (``story_means.safetensors``): the cosine
@@ -50,13 +51,15 @@ from .._control import Detection, Planted, control
 log = logging.getLogger(__name__)
 
 __all__ = ["GatedWrite", "planted_direction", "plant_feature", "detect_recovery",
-           "configure_extraction", "recovery_stats", "reader_direction", "FRACTION",
-           "READ_FRACTION", "DIRECTION_SEED"]
+           "configure_extraction", "recovery_stats", "train_reader_direction", "lexicon_ids",
+           "read_site", "FRACTION", "READ_FRACTION", "READ_STEPS", "DIRECTION_SEED"]
 
 FRACTION = 0.1
 """Write scale at strength 1, as a fraction of the mean token norm at the site."""
-READ_FRACTION = 0.5
+READ_FRACTION = 0.25
 """The reader's write scale, as a fraction of the mean token norm at the read site."""
+READ_STEPS = 40
+"""Adam steps that train the reader's write direction."""
 DIRECTION_SEED = 24
 """Seed of the planted direction ``d`` (a fixed isotropic unit vector)."""
 
@@ -118,33 +121,67 @@ def _fit_gate(lm, cfg, site: str, texts: dict) -> dict:
             "mean_norm": norm, "proj_target": pt, "proj_other": po}
 
 
-def read_site(lm) -> str:
-    """Where the reader sits: the last layer's output (the input of the final norm)."""
-    return f"resid_post.{lm.n_layers - 1}"
+def read_site(lm, site: str) -> str:
+    """Where the reader sits: the residual stream one layer after the writer's ``site``."""
+    layer = int(site.rsplit(".", 1)[1])
+    return f"resid_post.{min(layer + 1, lm.n_layers - 1)}"
 
 
-def reader_direction(lm, words) -> torch.Tensor:
-    """u (d,): the output direction of ``words`` (first token of ' word' each): final-norm
-    weight x (mean unembedding row of the words - mean row of the vocabulary), unit norm."""
-    ids = sorted({lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words})
-    W = lm.model.get_output_embeddings().weight.detach().float().cpu()  # (V, d)
-    gamma = lm.module(lm.family_spec.final_norm).weight.detach().float().cpu()  # (d,)
-    u = gamma * (W[ids].mean(0) - W.mean(0))
-    return u / u.norm()
+def lexicon_ids(lm, words) -> list[int]:
+    """First token of ' word' for each word (sorted, unique)."""
+    return sorted({lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words})
 
 
-def _fit_reader(lm, cfg, writer: GatedWrite, texts: dict) -> dict:
+def train_reader_direction(lm, site: str, scale: float, prompts, ids, steps: int = READ_STEPS,
+                           lr: float = 0.05, seed: int = DIRECTION_SEED) -> tuple[torch.Tensor, list]:
+    """The reader's write direction (d,), unit: ``Add(site, u, scale)`` at every position
+    trained (Adam on u only, the model frozen) to raise log P(next token in ``ids``) at the end
+    of ``prompts``. Returns (u, losses)."""
+    import mindscope as ms
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(lm.d_model, generator=g) * 0.01
+    w.requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    losses = []
+    try:
+        b = lm.tokenize(list(prompts))  # left-padded: the last column is every row's last token
+        with torch.enable_grad():
+            for _ in range(steps):
+                u = w / w.norm()
+                with lm.intervene(ms.Add(site, u, scale=scale)), lm.run_context(b):
+                    logits = lm.call(b.input_ids, b.attention_mask, use_cache=False).logits
+                lp = logits[:, -1].float().log_softmax(-1)  # (n, V)
+                loss = -lp[:, ids].logsumexp(-1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    u = w.detach() / w.detach().norm()
+    return u, losses
+
+
+def _fit_reader(lm, cfg, writer: GatedWrite, texts: dict, steer: dict) -> dict:
     from ...steering import row_means
 
-    site = read_site(lm)
+    site = read_site(lm, writer.site)
     tgt, oth = texts["target_texts"], texts["other_texts"]
     with lm.intervene(writer):
         M = row_means(lm, tgt + oth, [site], "all", False, cfg.skip_first, cfg.batch_size)[site]
     p = M @ writer.direction  # (n_texts,)
     pt, po = float(p[:len(tgt)].mean()), float(p[len(tgt):].mean())
     norm = float(M.norm(dim=1).mean())
+    u, losses = train_reader_direction(lm, site, READ_FRACTION * norm, steer["train_prompts"],
+                                       lexicon_ids(lm, steer["lexicon"]))
     return {"r_tau": (pt + po) / 2, "r_temp": max((pt - po) / 4, 1e-6), "r_norm": norm,
-            "r_proj_target": pt, "r_proj_other": po, "r_site": site}
+            "r_proj_target": pt, "r_proj_other": po, "r_site": site, "r_write": u,
+            "r_loss": [losses[0], losses[-1]], "r_steps": len(losses)}
 
 
 @control("emotions", detect=lambda r: detect_recovery(r), strengths=(0.5, 1.0),
@@ -179,15 +216,33 @@ def plant_feature(lm, cfg, work_dir, strength) -> Planted:
     scale = float(strength) * FRACTION * fit["mean_norm"]
     writer = GatedWrite(site, gate=fit["gate"], tau=fit["tau"], temp=fit["temp"], direction=d,
                         scale=scale)
-    rfit = _fit_reader(lm, cfg, writer, texts)
-    lex = shipped_json("emotions", "control_steer.json")["lexicon"]
+    steer = shipped_json("emotions", "control_steer.json")
+    rpath = Path(work_dir) / f"reader-{strength:g}.safetensors"
+    rkey = hashlib.sha256(json.dumps([key, strength, READ_FRACTION, READ_STEPS, steer],
+                                     sort_keys=True).encode()).hexdigest()[:12]
+    rfit = None
+    if rpath.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(rpath), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        if meta.get("key") == rkey:
+            rfit = {**json.loads(meta["fit"]),
+                    "r_write": load_safetensors(rpath, "planted reader")["write"]}
+    if rfit is None:
+        rfit = _fit_reader(lm, cfg, writer, texts, steer)
+        atomic_save_tensors(rpath, {"write": rfit["r_write"]}, metadata={
+            "key": rkey, "fit": json.dumps({k: v for k, v in rfit.items() if k != "r_write"})})
     reader = GatedWrite(rfit["r_site"], gate=d, tau=rfit["r_tau"], temp=rfit["r_temp"],
-                        direction=reader_direction(lm, lex), scale=READ_FRACTION * rfit["r_norm"])
+                        direction=rfit["r_write"], scale=READ_FRACTION * rfit["r_norm"])
     effect = {"kind": "planted feature (gated direction)", "site": site, "strength": strength,
               "target": texts["target"], "scale": scale, "fraction_of_norm": FRACTION * strength,
               "direction_seed": DIRECTION_SEED,
               "gate": {k: fit[k] for k in ("tau", "temp", "proj_target", "proj_other")},
-              "reader": {**rfit, "scale": reader.scale, "lexicon": lex},
+              "reader": {**{k: v for k, v in rfit.items() if k != "r_write"},
+                         "scale": reader.scale, "lexicon": steer["lexicon"],
+                         "trained_on": "data/emotions/control_steer.json train_prompts",
+                         "held_out": "data/emotions/control_steer.json prompts"},
               "trained_on": f"data/emotions/control_texts.json ({len(texts['target_texts'])} "
                             f"target + {len(texts['other_texts'])} other texts)",
               "held_out": "data/emotions/stories.json (the extraction stories)",

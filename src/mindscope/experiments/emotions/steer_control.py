@@ -39,14 +39,10 @@ import mindscope as ms
 from ...runs import save_figure, wilson, write_json, write_text
 from .._common import shipped_json
 from .._control import run_control
-from .control import configure_extraction, plant_feature
+from .control import configure_extraction, lexicon_ids, plant_feature
 
 log = logging.getLogger(__name__)
 __all__ = ["fear_logprob", "paired_effect", "random_directions", "steer_check", "causal_control"]
-
-
-def _lexicon_ids(lm, words) -> list[int]:
-    return sorted({lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words})
 
 
 def fear_logprob(lm, prompts, ids, site: Optional[str] = None, vector=None, scale: float = 0.0,
@@ -90,7 +86,7 @@ def steer_check(lm, vector: torch.Tensor, site: str, scale: float, prompts, word
                 batch_size: int = 16) -> dict:
     """Steering ``lm`` along ``vector`` (unit) x ``scale`` and along each of ``randoms`` (k, d)
     x ``scale``: the paired log-prob effects and the greedy continuations' fear-word share."""
-    ids = _lexicon_ids(lm, words)
+    ids = lexicon_ids(lm, words)
     base = fear_logprob(lm, prompts, ids, batch_size=batch_size)
     steered = fear_logprob(lm, prompts, ids, site, vector, scale, batch_size)
     rand = np.stack([fear_logprob(lm, prompts, ids, site, r, scale, batch_size)
@@ -118,8 +114,9 @@ def steer_check(lm, vector: torch.Tensor, site: str, scale: float, prompts, word
 
 def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: float = 1.0,
                    n_random: int = 20, max_new_tokens: int = 12) -> dict:
-    """Both halves: the extraction control at ``strength`` (reused from ``out_dir`` when it is
-    there), then ``steer_check`` with the untouched and the planted model's extracted vectors.
+    """Both halves: the extraction control's runs at ``strength`` and ``seeds[0]`` (reused from
+    ``out_dir`` when they are there with its ``control.json``; else run, which rewrites that
+    control.json with just those runs), then ``steer_check`` with the untouched and the planted model's extracted vectors.
     Writes ``steering.json``, ``steering.md`` and ``steering.png`` in ``out_dir``."""
     from ...steering import residual_norms
     from .data import load_table
@@ -127,23 +124,26 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
 
     out = Path(out_dir)
     cfg = configure_extraction(cfg)
-    ext = run_control("emotions", lm, cfg, out, strengths=[strength], seeds=[seeds[0]])
     spec = shipped_json("emotions", "control_steer.json")
     target, key = spec["target"], f"{float(strength):g}"
+    runs = {"untouched": out / "untouched" / f"seed{seeds[0]}",
+            "planted": out / f"planted-{key}" / f"seed{seeds[0]}"}
+    if not all((p / "emotion_vectors.safetensors").exists() for p in runs.values()) or \
+            not (out / "control.json").exists():  # else reuse the extraction control's runs
+        run_control("emotions", lm, cfg, out, strengths=[strength], seeds=[seeds[0]])
+    ext = json.loads((out / "control.json").read_text(encoding="utf-8"))
     from . import default_site
 
     site = cfg.site or default_site(lm)
     norm = residual_norms(lm, site)[site]
     scale = cfg.strength * norm
     neutral = neutral_acts(lm, load_table()["neutral"], site, cfg.skip_first, cfg.batch_size)
-    vecs = {m: ms.VectorSet.load(out / f / f"seed{seeds[0]}" / "emotion_vectors.safetensors")
-            [target].data.float() for m, f in (("untouched", "untouched"),
-                                                ("planted", f"planted-{key}"))}
+    vecs = {m: ms.VectorSet.load(p / "emotion_vectors.safetensors")[target].data.float()
+            for m, p in runs.items()}
     res = {"site": site, "strength": strength, "steer_fraction": cfg.strength,
            "residual_norm": norm, "scale": scale, "target": target, "seeds": list(seeds),
-           "extraction": {"passed": ext.passed,
-                          "planted": ext.results["planted"][key][0],
-                          "untouched": ext.results["untouched"][0]},
+           "extraction": {"passed": ext["passed"], "planted": ext["planted"][key][0],
+                          "untouched": ext["untouched"][0]},
            "cos_vectors_d": {}, "untouched": [], "planted": []}
     from .control import planted_direction
 
