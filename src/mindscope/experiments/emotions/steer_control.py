@@ -85,7 +85,8 @@ def steer_check(lm, vector: torch.Tensor, site: str, scale: float, prompts, word
                 randoms: torch.Tensor, max_new_tokens: int = 12, seed: int = 0,
                 batch_size: int = 16) -> dict:
     """Steering ``lm`` along ``vector`` (unit) x ``scale`` and along each of ``randoms`` (k, d)
-    x ``scale``: the paired log-prob effects and the greedy continuations' fear-word share."""
+    x ``scale``: the paired log-prob effects and (``max_new_tokens`` > 0) the greedy
+    continuations' fear-word share unsteered, steered and along ``randoms[0]``."""
     ids = lexicon_ids(lm, words)
     base = fear_logprob(lm, prompts, ids, batch_size=batch_size)
     steered = fear_logprob(lm, prompts, ids, site, vector, scale, batch_size)
@@ -93,7 +94,8 @@ def steer_check(lm, vector: torch.Tensor, site: str, scale: float, prompts, word
                      for r in randoms])  # (k, n)
     per_dir = [paired_effect(r - base, seed=seed + i) for i, r in enumerate(rand)]
     gen = {}
-    for name, v in (("unsteered", None), ("steered", vector), ("random", randoms[0])):
+    for name, v in (("unsteered", None), ("steered", vector), ("random", randoms[0])) \
+            if max_new_tokens > 0 else ():
         ivs = [ms.Add(site, v.float(), scale=float(scale))] if v is not None else []
         with lm.intervene(*ivs):
             outs = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=0.0,
@@ -153,7 +155,7 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
         R = random_directions(neutral, n_random, seed=1000 + s)
         res["untouched"].append({"seed": s, **steer_check(
             lm, vecs["untouched"], site, scale, spec["prompts"], spec["lexicon"], R,
-            max_new_tokens, s, cfg.batch_size)})
+            max_new_tokens if s == seeds[0] else 0, s, cfg.batch_size)})
     p = plant_feature(lm, cfg, out / f"planted-{key}" / "model", strength)
     try:
         res["effect"] = p.effect
@@ -161,7 +163,7 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
             R = random_directions(neutral, n_random, seed=1000 + s)
             res["planted"].append({"seed": s, **steer_check(
                 p.lm, vecs["planted"], site, scale, spec["prompts"], spec["lexicon"], R,
-                max_new_tokens, s, cfg.batch_size)})
+                max_new_tokens if s == seeds[0] else 0, s, cfg.batch_size)})
     finally:
         if p.close is not None:
             p.close()
