@@ -159,7 +159,7 @@ def train_reader_direction(lm, site: str, scale: float, prompts, ids, steps: int
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
     finally:
         for p in params:
             p.requires_grad_(True)
