@@ -163,3 +163,28 @@ def test_paired_effect_and_reader_direction(lm):
     assert [p.requires_grad for p in lm.model.parameters()] == before  # the model as it was
     R = S.random_directions(torch.randn(50, lm.d_model), 3, seed=0)
     assert R.shape == (3, lm.d_model) and torch.allclose(R.norm(dim=1), torch.ones(3))
+
+
+def test_reader_leaves_the_extraction_site_unchanged(lm, tmp_path, monkeypatch):
+    """The extraction half plants without the reader: the activations it reads (the extraction
+    site) are the same with the reader on, and only downstream sites differ."""
+    from mindscope.steering import row_means
+
+    steer = {"target": "afraid", "lexicon": ["zzz"], "train_prompts": ["Once upon a", "I saw"],
+             "prompts": ["x"]}
+    real = C.shipped_json
+    monkeypatch.setattr(C, "shipped_json", lambda f, n: steer if n == "control_steer.json"
+                        else TEXTS if n == "control_texts.json" else real(f, n))
+    monkeypatch.setattr(C, "READ_FRACTION", 8.0)
+    cfg = C.configure_extraction(_cfg())
+    texts = ["zzz zzz zzz the cat", "The rain fell on the town."]
+    got = {}
+    for rd in (False, True):
+        p = C.plant_feature(lm, cfg, tmp_path / "m", 64.0, reader=rd)
+        try:
+            got[rd] = row_means(lm, texts, ["resid_post.2", "resid_post.3"], "all", False, 1, 4)
+            assert ("reader" in p.effect) == rd
+        finally:
+            p.close()
+    assert torch.equal(got[False]["resid_post.2"], got[True]["resid_post.2"])
+    assert not torch.allclose(got[False]["resid_post.3"], got[True]["resid_post.3"])

@@ -13,8 +13,8 @@ disjoint from the stories the protocol extracts from and from the tracking passa
 drawn from a fixed generator (``planted_direction``), isotropic, so no emotion vector of the
 untouched model is aligned with it beyond chance.
 
-A **reader** makes ``d`` causal (the steering half, ``steer_control.py``): a second one-neuron
-adapter one layer downstream (``read_site``) reads ``d`` and writes a trained direction ``u``:
+A **reader** (``reader=True``; the causal half, ``steer_control.py``, plants it) makes ``d``
+causal: a second one-neuron adapter one layer downstream (``read_site``) reads ``d`` and writes a trained direction ``u``:
 
     h_r <- h_r + READ_FRACTION * |h_r| * sigmoid((<h_r, d> - tau_r) / temp_r) * u
 
@@ -186,10 +186,13 @@ def _fit_reader(lm, cfg, writer: GatedWrite, texts: dict, steer: dict) -> dict:
 
 @control("emotions", detect=lambda r: detect_recovery(r), strengths=(0.5, 1.0),
          configure=lambda cfg: configure_extraction(cfg))
-def plant_feature(lm, cfg, work_dir, strength) -> Planted:
+def plant_feature(lm, cfg, work_dir, strength, reader: bool = False) -> Planted:
     """A feature that writes a fixed random direction on the target emotion's tokens (a
     one-neuron adapter gated by the model's own fear direction, fitted on texts disjoint from the
-    extraction stories); reused from ``work_dir/feature.safetensors`` when its settings match."""
+    extraction stories); reused from ``work_dir/feature.safetensors`` when its settings match.
+    ``reader=True`` (the causal half, ``steer_control``) also plants the reader that makes d
+    raise the fear words; it sits downstream of the extraction site, so the extraction half
+    (which plants without it, to stay cheap) reads the same activations either way."""
     texts = shipped_json("emotions", "control_texts.json")
     site = _site(lm, cfg)
     st = {"model": lm.name, "site": site, "skip_first": cfg.skip_first,
@@ -216,6 +219,17 @@ def plant_feature(lm, cfg, work_dir, strength) -> Planted:
     scale = float(strength) * FRACTION * fit["mean_norm"]
     writer = GatedWrite(site, gate=fit["gate"], tau=fit["tau"], temp=fit["temp"], direction=d,
                         scale=scale)
+    effect = {"kind": "planted feature (gated direction)", "site": site, "strength": strength,
+              "target": texts["target"], "scale": scale, "fraction_of_norm": FRACTION * strength,
+              "direction_seed": DIRECTION_SEED,
+              "gate": {k: fit[k] for k in ("tau", "temp", "proj_target", "proj_other")},
+              "trained_on": f"data/emotions/control_texts.json ({len(texts['target_texts'])} "
+                            f"target + {len(texts['other_texts'])} other texts)",
+              "held_out": "data/emotions/stories.json (the extraction stories)",
+              "summary": f"writes d x {scale:.1f} ({FRACTION * strength:.2g} of the mean norm) "
+                         f"at {site} where the fear gate fires"}
+    if not reader:
+        return Planted.hooked(lm, effect, writer)
     steer = shipped_json("emotions", "control_steer.json")
     rpath = Path(work_dir) / f"reader-{strength:g}.safetensors"
     rkey = hashlib.sha256(json.dumps([key, strength, READ_FRACTION, READ_STEPS, steer],
@@ -233,23 +247,14 @@ def plant_feature(lm, cfg, work_dir, strength) -> Planted:
         rfit = _fit_reader(lm, cfg, writer, texts, steer)
         atomic_save_tensors(rpath, {"write": rfit["r_write"]}, metadata={
             "key": rkey, "fit": json.dumps({k: v for k, v in rfit.items() if k != "r_write"})})
-    reader = GatedWrite(rfit["r_site"], gate=d, tau=rfit["r_tau"], temp=rfit["r_temp"],
-                        direction=rfit["r_write"], scale=READ_FRACTION * rfit["r_norm"])
-    effect = {"kind": "planted feature (gated direction)", "site": site, "strength": strength,
-              "target": texts["target"], "scale": scale, "fraction_of_norm": FRACTION * strength,
-              "direction_seed": DIRECTION_SEED,
-              "gate": {k: fit[k] for k in ("tau", "temp", "proj_target", "proj_other")},
-              "reader": {**{k: v for k, v in rfit.items() if k != "r_write"},
-                         "scale": reader.scale, "lexicon": steer["lexicon"],
-                         "trained_on": "data/emotions/control_steer.json train_prompts",
-                         "held_out": "data/emotions/control_steer.json prompts"},
-              "trained_on": f"data/emotions/control_texts.json ({len(texts['target_texts'])} "
-                            f"target + {len(texts['other_texts'])} other texts)",
-              "held_out": "data/emotions/stories.json (the extraction stories)",
-              "summary": f"writes d x {scale:.1f} ({FRACTION * strength:.2g} of the mean norm) "
-                         f"at {site} where the fear gate fires; {rfit['r_site']} reads d and "
-                         "writes the fear words"}
-    return Planted.hooked(lm, effect, writer, reader)
+    rd = GatedWrite(rfit["r_site"], gate=d, tau=rfit["r_tau"], temp=rfit["r_temp"],
+                    direction=rfit["r_write"], scale=READ_FRACTION * rfit["r_norm"])
+    effect["reader"] = {**{k: v for k, v in rfit.items() if k != "r_write"},
+                        "scale": rd.scale, "lexicon": steer["lexicon"],
+                        "trained_on": "data/emotions/control_steer.json train_prompts",
+                        "held_out": "data/emotions/control_steer.json prompts"}
+    effect["summary"] += f"; {rfit['r_site']} reads d and writes the fear words"
+    return Planted.hooked(lm, effect, writer, rd)
 
 
 # ---- detection from the run folder ---------------------------------------------------------

@@ -156,7 +156,7 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
         res["untouched"].append({"seed": s, **steer_check(
             lm, vecs["untouched"], site, scale, spec["prompts"], spec["lexicon"], R,
             max_new_tokens if s == seeds[0] else 0, s, cfg.batch_size)})
-    p = plant_feature(lm, cfg, out / f"planted-{key}" / "model", strength)
+    p = plant_feature(lm, cfg, out / f"planted-{key}" / "model", strength, reader=True)
     try:
         res["effect"] = p.effect
         for s in seeds:
