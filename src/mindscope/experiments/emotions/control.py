@@ -19,7 +19,8 @@ causal: a second one-neuron adapter one layer downstream (``read_site``) reads `
     h_r <- h_r + READ_FRACTION * |h_r| * sigmoid((<h_r, d> - tau_r) / temp_r) * u
 
 ``tau_r`` and ``temp_r`` put the mean projection on ``d`` of the same training texts, with the
-writer on, at logits +-2; ``u`` (unit) is trained with the model frozen (``READ_STEPS`` Adam
+writer on, at logits 0 (fear texts) and -4 (others): the reader is half on where d is as strong
+as on the fear texts, so the writer's partial firing on ordinary text leaves it mostly off; ``u`` (unit) is trained with the model frozen (``READ_STEPS`` Adam
 steps, ``train_reader_direction``) so that adding it raises log P(a fear word next) at the end of
 ``control_steer.json``'s ``train_prompts`` (the measure's prompts are held out). The reader sits
 downstream of the extraction site, so it changes no activation the extraction reads; it only
@@ -56,7 +57,7 @@ __all__ = ["GatedWrite", "planted_direction", "plant_feature", "detect_recovery"
 
 FRACTION = 0.1
 """Write scale at strength 1, as a fraction of the mean token norm at the site."""
-READ_FRACTION = 0.25
+READ_FRACTION = 0.5
 """The reader's write scale, as a fraction of the mean token norm at the read site."""
 READ_STEPS = 40
 """Adam steps that train the reader's write direction."""
@@ -179,7 +180,7 @@ def _fit_reader(lm, cfg, writer: GatedWrite, texts: dict, steer: dict) -> dict:
     norm = float(M.norm(dim=1).mean())
     u, losses = train_reader_direction(lm, site, READ_FRACTION * norm, steer["train_prompts"],
                                        lexicon_ids(lm, steer["lexicon"]))
-    return {"r_tau": (pt + po) / 2, "r_temp": max((pt - po) / 4, 1e-6), "r_norm": norm,
+    return {"r_tau": pt, "r_temp": max((pt - po) / 4, 1e-6), "r_norm": norm,
             "r_proj_target": pt, "r_proj_other": po, "r_site": site, "r_write": u,
             "r_loss": [losses[0], losses[-1]], "r_steps": len(losses)}
 
