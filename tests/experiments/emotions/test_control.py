@@ -141,9 +141,10 @@ def test_causal_half_steering_along_the_extracted_vector(lm, planted_setup, tmp_
     # random directions of the same norm do not raise the lexicon (measured: they lower it)
     assert not (p["random_pooled"]["detected"] and p["random_pooled"]["value"] > 0)
     assert p["minus_random"]["detected"] and p["minus_random"]["value"] > 0
-    assert p["minus_untouched"]["detected"] and res["passed"], res
+    assert p["minus_untouched"]["detected"] and res["passed"] and res["passed_strict"], res
     assert (tmp_path / "c" / "steering.md").exists() and (tmp_path / "c" / "steering.png").exists()
     assert "PASSED" in (tmp_path / "c" / "steering.md").read_text()
+    assert S.verdicts(res) == (True, True)
     # the reader reads d downstream of the extraction site and writes the lexicon's direction
     assert u["n_prompts"] == 8 and res["effect"]["reader"]["r_site"] == "resid_post.3"
 

@@ -171,13 +171,25 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
     for r, u in zip(pl, un):  # the same prompts: planted effect minus the untouched one, paired
         r["minus_untouched"] = paired_effect(np.subtract(r["per_prompt"], u["per_prompt"]),
                                              seed=r["seed"])
-    up = lambda e: e["detected"] and e["value"] > 0  # noqa: E731 - the interval lies above 0
-    res["passed"] = (all(up(r["vector"]) and up(r["minus_random"]) and up(r["minus_untouched"])
-                         and not up(r["random_pooled"]) for r in pl))
+    res["passed"], res["passed_strict"] = verdicts(res)
     write_json(out / "steering.json", res)
     write_text(out / "steering.md", markdown(res))
     _plot(res, out / "steering.png")
     return res
+
+
+def verdicts(r: dict) -> tuple[bool, bool]:
+    """(passed, passed_strict). passed - the control convention (as ``run_control``): in every
+    seed the planted model's vector raises the fear words (interval above 0) and beats the
+    random directions (paired), the random directions do not raise them, and the untouched
+    model's own vector is not detected. strict - also planted minus untouched above 0 (paired)."""
+    def up(e):
+        return e["detected"] and e["value"] > 0
+
+    pl, un = r["planted"], r["untouched"]
+    ok = (all(up(x["vector"]) and up(x["minus_random"]) and not up(x["random_pooled"])
+              for x in pl) and not any(up(x["vector"]) for x in un))
+    return ok, ok and all(up(x["minus_untouched"]) for x in pl)
 
 
 def _ci(e: dict) -> str:
@@ -213,11 +225,12 @@ def markdown(r: dict) -> str:
     lines.append(f"Planted, single random directions: largest effect {mx:+.2f}; share whose own "
                  "interval excludes 0: " + ", ".join(f"s{x['seed']} {x['random_detected_share']:.2f}"
                                                       for x in r["planted"]) + ".")
-    lines.append(f"Causal half {'PASSED' if r['passed'] else 'FAILED'}: steering along the planted "
-                 "model's extracted vector raises the fear words (interval above 0 in every seed), "
-                 "random directions of the same norm do not (pooled), and the effect exceeds both "
-                 "theirs and the untouched model's (paired intervals above 0)." if r["passed"] else
-                 "Causal half FAILED (see the rows above).")
+    lines.append(f"Causal half {'PASSED' if r['passed'] else 'FAILED'} by the control convention "
+                 "(in every seed: the planted model's extracted vector raises the fear words, "
+                 "interval above 0, and beats the random directions, paired; random directions "
+                 "of the same norm do not raise them; the untouched model's own vector is not "
+                 "detected). Strict test (planted minus untouched, paired, above 0 in every seed): "
+                 + ("passed." if r["passed_strict"] else "NOT passed."))
     return "\n".join(lines) + "\n"
 
 
