@@ -358,7 +358,8 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
             r_f = reach[src.features[:, 0], src.features[:, 1]].double()  # (n_f,)
             r_done = float(r_f[visited].sum())
             r_all = r_done + (n_rows - done) * float(r_f[~visited].mean())
-            per_row = (e_logit + (kept.n - e_logit) * r_all / max(r_done, 1.0)) / (n_rows + n_logit)
+            e_all = e_logit + (kept.n - e_logit) * r_all / max(r_done, 1.0)
+            per_row = e_all / (n_rows + n_logit)
             e = estimate(n_feat=n_f, edges_per_row=per_row)
             est_rows = est_rows or e                                  # the first, reported
             _budget(e, T, cfg, f", {n_f} active features and {per_row:.0f} kept edges per row")

@@ -27,14 +27,14 @@ class TensorPeak(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.live = self.peak = 0
-        self._refs: dict = {}   # storage pointer -> [bytes, live tensors viewing it]
+        self._refs: dict = {}   # storage pointer -> [bytes, ids of the live tensors viewing it]
 
-    def _drop(self, key: int) -> None:
+    def _drop(self, key: int, tid: int) -> None:
         ent = self._refs.get(key)
-        if ent is None:
+        if ent is None or tid not in ent[1]:
             return
-        ent[1] -= 1
-        if ent[1] == 0:
+        ent[1].discard(tid)
+        if not ent[1]:
             self.live -= ent[0]
             del self._refs[key]
 
@@ -53,11 +53,12 @@ class TensorPeak(TorchDispatchMode):
             if ent is None:
                 if key in ins:  # a view or in-place result of a tensor made outside: not ours
                     continue
-                ent = self._refs[key] = [st.nbytes(), 0]
+                ent = self._refs[key] = [st.nbytes(), set()]
                 self.live += ent[0]
                 self.peak = max(self.peak, self.live)
-            ent[1] += 1
-            weakref.finalize(t, self._drop, key)
+            if id(t) not in ent[1]:  # an in-place op returns its input: count it once
+                ent[1].add(id(t))
+                weakref.finalize(t, self._drop, key, id(t))
         return out
 
 
@@ -65,6 +66,9 @@ class TensorPeak(TorchDispatchMode):
 # edges at keep_mass 0.9999 (SmolLM2: 170-400, docs/circuits.md); dense random rows keep more,
 # and ``attribute`` re-estimates with the measured rate after its first batches
 EDGES_PER_ROW_GUESS = 512
+# under a feature budget, the share of kept edges whose source ends up a node (SmolLM2 with
+# 128-1024 rows of 10k-220k active features: 0.06-0.25; docs/circuits.md)
+BUDGETED_NODE_SHARE = 0.25
 
 
 def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
@@ -83,9 +87,11 @@ def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
       (B x reachable sources, at most all of them), the column maps, and then either ~5 B T d
       of cotangents and attention temporaries or the per-row sort of 4 rows (~21 bytes an
       entry);
-    - influence (when there are more active features than rows): the kept edges joined and
-      normalised, another ~12 bytes an edge;
-    - assembly: the edges renumbered into node ids (int64), ~25 bytes an edge more.
+    - influence (when there are more active features than rows): the kept edges of all
+      rounds but the last joined and normalised, 24 bytes an edge;
+    - assembly: the edges renumbered into node ids (int64): 13 bytes per kept edge and 24 per
+      edge whose source is a node (all of them when every feature is a row, else
+      ``BUDGETED_NODE_SHARE``).
 
     ``n_feat`` (active features) is known after the forward; before it, L T min(n, 64) (or
     k for TopK) is assumed. ``edges_per_row`` (kept edges per row) is known after the first
@@ -106,9 +112,15 @@ def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
     E = rows * min(per_row, max_row_edges, n_src)                   # kept edges
     B = batch_size
     capture = 4 * (2 * L * H * T * T + 3 * H * T * T + 11 * L * T * d + 5 * T * d_ff + 2 * V)
-    stays = (4 * (L * H * T * T + 8 * L * T * d + V + (L * d * d if c.skip else 0))
-             + 28 * n_feat + 12 * E)
-    sweep = stays + 4 * B * n_src + 16 * n_src + max(20 * B * T * d, 21 * 4 * n_src)
-    infl = stays + 12 * E + 16 * n_feat if n_feat > max_feature_nodes else 0
-    assemble = stays + 25 * E
+    base = (4 * (L * H * T * T + 8 * L * T * d + V + (L * d * d if c.skip else 0))
+            + 28 * n_feat)
+    sweep = base + 12 * E + 4 * B * n_src + 16 * n_src + max(20 * B * T * d, 21 * 4 * n_src)
+    budgeted = n_feat > max_feature_nodes
+    # the last influence round sees the edges of all rows but its own 4 B: joined and
+    # normalised, 24 bytes an edge
+    last = max(0, rows - 4 * B) / rows
+    infl = base + 24 * E * last + 16 * n_feat if budgeted else 0
+    # renumbering: 13 bytes an edge kept, 24 an edge to a node (a source that became a row;
+    # every one when all features are rows, ~a quarter under a budget on SmolLM2)
+    assemble = base + 13 * E + 24 * E * (BUDGETED_NODE_SHARE if budgeted else 1.0)
     return int(max(capture, sweep, infl, assemble))

@@ -104,7 +104,8 @@ class TranscoderConfig:
 def count_nonfinite(t: torch.Tensor) -> int:
     """NaN/Inf entries of ``t``, counted 2^20 at a time: no mask or ``abs`` copy as large as
     the weights (``isfinite`` of a whole tensor makes both)."""
-    return sum(int((~torch.isfinite(part)).sum()) for part in t.detach().reshape(-1).split(2 ** 20))
+    parts = t.detach().reshape(-1).split(2 ** 20)
+    return sum(int((~torch.isfinite(part)).sum()) for part in parts)
 
 
 class Transcoders(nn.Module):
