@@ -62,10 +62,11 @@ class TensorPeak(TorchDispatchMode):
         return out
 
 
-# kept edges per row assumed before any row is computed: real models' rows keep a few hundred
-# edges at keep_mass 0.9999 (SmolLM2: 170-400, docs/circuits.md); dense random rows keep more,
-# and ``attribute`` re-estimates with the measured rate after its first batches
-EDGES_PER_ROW_GUESS = 512
+# kept edges per row assumed before any row is computed (at most max_row_edges and the
+# sources): SmolLM2's rows keep 1,700-3,200 at keep_mass 0.9999 before the edges from
+# sources that never become rows are dropped (docs/circuits.md); ``attribute`` re-estimates
+# with the measured rate after its first round of rows
+EDGES_PER_ROW_GUESS = 2048
 # under a feature budget, the share of kept edges whose source ends up a node (SmolLM2 with
 # 128-1024 rows of 10k-220k active features: 0.06-0.25; docs/circuits.md)
 BUDGETED_NODE_SHARE = 0.25
