@@ -49,7 +49,9 @@ class GraphConfig:
     max_row_edges: int = 4096
     """Per row, keep at most this many edges."""
     max_memory_gb: float = 6.0
-    """Refuse prompts whose estimated memory exceeds this (the estimate is in the error)."""
+    """Refuse prompts whose estimated memory (``memory_estimate``: the graph's tensors beyond
+    the model's and transcoders' weights) exceeds this many GiB; the estimate is in the error.
+    Checked before the forward, after it, and after every round of rows."""
 
     def __post_init__(self):
         for f in ("max_n_logits", "batch_size", "max_feature_nodes", "max_row_edges"):
