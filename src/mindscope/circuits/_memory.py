@@ -96,9 +96,10 @@ def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
 
     ``n_feat`` (active features) is known after the forward; before it, L T min(n, 64) (or
     k for TopK) is assumed. ``edges_per_row`` (kept edges per row) is known after the first
-    batches; before it, ``EDGES_PER_ROW_GUESS`` (at most the reachable sources). Within ~20%
-    of a counted peak (``TensorPeak``) and of the process's peak RSS growth with the weights
-    already resident (docs/circuits.md; tests/circuits/test_memory.py)."""
+    batches; before it, ``EDGES_PER_ROW_GUESS`` (at most the reachable sources). Given the
+    kept edges, 0.86-1.14x of the counted peak (``TensorPeak``) on SmolLM2 for T = 8..128; the
+    process's RSS can grow up to ~1.9x the counted peak when glibc fragments its heap
+    (docs/circuits.md; tests/circuits/test_memory.py)."""
     L, d = lm.n_layers, lm.d_model
     cfg = lm.block(0).self_attn.config
     H = cfg.num_attention_heads
