@@ -311,6 +311,7 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     t0 = time.perf_counter()
     ids = prepare_ids(lm, prompt)
     T = ids.shape[0]
+
     def estimate(**kw):
         return memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes,
                                cfg.max_row_edges, **kw)
