@@ -367,3 +367,19 @@ def monitor_summary(out_dir, strength: str = "1") -> dict:
     return {"strength": strength, "per_seed": {
         str(seed): {k: (wilson(*v) if isinstance(v, tuple) else v) for k, v in d.items()}
         for seed, d in sorted(per.items())}}
+
+
+def monitor_table(out_dir) -> str:
+    """Markdown rows of ``monitor_summary`` at every planted strength of a persona control."""
+    def f(w):
+        return f"{w['k']}/{w['n']} = {w['rate']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]"
+
+    rows = ["| strength | seed | calibration answers flagged | FPR: untouched held-out turns | "
+            "TPR: triggered turns | FPR: planted decoy + plain turns |", "|---|---|---|---|---|---|"]
+    strengths = sorted({p.name[8:] for p in Path(out_dir).glob("planted-*")}, key=float)
+    for st in strengths:
+        for seed, d in monitor_summary(out_dir, st)["per_seed"].items():
+            cells = [f(d[k]) if k in d else "–" for k in ("flagged_calibration", "fpr_untouched",
+                                                           "tpr_triggered", "fpr_planted_untriggered")]
+            rows.append(f"| x{st} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
