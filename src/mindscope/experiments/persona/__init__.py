@@ -17,6 +17,11 @@ Steps of ``run(lm, cfg, out_dir)``:
 Capping: a floor at tau_L = 25th percentile of default-assistant token projections, at every
 layer of ``cap_layers`` (upper-middle layers, 18-24 of 30).
 
+Drift monitor (``monitor.py``): a turn is flagged when its projection falls below a threshold
+calibrated on the default assistant's answers to held-out calibration questions (the
+``monitor_quantile``, 5%). ``axis_from`` reuses a saved axis, floors and threshold instead of
+rebuilding them from this model (a monitor calibrated once on a reference model).
+
 >>> # import mindscope as ms; from mindscope.experiments import persona
 >>> # res = persona.run(ms.load(), persona.Config.quick(), "runs/persona"); res.report()
 """
