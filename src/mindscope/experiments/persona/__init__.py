@@ -189,6 +189,12 @@ class Result(ResultDisplay):
                 for n, ys in sets.items():
                     rows.append({"metric": f"drift {n} ({m}): projection turn 1 -> last",
                                  "value": f"{ys[0]:.2f} -> {ys[-1]:.2f}"})
+            mon = dr.get("monitor")
+            if mon:
+                for n, w in mon["flagged"].items():
+                    rows.append({"metric": f"drift monitor flags {n} turns (threshold "
+                                           f"{mon['threshold']:.2f}, {mon['quantile']:g} quantile)",
+                                 "value": w})
         jb = r.get("jailbreaks")
         if jb:
             rows.append({"metric": "jailbreak harmful rate, default", "value": jb["default"]["harmful"]})
