@@ -263,3 +263,23 @@ def test_monitor_summary_counts_tpr_and_fpr_per_seed(tmp_path):
     assert C.monitor_summary(tmp_path, "0.5")["per_seed"]["0"]["tpr_triggered"]["k"] == 1
     table = C.monitor_table(tmp_path)
     assert "| x0.5 | 0 | 2/40" in table and "| x1 | 0 | 2/40 = 0.05" in table and "2/3 = 0.67" in table
+
+
+def test_crossfit_calibrates_each_fold_on_the_other_folds_plain_answers(tmp_path):
+    def put(name, r):
+        d = tmp_path / name / "seed0"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(r))
+
+    # untouched plain answers: fold 0 (even i) = 0, 4; fold 1 (odd i) = 10, 20
+    put("untouched", _results([5, 15, 1, 30], [6, 12, 3, 25], plain=[0, 10, 4, 20]))
+    put("planted-1", _results([-1, 9, 2, 11], [5, 30, 5, 30], plain=[5, 30, 5, 30]))
+    s = C.crossfit_summary(tmp_path, "1", quantile=0.5, folds=2)["per_seed"]["0"]
+    # fold 0 threshold = median(10, 20) = 15: untouched fold-0 turns 5, 1, 6, 3, 0, 4 all below;
+    # fold 1 threshold = median(0, 4) = 2: untouched fold-1 turns 15, 30, 12, 25, 10, 20 none
+    assert (s["fpr_untouched"]["k"], s["fpr_untouched"]["n"]) == (6, 12)
+    # planted triggered: fold 0 (-1, 2) < 15 both; fold 1 (9, 11) < 2 neither
+    assert (s["tpr_triggered"]["k"], s["tpr_triggered"]["n"]) == (2, 4)
+    # planted decoy + plain: fold 0 (5, 5, 5, 5) < 15 all; fold 1 (30, 30, 30, 30) none
+    assert (s["fpr_planted_untriggered"]["k"], s["fpr_planted_untriggered"]["n"]) == (4, 8)
+    assert "| x1 | 0 | – | 6/12 = 0.50" in C.monitor_table(tmp_path, crossfit=True)
