@@ -163,7 +163,8 @@ class Result(ResultDisplay):
     config: Config
     out_dir: Path
     axis: object = None
-    """The Assistant axis at every layer (``ms.VectorSet``, rows named resid_post.L, raw units)."""
+    """The Assistant axis the run used, at every layer (``ms.VectorSet``, rows named resid_post.L,
+    raw units): built from this model, or the fixed one from ``axis_from``."""
     role_vectors: object = None
     """Role vectors at the analysis layer (``ms.VectorSet``)."""
     results: dict = field(default_factory=dict)
