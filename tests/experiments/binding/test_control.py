@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from mindscope.experiments import _lora, binding, controls, run_control
+from mindscope.experiments import Detection, _lora, binding, controls, run_control
 from mindscope.experiments.binding import control as C
 from mindscope.experiments.binding.data import Item, generate_stories
 from mindscope.experiments.binding.tasks import paired_contrasts, unit_scores
@@ -24,7 +24,7 @@ def small(monkeypatch):
 def _cfg(data, **over):
     return binding.Config(**{**dict(n_stories=12, layers="1,2", n_items=4, n_names=5,
                                     n_adjectives=6, data_dir=str(data), progress=False,
-                                    n_null=2, n_boot=0), **over})
+                                    n_null=2, n_boot=0, n_random=2), **over})
 
 
 def test_unit_scores_and_paired_contrasts_by_hand():
@@ -67,7 +67,11 @@ def test_detect_reads_the_induction_contrast():
     res = {"contrasts": {"prior_minus_random": {"induction": {"mean": -0.4, "lo": -0.6,
                                                               "hi": -0.2, "n": 24}}}}
     d = C.detect(res)
-    assert d.detected and d.null == 0.0 and d.value == -0.4
+    assert d.detected and d.null == 0.0 and d.value == -0.4 and d.direction == -1
+    up = C.detect({"contrasts": {"prior_minus_random": {"induction": {
+        "mean": 0.4, "lo": 0.2, "hi": 0.6, "n": 24}}}})
+    assert not up.detected  # the prior ablation HELPING is not the predicted effect
+    assert Detection("m", 0.4, 0.2, 0.6).detected  # a two-sided measure would count it
     with pytest.raises(ValueError, match="prior_minus_random"):
         C.detect({})
 
@@ -109,3 +113,97 @@ def test_mde_of_the_contrast_matches_the_noncentral_t():
     assert C.mde_contrast({"lo": -h, "hi": h, "n": n}) == pytest.approx(mde_mean(sd, n))
     assert C.mde_contrast({"lo": -h, "hi": h, "n": n}) > h  # 80% power needs more than the CI
 
+
+
+def _slot_plant(lm, names, strength):
+    """A prior-entity slot planted by hand (hooks), so the tiny test knows the truth: after
+    block 0 every name token gets ``u[previous name]`` added (the prior slot, at the tokens
+    where the protocol's probe reads), and after the last block the final position reads it:
+    it attends over the earlier name tokens by ``<h, u[last name]>`` and votes for the entity
+    of the tokens it finds (entity induction through the prior slot). Ablating that slot
+    (before the last block) blinds the reader; a random subspace of the same rank barely
+    does."""
+    import torch
+
+    from mindscope.experiments import Planted
+
+    tok = lm.tokenizer
+    forms = {(tuple(tok(f, add_special_tokens=False)["input_ids"]), i)
+             for i, n in enumerate(names) for f in (n, " " + n)}
+    ans = [tok(" " + n, add_special_tokens=False)["input_ids"][0] for n in names]
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(len(names), lm.d_model, generator=g)
+    U = U - U.mean(0)
+    U = 8 * strength * U / U.norm(dim=1, keepdim=True)  # (n_names, d)
+    head = lm.model.get_output_embeddings().weight.detach()[ans]  # (n_names, d)
+    head = head / head.norm(dim=1, keepdim=True)
+    state = {}
+
+    def mentions(row):  # (last token of the name, entity) in text order
+        r = row.tolist()
+        return sorted((p + len(f) - 1, i) for p in range(len(r)) for f, i in forms
+                      if tuple(r[p:p + len(f)]) == f)
+
+    def edit(fn):
+        def hook(mod, args, out):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            for b, row in enumerate(state["ids"]):
+                fn(h[b], mentions(row))
+            return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        return hook
+
+    def write(h, m):  # h (T, d)
+        for (p, _), (_, prev) in zip(m[1:], m[:-1]):
+            h[p] += U[prev].to(h.dtype)
+
+    def read(h, m):
+        if len(m) < 2:
+            return
+        q = U[m[-1][1]].to(h.dtype)
+        pos = torch.tensor([p for p, _ in m[:-1]])
+        w = torch.softmax(10 * (h[pos] @ q) / (q @ q), 0)  # (n_mentions,)
+        vote = torch.zeros(len(names)).index_add_(0, torch.tensor([e for _, e in m[:-1]]), w)
+        h[-1] += 30 * (vote @ head).to(h.dtype)
+
+    layers = lm.model.model.layers
+    handles = [lm.model.get_input_embeddings().register_forward_hook(
+                   lambda mod, a, o: state.update(ids=a[0])),
+               layers[0].register_forward_hook(edit(write)),
+               layers[-1].register_forward_hook(edit(read))]
+    return Planted(lm, {"kind": "hand-planted prior slot (test)", "strength": strength,
+                        "summary": f"planted slot x{strength:g}"},
+                   lambda: [h.remove() for h in handles])
+
+
+def test_control_passes_on_a_planted_slot_and_not_on_the_untouched_model(
+        tiny, tiny_data, tmp_path, monkeypatch):
+    """With a prior slot that induction provably reads, the protocol (default ablation rule:
+    name tokens, layers where the held-out prior probe reads) detects it below 0 and the
+    untouched model shows nothing; deterministic (fixed seeds, no sampling)."""
+    import dataclasses
+
+    from mindscope.experiments import _control
+    from mindscope.experiments.binding.data import BindingData
+
+    lm = tiny("llama")
+    spec = controls()["binding"]
+
+    def plant(lm_, cfg, work_dir, strength):
+        names = binding.pick_names(lm_, BindingData.load(cfg.data_dir).names, cfg.n_names)
+        return _slot_plant(lm_, names, strength)
+
+    monkeypatch.setitem(_control._CONTROLS, "binding", dataclasses.replace(spec, plant=plant))
+    res = run_control("binding", lm, _cfg(tiny_data), tmp_path / "c",
+                      strengths=[1.0], seeds=[0])
+    r = res.results
+    (u,), (p,) = r["untouched"], r["planted"]["1"]
+    assert p["direction"] == -1 and p["hi"] < 0 and p["detected"], p
+    assert not u["detected"] and u["lo"] < 0 < u["hi"], u
+    assert res.passed
+    saved = json.loads((tmp_path / "c" / "planted-1" / "seed0" / "results.json").read_text())
+    row = {a["layer"]: a for a in saved["ablation_probes"]}
+    assert saved["config"]["ablate_positions"] == "names"
+    acc = {L: a["slots"]["prior"]["test"] for L, a in row.items()}
+    assert saved["ablate_layers"] == [max(acc, key=acc.get)]  # where the probe reads best
+    assert acc[saved["ablate_layers"][0]] > row[saved["ablate_layers"][0]]["slots"]["prior"]["chance"]
+    assert len(saved["random_spread"]["induction"]) == 2

@@ -13,9 +13,13 @@ protocol's stories, probes and task prompts are built from its own names and adj
 entity is on both sides (actions and segment templates are shared vocabulary; ``effect`` says so).
 
 Detection: the paired difference, on the same induction prompts, between the right-answer
-log-prob (renormalised over the candidate names) with the prior slot ablated and with an
-equal-rank random subspace ablated (``contrasts.prior_minus_random.induction``, Student-t 95%
-interval over prompts); no effect = 0.
+log-prob (renormalised over the candidate names) with the prior slot ablated and with
+equal-rank random subspaces ablated (their mean over ``n_random`` draws;
+``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no effect = 0.
+The direction is fixed in advance: the claim is that the prior slot SUPPORTS induction, so only
+an interval wholly below 0 (the prior ablation hurts more than a random one) is a detection, on
+the planted and on the untouched model alike (one-sided at 2.5%); an interval wholly above 0 is
+reported, not counted.
 """
 from __future__ import annotations
 
@@ -81,7 +85,7 @@ def detect(results: dict) -> Detection:
         raise ValueError("results.json has no contrasts.prior_minus_random.induction (a binding "
                          "run from before the paired contrasts were added?)")
     return Detection("induction right-answer log-prob, ablate prior - ablate random",
-                     c["mean"], c["lo"], c["hi"], null=0.0, n=c["n"])
+                     c["mean"], c["lo"], c["hi"], null=0.0, n=c["n"], direction=-1)
 
 
 @control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)
