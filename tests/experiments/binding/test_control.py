@@ -101,6 +101,12 @@ def test_seed_table_carries_the_paired_contrasts():
     r = got["induction: right-answer score, prior minus random (paired, same prompts)"]
     assert (r["value"], r["lo"], r["hi"], r["n"]) == (-0.3, -0.5, -0.1, 24)
     assert len(rows) == 2
+    pr = {"test": 0.7, "lo": 0.6, "hi": 0.8, "n_test": 90, "chance": 0.15}
+    probes = [{"layer": L, "slots": {"prior": {**pr, "test": a}, "current": pr}}
+              for L, a in ((12, 0.7), (24, 0.8))]
+    rows = binding_rows({"config": {"ablate_positions": "names"}, "ablation_probes": probes})
+    assert [(r["measure"], r["value"]) for r in rows][1] == \
+        ("prior-entity probe held-out accuracy at name tokens (layer 24)", 0.8)
 
 
 def test_mde_of_the_contrast_matches_the_noncentral_t():

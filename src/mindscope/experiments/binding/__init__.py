@@ -14,13 +14,16 @@ Protocol (see docs/experiments/binding.md):
    for the four slots, each next to a Hewitt-Liang control task.
 3. Slot geometry: principal angles between the current- and prior-entity probe subspaces vs
    random subspaces of the same rank.
-4. Causal: project each slot subspace (or a random one of equal rank) out of the story tokens at
-   the ablation layers; score induction, conflict and retrieval by answer-token log-probs.
+4. Causal: project each slot subspace (or random ones of equal rank; their mean is the
+   baseline) out of the story's name tokens, with probes fitted on those tokens, at the layers
+   where the held-out prior-entity probe reads best (``ablate_positions`` / ``ablate_layers``);
+   score induction, conflict and retrieval by answer-token log-probs, paired slot - random.
 5. Behaviour: double binding on one token vs single-binding controls.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -415,7 +418,7 @@ def _ablate_layers(spec: str, layers: list[int], n_layers: int, abl_probes=(),
                    top: float = 0.5) -> list[int]:
     if spec == "probe":  # where the held-out prior-entity probe reads best
         acc = {r["layer"]: r["slots"]["prior"]["test"] for r in abl_probes}
-        k = max(1, int(round(top * len(layers))))
+        k = max(1, math.ceil(top * len(layers) - 1e-9))
         return sorted(sorted(layers, key=lambda L: (-acc.get(L, 0.0), L))[:k])
     if spec == "auto":
         lo, hi = 0.2 * (n_layers - 1), 0.6 * (n_layers - 1)
