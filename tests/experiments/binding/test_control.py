@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mindscope.experiments import Detection, _lora, binding, controls, run_control
 from mindscope.experiments.binding import control as C
@@ -79,7 +80,8 @@ def test_detect_reads_the_induction_contrast():
 def test_control_end_to_end_reuses_the_adapter(tiny, tiny_data, small, tmp_path, monkeypatch):
     lm = tiny("llama")
     assert "binding" in controls()
-    res = run_control("binding", lm, _cfg(tiny_data), tmp_path / "c", strengths=[1.0], seeds=[0])
+    res = C.run_lora_control(lm, _cfg(tiny_data), tmp_path / "c", strengths=[1.0], seeds=[0])
+    assert controls()["binding"].plant is C.plant  # the registered plant is restored
     r = res.results
     assert r["untouched"][0]["measure"].startswith("induction right-answer log-prob")
     assert r["untouched"][0]["n"] == 24  # configure() raises n_items to 24
@@ -88,7 +90,8 @@ def test_control_end_to_end_reuses_the_adapter(tiny, tiny_data, small, tmp_path,
     assert "+inductionx1" in saved["model"]
     calls = []
     monkeypatch.setattr(_lora, "_train", lambda *a, **k: calls.append(1))
-    p = C.plant(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model", 0.5)
+    p = C.plant_lora(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model",
+                     0.5)
     assert calls == [] and p.effect["strength"] == 0.5
 
 
@@ -121,86 +124,13 @@ def test_mde_of_the_contrast_matches_the_noncentral_t():
 
 
 
-def _slot_plant(lm, names, strength):
-    """A prior-entity slot planted by hand (hooks), so the tiny test knows the truth: after
-    block 0 every name token gets ``u[previous name]`` added (the prior slot, at the tokens
-    where the protocol's probe reads), and after the last block the final position reads it:
-    it attends over the earlier name tokens by ``<h, u[last name]>`` and votes for the entity
-    of the tokens it finds (entity induction through the prior slot). Ablating that slot
-    (before the last block) blinds the reader; a random subspace of the same rank barely
-    does."""
-    import torch
-
-    from mindscope.experiments import Planted
-
-    tok = lm.tokenizer
-    forms = {(tuple(tok(f, add_special_tokens=False)["input_ids"]), i)
-             for i, n in enumerate(names) for f in (n, " " + n)}
-    ans = [tok(" " + n, add_special_tokens=False)["input_ids"][0] for n in names]
-    g = torch.Generator().manual_seed(0)
-    U = torch.randn(len(names), lm.d_model, generator=g)
-    U = U - U.mean(0)
-    U = 8 * strength * U / U.norm(dim=1, keepdim=True)  # (n_names, d)
-    head = lm.model.get_output_embeddings().weight.detach()[ans]  # (n_names, d)
-    head = head / head.norm(dim=1, keepdim=True)
-    state = {}
-
-    def mentions(row):  # (last token of the name, entity) in text order
-        r = row.tolist()
-        return sorted((p + len(f) - 1, i) for p in range(len(r)) for f, i in forms
-                      if tuple(r[p:p + len(f)]) == f)
-
-    def edit(fn):
-        def hook(mod, args, out):
-            h = (out[0] if isinstance(out, tuple) else out).clone()
-            for b, row in enumerate(state["ids"]):
-                fn(h[b], mentions(row))
-            return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
-        return hook
-
-    def write(h, m):  # h (T, d)
-        for (p, _), (_, prev) in zip(m[1:], m[:-1]):
-            h[p] += U[prev].to(h.dtype)
-
-    def read(h, m):
-        if len(m) < 2:
-            return
-        q = U[m[-1][1]].to(h.dtype)
-        pos = torch.tensor([p for p, _ in m[:-1]])
-        w = torch.softmax(10 * (h[pos] @ q) / (q @ q), 0)  # (n_mentions,)
-        vote = torch.zeros(len(names)).index_add_(0, torch.tensor([e for _, e in m[:-1]]), w)
-        h[-1] += 30 * (vote @ head).to(h.dtype)
-
-    layers = lm.model.model.layers
-    handles = [lm.model.get_input_embeddings().register_forward_hook(
-                   lambda mod, a, o: state.update(ids=a[0])),
-               layers[0].register_forward_hook(edit(write)),
-               layers[-1].register_forward_hook(edit(read))]
-    return Planted(lm, {"kind": "hand-planted prior slot (test)", "strength": strength,
-                        "summary": f"planted slot x{strength:g}"},
-                   lambda: [h.remove() for h in handles])
-
-
 def test_control_passes_on_a_planted_slot_and_not_on_the_untouched_model(
         tiny, tiny_data, tmp_path, monkeypatch):
-    """With a prior slot that induction provably reads, the protocol (default ablation rule:
+    """With the registered plant (a prior slot that induction reads by construction) the protocol (default ablation rule:
     name tokens, layers where the held-out prior probe reads) detects it below 0 and the
     untouched model shows nothing; deterministic (fixed seeds, no sampling)."""
-    import dataclasses
-
-    from mindscope.experiments import _control
-    from mindscope.experiments.binding.data import BindingData
-
     lm = tiny("llama")
-    spec = controls()["binding"]
-
-    def plant(lm_, cfg, work_dir, strength):
-        names = binding.pick_names(lm_, BindingData.load(cfg.data_dir).names, cfg.n_names)
-        return _slot_plant(lm_, names, strength)
-
-    monkeypatch.setitem(_control._CONTROLS, "binding", dataclasses.replace(spec, plant=plant))
-    res = run_control("binding", lm, _cfg(tiny_data), tmp_path / "c",
-                      strengths=[1.0], seeds=[0])
+    res = run_control("binding", lm, _cfg(tiny_data), tmp_path / "c", strengths=[1.0], seeds=[0])
     r = res.results
     (u,), (p,) = r["untouched"], r["planted"]["1"]
     assert p["direction"] == -1 and p["hi"] < 0 and p["detected"], p
@@ -213,3 +143,14 @@ def test_control_passes_on_a_planted_slot_and_not_on_the_untouched_model(
     assert saved["ablate_layers"] == [max(acc, key=acc.get)]  # where the probe reads best
     assert acc[saved["ablate_layers"][0]] > row[saved["ablate_layers"][0]]["slots"]["prior"]["chance"]
     assert len(saved["random_spread"]["induction"]) == 2
+    assert "prior slot x1" in r["effects"]["1"]["summary"]
+    # the plant's codes are saved once and reused (a second plant loads, never redraws)
+    codes = (tmp_path / "c" / "slot.safetensors").read_bytes()
+    p2 = C.plant(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model", 0.5)
+    try:
+        assert (tmp_path / "c" / "slot.safetensors").read_bytes() == codes
+        assert p2.effect["strength"] == 0.5 and p2.effect["read_layer"] == lm.n_layers - 1
+    finally:
+        p2.close()
+    base = lm.forward(["Alice met Bob. Then Alice"])  # hooks removed: the model is untouched
+    assert torch.equal(base, lm.forward(["Alice met Bob. Then Alice"]))
