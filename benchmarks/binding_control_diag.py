@@ -30,14 +30,22 @@ from mindscope.probes import fit_probe, group_split, orthonormal_basis, random_b
 from mindscope.runs import wilson
 
 
-def where(out):
+def _setup():
+    """The untouched model, the control's config, the LoRA x1 (adapter in
+    runs/controls/binding/lora, trained there if absent), the protocol's data and label maps."""
     lm0 = ms.load()
-    cfg = C.configure(binding.Config.quick(n_stories=48, layers="0.2,0.3,0.4,0.5", n_items=24, progress=False))
+    cfg = C.configure(binding.Config.quick(n_stories=48, layers="0.2,0.3,0.4,0.5", n_items=24,
+                                           progress=False))
     p = C.plant_lora(lm0, cfg, "runs/controls/binding/planted-1/model", 1.0)
     full = BindingData.load()
     names = binding.pick_names(lm0, full.names, cfg.n_names)
     d = full.subset(names, full.adjectives[:cfg.n_adjectives])
-    nix = {n: i for i, n in enumerate(d.names)}; aix = {a: i for i, a in enumerate(d.adjectives)}
+    return (lm0, cfg, p, d, {n: i for i, n in enumerate(d.names)},
+            {a: i for i, a in enumerate(d.adjectives)})
+
+
+def where(out):
+    lm0, cfg, p, d, nix, aix = _setup()
     LAY = list(range(0, 30, 2)) + [29]
     sites = [f"resid_post.{L}" for L in LAY]
     stories = generate_stories(d, 160, (3, 5), 100)
@@ -96,13 +104,7 @@ def where(out):
 
 
 def causal():
-    lm0 = ms.load()
-    cfg = C.configure(binding.Config.quick(n_stories=48, layers="0.2,0.3,0.4,0.5", n_items=24, progress=False))
-    p = C.plant_lora(lm0, cfg, "runs/controls/binding/planted-1/model", 1.0)
-    full = BindingData.load()
-    names = binding.pick_names(lm0, full.names, cfg.n_names)
-    d = full.subset(names, full.adjectives[:cfg.n_adjectives])
-    nix = {n: i for i, n in enumerate(d.names)}; aix = {a: i for i, a in enumerate(d.adjectives)}
+    lm0, cfg, p, d, nix, aix = _setup()
     LAY = [6, 9, 12, 15, 18, 24, 27]
     sites = [f"resid_post.{L}" for L in LAY]
     stories = generate_stories(d, 120, (3, 5), 100)
