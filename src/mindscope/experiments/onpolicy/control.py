@@ -35,14 +35,22 @@ from .gap import sample_own
 
 LORA = LoraPlant(r=8, alpha=16.0, lr=1e-3, epochs=3.0, batch_size=8, seed=0)
 """The adapter every strength scales (trained once per control folder)."""
-N_DISTILL = 48
-"""Distillation prompts (of 68 held-apart chat prompts)."""
+N_DISTILL = 64
+"""Distillation prompts (of the 68 held-apart chat prompts)."""
 DISTILL_TOKENS = 40
 """Greedy answer length of each distillation example."""
-ANCHOR_WEIGHT = 1.0
-"""Weight of the KL anchor on held-apart human answers (0 = plain self-distillation)."""
+ANCHOR_WEIGHT = 2.0
+"""Weight of the KL anchor on held-apart human-written text (0 = plain self-distillation)."""
+ANCHOR_TOKENS = 48
+"""Tokens of each anchor answer."""
+N_DOCS_QA = 64
+"""Anchor examples from the default corpus's stdlib-documentation chats (human-written answers)."""
+STORY_PROMPT = "Tell me a very short story."
+"""The user turn before each shipped emotion story used as an anchor answer."""
 MIN_ANCHORS = 6
-"""Fewest held-apart human answers the anchored plant needs."""
+"""Fewest anchor examples the anchored plant needs."""
+CONTROL_PROMPTS = 24
+"""Prompts the control measures on: every shipped prompt with a human answer (``configure``)."""
 
 
 def distill_prompts(n: int = N_DISTILL) -> tuple[list[str], dict]:
@@ -67,27 +75,60 @@ def distill_examples(lm, prompts, max_new_tokens: int = DISTILL_TOKENS, seed: in
     return out
 
 
-def anchor_examples(lm, cfg, max_tokens: int = 48):
-    """(input_ids, labels) of the shipped prompts the run does not measure, with their human
-    answers as the assistant turn; labels on the answer."""
-    rows = shipped("prompts")[cfg.n_prompts:]
-    if len(rows) < MIN_ANCHORS:
+def anchor_texts(cfg, n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
+    """(prompt, human-written answer) pairs the plant must leave unchanged, none of them measured:
+    the shipped prompts after the run's ``n_prompts`` (none when it measures all 24), the first
+    ``n_docs`` stdlib-documentation chats of the default corpus (a question about a function
+    answered by its docstring) and the shipped emotion stories (``data/emotions/stories.json``)
+    as answers to ``STORY_PROMPT``."""
+    from ...activations import build_default_corpus
+
+    rows = [(r["prompt"], r["human"]) for r in shipped("prompts")[cfg.n_prompts:]]
+    n_shipped, docs = len(rows), []
+    if n_docs > 0:
+        with open(build_default_corpus() / "corpus.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                d = json.loads(line)
+                if d.get("source") != "stdlib-docs-qa":
+                    continue
+                msgs = d["messages"]
+                user = [m["content"] for m in msgs if m["role"] == "user"]
+                reply = [m["content"] for m in msgs if m["role"] == "assistant"]
+                if len(user) == 1 and len(reply) == 1 and reply[0].strip():
+                    docs.append((user[0], reply[0]))
+                    if len(docs) == n_docs:
+                        break
+    f = resources.files("mindscope") / "data" / "emotions" / "stories.json"
+    stories = [(STORY_PROMPT, t) for v in json.loads(f.read_text(encoding="utf-8")).values()
+               for t in v]
+    return rows + docs + stories, {
+        "shipped_human_answers": (f"shipped prompts {cfg.n_prompts + 1}-{cfg.n_prompts + n_shipped}"
+                                  if n_shipped else "none (every shipped prompt is measured)"),
+        "stdlib_docs_qa": len(docs), "emotion_stories": len(stories)}
+
+
+def anchor_examples(lm, cfg, max_tokens: int = ANCHOR_TOKENS):
+    """(input_ids, labels) of every anchor pair (``anchor_texts``), the human-written answer as
+    the assistant turn; labels on the answer."""
+    pairs, _ = anchor_texts(cfg)
+    if len(pairs) < MIN_ANCHORS:
         from ...core import BadInputError
-        raise BadInputError(f"the on-policy control anchors its plant on the human answers of "
-                            f"the shipped prompts the run does not use; n_prompts="
-                            f"{cfg.n_prompts} leaves {len(rows)} (need {MIN_ANCHORS}): use "
-                            f"n_prompts <= {len(shipped('prompts')) - MIN_ANCHORS}")
+        raise BadInputError(f"the on-policy control anchors its plant on {len(pairs)} held-apart "
+                            f"human-written answers (need {MIN_ANCHORS})")
     out = []
-    for r in rows:
-        ids = prompt_ids(lm, r["prompt"])
-        resp = response_ids(lm, r["human"], max_tokens)
+    for prompt, text in pairs:
+        ids = prompt_ids(lm, prompt)
+        resp = response_ids(lm, text, max_tokens)
         out.append((ids + resp, [-100] * len(ids) + resp))
     return out
 
 
 def configure(cfg):
-    """The gap alone, against the human answers (the headline measure)."""
-    return dataclasses.replace(cfg, protocols=("gap",), offpolicy=("human",))
+    """The gap alone, against the human answers (the headline measure), on all
+    ``CONTROL_PROMPTS`` shipped prompts: at the quick config's 12 the protocol misses ratios
+    below ~1.4 (its minimum detectable effect), so the control measures at 24."""
+    n = min(CONTROL_PROMPTS, len(shipped("prompts")))
+    return dataclasses.replace(cfg, protocols=("gap",), offpolicy=("human",), n_prompts=n)
 
 
 def detect(results: dict) -> Detection:
@@ -110,23 +151,29 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
     if used & set(prompts):  # the split the module doc promises
         raise RuntimeError("distillation prompts overlap the measured prompts")
     lcfg = dataclasses.replace(LORA, anchor_weight=ANCHOR_WEIGHT)
-    anchors = anchor_examples(lm, cfg) if ANCHOR_WEIGHT > 0 else []
     trained = (adapter / "train_info.json").exists()
+    anchors, asrc = [], {}
+    if ANCHOR_WEIGHT > 0:
+        _, asrc = anchor_texts(cfg)
+        anchors = [] if trained else anchor_examples(lm, cfg)
     examples = [] if trained else distill_examples(lm, prompts)
     new, info = lora_model(lm, examples, adapter, strength, lcfg, name="selfdistill",
                            meta={"distill_prompts": len(prompts), "answer_tokens": DISTILL_TOKENS,
-                                 "anchor_prompts": len(anchors)},
-                           anchors=[] if trained else anchors)
+                                 "anchors": asrc},
+                           anchors=anchors)
     effect = {"kind": "LoRA self-distillation (greedy own answers)"
-                      + (", KL-anchored on human answers" if anchors else ""),
+                      + (", KL-anchored on human-written answers" if asrc else ""),
               "summary": f"self-distillation LoRA x{strength:g}", "strength": strength,
               "lora": dataclasses.asdict(lcfg), "adapter": str(adapter),
               "train_loss": [info["loss_before"], info["loss_after"]], "steps": info["steps"],
               "trained_on": f"{len(prompts)} prompts of {src['source']} (greedy answers of "
                             f"{DISTILL_TOKENS} tokens); {src['removed_overlap']} prompts equal to "
                             "shipped on-policy prompts removed"
-                            + (f"; KL anchor on the human answers of shipped prompts "
-                               f"{cfg.n_prompts + 1}-{cfg.n_prompts + len(anchors)}" if anchors else ""),
+                            + (f"; KL anchor on human-written answers: {asrc['stdlib_docs_qa']} "
+                               "stdlib-documentation chats of the default corpus, "
+                               f"{asrc['emotion_stories']} shipped emotion stories "
+                               "(data/emotions/stories.json), shipped human answers: "
+                               f"{asrc['shipped_human_answers']}" if asrc else ""),
               "held_out": f"the {len(used)} shipped on-policy prompts and their human answers "
                           "the protocol measures on"}
     return Planted(new, effect)
