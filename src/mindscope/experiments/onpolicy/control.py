@@ -5,18 +5,20 @@ fine-tuned on those answers (loss on the answer tokens only) while an ANCHOR los
 || adapted) on human-written answers, keeps the model unchanged on off-policy text. The model's
 own text becomes more predictable to it while human text does not, which is the entropy gap
 the protocol measures. The protocol then runs unchanged on the merged model (LoRA at
-``strength`` x its trained scale).
+``strength`` x its trained scale; x1 = the trained adapter, the control's full strength).
 
-Why the anchor: plain self-distillation (``ANCHOR_WEIGHT = 0``) was tried first on SmolLM2 and
-sharpened the model everywhere (own-text entropy 2.15 -> 0.97 nats, human-text 2.41 -> 1.12):
-a global temperature change, which the off/on RATIO rightly does not count as an on-policy
-effect (ratio 1.07-1.15, intervals all including 1).
+Why the anchor: plain self-distillation (``ANCHOR_WEIGHT = 0``) sharpened SmolLM2 everywhere
+(own-text entropy 2.15 -> 0.97 nats, human-text 2.41 -> 1.12): a global temperature change,
+which the off/on RATIO rightly does not count. Why a large, varied anchor set: anchored on only
+12 human answers, the KL held on those 12 texts but not on the measured ones (their entropy
+fell 2.41 -> 1.82 nats), and the gap stayed below what 12 prompts can see.
 
-Held out: the distillation prompts are the default corpus's chat prompts
-(``data/corpus/chat_prompts.json``) minus every prompt of the shipped on-policy set; the anchor
-texts are the human answers of the shipped prompts the protocol does NOT use (those after its
-``n_prompts``); the protocol measures on the first ``n_prompts`` shipped prompts and their human
-answers, so no prompt and no response token is on both sides (``effect`` records the split).
+Held out (split by the source of the tokens, recorded in ``effect``): the distillation prompts
+are the default corpus's chat prompts (``data/corpus/chat_prompts.json``) minus every shipped
+on-policy prompt; the anchor answers are stdlib-documentation chats of the default corpus
+(docstrings answering questions about functions) and the shipped emotion stories
+(``data/emotions/stories.json``), never a shipped on-policy prompt or answer; the protocol
+measures on the first ``n_prompts`` shipped prompts and their human answers.
 
 Detection: the off/on entropy ratio against the human answers (``gap.ratios.human``: ratio of
 means, paired bootstrap over prompts); no effect = 1.
@@ -49,8 +51,6 @@ STORY_PROMPT = "Tell me a very short story."
 """The user turn before each shipped emotion story used as an anchor answer."""
 MIN_ANCHORS = 6
 """Fewest anchor examples the anchored plant needs."""
-CONTROL_PROMPTS = 24
-"""Prompts the control measures on: every shipped prompt with a human answer (``configure``)."""
 
 
 def distill_prompts(n: int = N_DISTILL) -> tuple[list[str], dict]:
@@ -75,16 +75,15 @@ def distill_examples(lm, prompts, max_new_tokens: int = DISTILL_TOKENS, seed: in
     return out
 
 
-def anchor_texts(cfg, n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
-    """(prompt, human-written answer) pairs the plant must leave unchanged, none of them measured:
-    the shipped prompts after the run's ``n_prompts`` (none when it measures all 24), the first
+def anchor_texts(n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
+    """(prompt, human-written answer) pairs the plant must leave unchanged, none from the shipped
+    on-policy set (so no measured answer is ever trained on, whatever ``n_prompts``): the first
     ``n_docs`` stdlib-documentation chats of the default corpus (a question about a function
     answered by its docstring) and the shipped emotion stories (``data/emotions/stories.json``)
     as answers to ``STORY_PROMPT``."""
     from ...activations import build_default_corpus
 
-    rows = [(r["prompt"], r["human"]) for r in shipped("prompts")[cfg.n_prompts:]]
-    n_shipped, docs = len(rows), []
+    docs = []
     if n_docs > 0:
         with open(build_default_corpus() / "corpus.jsonl", encoding="utf-8") as fh:
             for line in fh:
@@ -101,16 +100,13 @@ def anchor_texts(cfg, n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], d
     f = resources.files("mindscope") / "data" / "emotions" / "stories.json"
     stories = [(STORY_PROMPT, t) for v in json.loads(f.read_text(encoding="utf-8")).values()
                for t in v]
-    return rows + docs + stories, {
-        "shipped_human_answers": (f"shipped prompts {cfg.n_prompts + 1}-{cfg.n_prompts + n_shipped}"
-                                  if n_shipped else "none (every shipped prompt is measured)"),
-        "stdlib_docs_qa": len(docs), "emotion_stories": len(stories)}
+    return docs + stories, {"stdlib_docs_qa": len(docs), "emotion_stories": len(stories)}
 
 
-def anchor_examples(lm, cfg, max_tokens: int = ANCHOR_TOKENS):
+def anchor_examples(lm, max_tokens: int = ANCHOR_TOKENS):
     """(input_ids, labels) of every anchor pair (``anchor_texts``), the human-written answer as
     the assistant turn; labels on the answer."""
-    pairs, _ = anchor_texts(cfg)
+    pairs, _ = anchor_texts()
     if len(pairs) < MIN_ANCHORS:
         from ...core import BadInputError
         raise BadInputError(f"the on-policy control anchors its plant on {len(pairs)} held-apart "
@@ -124,11 +120,10 @@ def anchor_examples(lm, cfg, max_tokens: int = ANCHOR_TOKENS):
 
 
 def configure(cfg):
-    """The gap alone, against the human answers (the headline measure), on all
-    ``CONTROL_PROMPTS`` shipped prompts: at the quick config's 12 the protocol misses ratios
-    below ~1.4 (its minimum detectable effect), so the control measures at 24."""
-    n = min(CONTROL_PROMPTS, len(shipped("prompts")))
-    return dataclasses.replace(cfg, protocols=("gap",), offpolicy=("human",), n_prompts=n)
+    """The gap alone, against the human answers (the headline measure), at the run's
+    ``n_prompts``. Not more prompts: the untouched SmolLM2 has a small gap of its own (ratio
+    ~1.09), which 24 prompts already detect in one seed of three (docs/experiments/onpolicy.md)."""
+    return dataclasses.replace(cfg, protocols=("gap",), offpolicy=("human",))
 
 
 def detect(results: dict) -> Detection:
@@ -140,7 +135,7 @@ def detect(results: dict) -> Detection:
                      n=r["n"])
 
 
-@control("onpolicy", detect=detect, strengths=(0.5, 1.0, 2.0), configure=configure)
+@control("onpolicy", detect=detect, strengths=(0.5, 1.0), configure=configure)
 def plant(lm, cfg, work_dir, strength) -> Planted:
     """Self-distillation LoRA (greedy own answers to held-apart prompts, KL-anchored on held-apart
     human answers), merged at
@@ -153,14 +148,15 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
     lcfg = dataclasses.replace(LORA, anchor_weight=ANCHOR_WEIGHT)
     trained = (adapter / "train_info.json").exists()
     anchors, asrc = [], {}
-    if ANCHOR_WEIGHT > 0:
-        _, asrc = anchor_texts(cfg)
-        anchors = [] if trained else anchor_examples(lm, cfg)
+    if ANCHOR_WEIGHT > 0 and not trained:
+        _, asrc = anchor_texts()
+        anchors = anchor_examples(lm)
     examples = [] if trained else distill_examples(lm, prompts)
     new, info = lora_model(lm, examples, adapter, strength, lcfg, name="selfdistill",
                            meta={"distill_prompts": len(prompts), "answer_tokens": DISTILL_TOKENS,
                                  "anchors": asrc},
                            anchors=anchors)
+    asrc = info.get("meta", {}).get("anchors") or {}  # what the saved adapter was trained with
     effect = {"kind": "LoRA self-distillation (greedy own answers)"
                       + (", KL-anchored on human-written answers" if asrc else ""),
               "summary": f"self-distillation LoRA x{strength:g}", "strength": strength,
@@ -172,8 +168,8 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
                             + (f"; KL anchor on human-written answers: {asrc['stdlib_docs_qa']} "
                                "stdlib-documentation chats of the default corpus, "
                                f"{asrc['emotion_stories']} shipped emotion stories "
-                               "(data/emotions/stories.json), shipped human answers: "
-                               f"{asrc['shipped_human_answers']}" if asrc else ""),
+                               "(data/emotions/stories.json); no shipped on-policy prompt or "
+                               "answer" if asrc else ""),
               "held_out": f"the {len(used)} shipped on-policy prompts and their human answers "
                           "the protocol measures on"}
     return Planted(new, effect)
