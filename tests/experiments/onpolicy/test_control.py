@@ -98,6 +98,10 @@ def test_control_runs_end_to_end(lm, small, tmp_path):
     saved = json.loads((tmp_path / "c" / "planted-1" / "seed0" / "results.json").read_text())
     assert saved["config"]["protocols"] == ["gap"] and "+selfdistillx1" in saved["model"]
     assert r["effects"]["1"]["kind"].startswith("LoRA self-distillation")
+    for run in ("untouched", "planted-1"):  # paired: own and human sides hold the same prompts
+        g = json.loads((tmp_path / "c" / run / "seed0" / "results.json").read_text())["gap"]
+        n = g["ratios"]["human"]["n"]
+        assert g["conditions"]["own"]["n"] == g["conditions"]["human"]["n"] == n == g["n_prompts"]
 
 
 def test_mde_ratio_reads_the_log_interval():
