@@ -187,6 +187,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-features", type=int, default=128)
+    ap.add_argument("--Ts", default="8,16,32,64,128", help="memory: prompt lengths")
+    ap.add_argument("--mfs", default="128,1024", help="memory: max_feature_nodes values")
     ap.add_argument("--names", default="plt,plt2k,clt")
     ap.add_argument("--png", default="docs/img/circuits_layers.png")
     args = ap.parse_args()
@@ -239,36 +241,54 @@ def main():
         g = C.load_graph(root / f"graph_{args.name}")
         d = json.loads((root / f"graph_{args.name}" / "capital.json").read_text())
         _check(lm, tc, g, d, C.prune(g, 0.8, 0.98), root, args.name)
-    elif args.stage == "memory":  # one fresh process per length: peak RSS is per process
+    elif args.stage == "memory":  # one fresh process per size: peak RSS is per process
         if args.T:
-            tc = C.Transcoders.load(root / args.name)
-            base = C.capture  # noqa: F841
-            text = " ".join(TEXTS * 20)
-            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:args.T - 1]
-            prompt = lm.tokenizer.decode(ids)
-            import gc
-            gc.collect()
-            with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
-                fh.write("5")
-            before = _status("VmRSS")
-            g = C.attribute(lm, tc, prompt, C.GraphConfig(batch_size=64, max_feature_nodes=args.max_features),
-                            progress=False)
-            print(json.dumps({"T": g.T, "seconds": g.stats["seconds"],
-                              "peak_rss": _status("VmHWM"), "rss_before": before,
-                              "estimate": g.stats["estimate_bytes"],
-                              "estimate_guess": g.stats["estimate_guess_bytes"],
-                              "edges": g.stats["edges"], "features": g.stats["active_features"],
-                              "max_features": args.max_features}))
+            print(json.dumps(_memory_point(lm, C.Transcoders.load(root / args.name), args)))
             return
         rows = []
-        for T, mf in ((8, 128), (24, 128), (48, 128), (24, 1024)):
-            r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
-                                args.name, "--root", str(root), "--max-features", str(mf)],
-                               capture_output=True, text=True)
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+        for T in map(int, args.Ts.split(",")):
+            for mf in map(int, args.mfs.split(",")):
+                r = subprocess.run([sys.executable, __file__, "memory", "--T", str(T), "--name",
+                                    args.name, "--root", str(root), "--max-features", str(mf)],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    raise SystemExit(r.stderr[-2000:])
+                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+                print(rows[-1], flush=True)
         _save(root, f"memory_{args.name}", rows)
 
+
+def _memory_point(lm, tc, args) -> dict:
+    """One prompt of args.T tokens: the weights are made resident first (a forward, every
+    transcoder weight read), then VmHWM is reset, so the RSS growth is the attribution's own;
+    then the same graph again under TensorPeak (the tensor bytes counted exactly)."""
+    import gc
+
+    from mindscope import circuits as C
+
+    text = " ".join(TEXTS * 20)
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:args.T - 1]
+    prompt = lm.tokenizer.decode(ids)
+    cfg = C.GraphConfig(batch_size=64, max_feature_nodes=args.max_features)
+    C.attribute(lm, tc, "Warm up the weights.", C.GraphConfig(max_feature_nodes=8),
+                progress=False)
+    with torch.no_grad():
+        float(sum(p.float().sum() for p in tc.parameters()))
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+        fh.write("5")
+    before = _status("VmRSS")
+    g = C.attribute(lm, tc, prompt, cfg, progress=False)
+    peak = _status("VmHWM")
+    st = g.stats
+    del g
+    gc.collect()
+    with C.TensorPeak() as tp:
+        C.attribute(lm, tc, prompt, cfg, progress=False)
+    return {"T": st["T"], "max_features": args.max_features, "seconds": st["seconds"],
+            "features": st["active_features"], "edges": st["edges"],
+            "edges_kept": st["edges_kept"], "rss_before": before, "rss_growth": peak - before,
+            "tensor_peak": tp.peak, **{k: st[k] for k in st if k.startswith("estimate")}}
 
 if __name__ == "__main__":
     main()

@@ -17,11 +17,12 @@ __all__ = ["Transcoders", "TranscoderConfig", "TRANSCODER_KINDS", "ACTIVATIONS",
            "train_transcoders", "harvest_mlp", "mlp_sites", "check_store", "splice",
            "spliced_loss", "store_metrics", "transcoder_metrics", "check_transcoders", "mlp_module"]
 from ._graph import Graph, GraphConfig, attribute, influence  # noqa: E402
-from ._linear import LinearModel, capture, memory_estimate  # noqa: E402
+from ._linear import LinearModel, capture  # noqa: E402
+from ._memory import TensorPeak, memory_estimate  # noqa: E402
 from ._prune import Pruned, graph_scores, prune, total_effects  # noqa: E402
 
 __all__ += ["Graph", "GraphConfig", "attribute", "influence", "LinearModel", "capture",
-            "memory_estimate", "Pruned", "prune", "graph_scores", "total_effects"]
+            "memory_estimate", "TensorPeak", "Pruned", "prune", "graph_scores", "total_effects"]
 from ._export import (check_interventions, graph_json, intervene, load_graph,  # noqa: E402
                       pearson_ci, save_graph)
 from ._graph import prepare_ids  # noqa: E402

@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import BadInputError
-from ._linear import LinearModel, Target, capture, memory_estimate
+from ._linear import LinearModel, Target, capture
+from ._memory import memory_estimate
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class GraphConfig:
     max_row_edges: int = 4096
     """Per row, keep at most this many edges."""
     max_memory_gb: float = 6.0
-    """Refuse prompts whose estimated memory exceeds this (the estimate is in the error)."""
+    """Refuse prompts whose estimated memory (``memory_estimate``: the graph's tensors beyond
+    the model's and transcoders' weights) exceeds this many GiB; the estimate is in the error.
+    Checked before the forward, after it, and after every round of rows."""
 
     def __post_init__(self):
         for f in ("max_n_logits", "batch_size", "max_feature_nodes", "max_row_edges"):
@@ -181,11 +184,20 @@ class _Sources:
         self.n_f, self.L, self.T = self.features.shape[0], L, T
         # layer_start[l]: first column of layer l; spans[l]: (pos, c0, c1) of its positions
         key = self.features[:, 0] * T + self.features[:, 1]           # (n_f,) sorted
-        bounds = torch.searchsorted(key, torch.arange(L * T + 1)).tolist()
+        self.bounds = bounds = torch.searchsorted(key, torch.arange(L * T + 1)).tolist()
         self.layer_start = [bounds[l * T] for l in range(L + 1)]
         self.spans = [[(p, bounds[l * T + p], bounds[l * T + p + 1]) for p in range(T)
                        if bounds[l * T + p + 1] > bounds[l * T + p]] for l in range(L)]
         self.n_src = self.n_f + (L + 1) * T
+
+    def reach(self) -> torch.Tensor:
+        """(L, T): sources a feature row at (layer, pos) can reach (features of lower layers at
+        positions <= pos, their errors, the tokens); its kept edges are at most that."""
+        cnt = torch.tensor([[c1 - c0 for c0, c1 in zip(b[:-1], b[1:])] for b in
+                            (self.bounds[l * self.T:(l + 1) * self.T + 1] for l in range(self.L))])
+        below = (cnt.cumsum(0) - cnt).cumsum(1)                       # (L, T) features
+        lp = torch.arange(self.L)[:, None] * torch.arange(1, self.T + 1)  # errors
+        return below + lp + torch.arange(1, self.T + 1)               # + tokens
 
     def encoder_rows(self, idx: torch.Tensor) -> torch.Tensor:
         """(k, d) raw-unit encoder rows of features ``idx``."""
@@ -228,9 +240,9 @@ class _Sources:
         return read
 
 
-def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int, chunk: int = 16):
+def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int, chunk: int = 4):
     """Per row, the largest |entries| holding ``keep_mass`` of the row's mass (at most cap);
-    ``chunk`` rows at a time, so the sort's temporaries stay small."""
+    ``chunk`` rows at a time, so the sort's temporaries (~21 bytes an entry) stay small."""
     out_r, out_c, out_v = [], [], []
     for s in range(0, rows.shape[0], chunk):
         part = rows[s:s + chunk]                                      # (b, n)
@@ -242,13 +254,43 @@ def _sparsify(rows: torch.Tensor, keep_mass: float, cap: int, chunk: int = 16):
         k = k.clamp(max=min(cap, rows.shape[1]))
         k = torch.where(tot[:, 0] > 1e-30, k, torch.zeros_like(k))
         del c
-        keep = torch.arange(rows.shape[1])[None] < k[:, None]         # (b, n)
-        r, j = keep.nonzero(as_tuple=True)
+        r = torch.repeat_interleave(torch.arange(len(k)), k)          # the first k of each row
+        j = torch.arange(r.numel()) - torch.repeat_interleave(k.cumsum(0) - k, k)
         cols = i[r, j]
         out_r.append(r + s)
         out_c.append(cols)
         out_v.append(part[r, cols])
     return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
+
+
+class _Edges:
+    """The kept edges (row id, source column, weight) of the rows computed so far: int32
+    indices, 12 bytes an edge. ``all()`` joins the batches' parts into one, one field at a
+    time (the join's copy is of one field, and is made once, not at every influence round)."""
+
+    def __init__(self):
+        self.f: list = [[], [], []]
+
+    @property
+    def n(self) -> int:
+        return sum(x.numel() for x in self.f[2])
+
+    def add(self, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> None:
+        for part, x in zip(self.f, (r.int(), c.int(), v)):
+            part.append(x)
+
+    def all(self) -> tuple:
+        for i in range(3):
+            if len(self.f[i]) != 1:
+                self.f[i] = [torch.cat(self.f[i]) if self.f[i] else
+                             torch.zeros(0, dtype=torch.float32 if i == 2 else torch.int32)]
+        return tuple(x[0] for x in self.f)
+
+    def take(self) -> tuple:
+        """``all()``, handing the tensors over (this object is empty afterwards)."""
+        out = self.all()
+        self.f = [[], [], []]
+        return out
 
 
 def _peak_rss() -> int:
@@ -269,20 +311,22 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
     t0 = time.perf_counter()
     ids = prepare_ids(lm, prompt)
     T = ids.shape[0]
-    est = est0 = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes,
-                                 cfg.max_row_edges)
+
+    def estimate(**kw):
+        return memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes,
+                               cfg.max_row_edges, **kw)
+    est = est0 = estimate()
     _budget(est, T, cfg, "")
     with torch.no_grad():
         lin = capture(lm, tc, ids)
         src = _Sources(lin, tc)
         tidx, tprob, tvec = _logit_targets(lm, lin.logits, cfg)
     # again with the real number of active features, before the expensive sweeps
-    est = memory_estimate(lm, tc, T, cfg.batch_size, cfg.max_feature_nodes, cfg.max_row_edges,
-                          n_feat=src.n_f)
+    est = est1 = estimate(n_feat=src.n_f)
     _budget(est, T, cfg, f" and {src.n_f} active features")
     n_logit = len(tidx)
     L, n_f = lin.L, src.n_f
-    r_all, c_all, v_all = [], [], []
+    kept = _Edges()
     # row ids in the source-column space: feature j -> j, logit i -> n_src + i
 
     def run(layers, pos, vecs, row_ids):
@@ -296,9 +340,8 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
             t0 = int(col_of[src.n_f + L * T])
             rows[:, t0:t0 + Tb] = (g * src.embed[:Tb]).sum(-1)       # tokens
         r, c, v = _sparsify(rows, cfg.keep_mass, cfg.max_row_edges)
-        r_all.append(row_ids[r])
-        c_all.append(cols[c])
-        v_all.append(v)
+        del rows
+        kept.add(row_ids[r], cols[c], v)
 
     B = cfg.batch_size
     for a in range(0, n_logit, B):
@@ -306,15 +349,29 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
         run(torch.full((k,), L), torch.full((k,), T - 1), tvec[a:a + B],
             src.n_src + torch.arange(a, a + k))
     n_rows = min(n_f, cfg.max_feature_nodes)
+    e_logit = kept.n
+    reach = src.reach().clamp(max=cfg.max_row_edges)                  # (L, T) edges at most
     visited = torch.zeros(n_f, dtype=torch.bool)
     bar = tqdm(total=n_rows, desc="attribution", unit="row", disable=not progress)
-    done = 0
+    done, est_rows = 0, None
     while done < n_rows:
+        if done:  # the kept edges per row so far replace the guess (checked every round)
+            # kept edges per reachable source so far, projected on the rows to come, taken
+            # to reach as far as the unvisited features do on average (exact when all are rows)
+            r_f = reach[src.features[:, 0], src.features[:, 1]].double()  # (n_f,)
+            r_done = float(r_f[visited].sum())
+            r_all = r_done + (n_rows - done) * float(r_f[~visited].mean())
+            e_all = e_logit + (kept.n - e_logit) * r_all / max(r_done, 1.0)
+            per_row = e_all / (n_rows + n_logit)
+            e = estimate(n_feat=n_f, edges_per_row=per_row)
+            est_rows = est_rows or e                                  # the first, reported
+            _budget(e, T, cfg, f", {n_f} active features and {per_row:.0f} kept edges per row")
         if n_rows == n_f:
-            pending = torch.arange(n_f)
+            pending = (~visited).nonzero().squeeze(1)
+            if not done:  # first the top batch (the rows reaching the most sources), then
+                pending = pending[-B:]  # the estimate with its kept edges, then the rest
         else:  # the most influential unvisited features given the rows so far
-            infl = influence(torch.cat(r_all), torch.cat(c_all), torch.cat(v_all),
-                             src.n_src + n_logit, _start(src.n_src, tprob))[:n_f]
+            infl = influence(*kept.all(), src.n_src + n_logit, _start(src.n_src, tprob))[:n_f]
             order = infl.argsort(descending=True)
             pending = order[~visited[order]][:min(4 * B, n_rows - done)]
         # in (layer, pos) order: a batch's sweep starts at its top layer and runs on the
@@ -330,12 +387,15 @@ def attribute(lm, tc, prompt: str, cfg: Optional[GraphConfig] = None,
             done += len(sel)
             bar.update(len(sel))
     bar.close()
-    graph = _assemble(lm, tc, prompt, ids, lin, src, visited, torch.cat(r_all),
-                      torch.cat(c_all), torch.cat(v_all), tidx, tprob, tvec)
+    n_kept = kept.n                    # before assembly drops the edges from unvisited features
+    graph = _assemble(lm, tc, prompt, ids, lin, src, visited, kept, tidx, tprob, tvec)
     graph.stats = {"seconds": time.perf_counter() - t0, "peak_rss_bytes": _peak_rss(),
-                   "estimate_bytes": est, "estimate_guess_bytes": est0,
+                   "estimate_bytes": est_rows or est, "estimate_guess_bytes": est0,
+                   "estimate_forward_bytes": est1, "estimate_final_bytes": estimate(
+                       n_feat=n_f, edges_per_row=n_kept / (n_rows + n_logit)),
                    "active_features": n_f, "T": T,
-                   "config": asdict(cfg), "edges": int(graph.weights.numel())}
+                   "config": asdict(cfg), "edges": int(graph.weights.numel()),
+                   "edges_kept": n_kept}
     return graph
 
 
@@ -371,16 +431,24 @@ def influence(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int
     raise RuntimeError(f"influence did not converge after {max_iter} steps (a cycle?)")
 
 
-def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec) -> Graph:
+def _assemble(lm, tc, prompt, ids, lin, src, visited, kept: _Edges, tidx, tprob,
+              tvec) -> Graph:
     n_f, n_src = src.n_f, src.n_src
     sel = visited.nonzero().squeeze(1)
     n_sel = sel.numel()
-    remap = torch.full((n_src + len(tidx),), -1, dtype=torch.long)
-    remap[sel] = torch.arange(n_sel)
-    rest = torch.arange(n_f, n_src + len(tidx))
+    remap = torch.full((n_src + len(tidx),), -1, dtype=torch.int32)  # column -> node index
+    remap[sel] = torch.arange(n_sel, dtype=torch.int32)
+    rest = torch.arange(n_f, n_src + len(tidx), dtype=torch.int32)
     remap[rest] = rest - n_f + n_sel
-    rr, cc = remap[r], remap[c]
-    ok = (rr >= 0) & (cc >= 0)
+    r, c, v = kept.take()                                             # (E,) each
+    ok = remap[r] >= 0
+    ok &= remap[c] >= 0                                                # unvisited sources go
+    edges = torch.empty(2, int(ok.sum()), dtype=torch.long)           # (2, E') target, source
+    edges[0] = remap[r[ok]]
+    del r
+    edges[1] = remap[c[ok]]
+    del c
+    v = v[ok]
     feats = src.features[sel]
     n_nodes = n_sel + (n_src - n_f) + len(tidx)
     target = torch.zeros(n_nodes)
@@ -397,6 +465,6 @@ def _assemble(lm, tc, prompt, ids, lin, src, visited, r, c, v, tidx, tprob, tvec
                  token_strs=[tok.decode([t]) for t in ids.tolist()], features=feats,
                  activations=src.acts[sel], logit_tokens=tidx.tolist(),
                  logit_strs=[tok.decode([t]) for t in tidx.tolist()], logit_probs=tprob,
-                 n_layers=lin.L, edges=torch.stack([rr[ok], cc[ok]]), weights=v[ok],
+                 n_layers=lin.L, edges=edges, weights=v,
                  target_values=target, model=lm.name,
                  transcoders=str(tc.cfg.meta.get("path", "")))

@@ -22,8 +22,6 @@ the embeddings: the direct effects of all sources on a batch of targets, in one 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from ..core import BadInputError
@@ -157,7 +155,8 @@ def capture(lm, tc, ids: torch.Tensor) -> LinearModel:
     try:
         if old != "eager":
             model.set_attn_implementation("eager")
-        out = model(input_ids=ids[None].to(lm.device), output_attentions=True, use_cache=False)
+        out = model(input_ids=ids[None].to(lm.device), output_attentions=True, use_cache=False,
+                    logits_to_keep=1)                            # the last position only
     finally:
         for h in hooks:
             h.remove()
@@ -186,28 +185,3 @@ def capture(lm, tc, ids: torch.Tensor) -> LinearModel:
         att = rec["mid"][l] - rec["pre"][l]                            # (T, d)
         lin.attn_bias[l] = att - lin._attn(l, rec["pre"][l][None])[0]
     return lin
-
-
-def memory_estimate(lm, tc, T: int, batch_size: int, max_feature_nodes: int,
-                    max_row_edges: int, n_feat: Optional[int] = None) -> int:
-    """Bytes an attribution graph of a T-token prompt needs beyond the model and transcoder
-    weights (what the process's peak RSS grows by): the attention patterns (L H T^2, held
-    twice while the forward returns them), the forward's full-vocabulary logits, the recorded
-    activations and scales (~9 x L T d), one batch of cotangents and its transposed-attention
-    temporaries, the batch's dense rows over the reachable sources and the sort of one chunk,
-    per-source bookkeeping, and the kept edges (rows x min(max_row_edges, ~sources / 16):
-    keep_mass drops the long tail; see docs/circuits.md for the measured check)."""
-    L, d = lm.n_layers, lm.d_model
-    H = lm.block(0).self_attn.config.num_attention_heads
-    V = lm.model.get_output_embeddings().weight.shape[0]
-    c = tc.cfg
-    per_tok = c.k if c.activation == "topk" else min(c.n_latents, 64)
-    n_feat = L * T * per_tok if n_feat is None else n_feat  # known after the forward
-    rows = min(n_feat, max_feature_nodes) + 16
-    n_src = n_feat + (L + 1) * T
-    edges = rows * min(max_row_edges, n_src // 16 + 64)
-    b = (8 * L * H * T * T + 4 * T * V + 36 * L * T * d            # patterns, logits, records
-         + 32 * batch_size * T * d                                 # cotangents, attention temps
-         + 4 * batch_size * n_src + 40 * 16 * n_src                # dense rows, sorted chunk
-         + 64 * n_src + 60 * edges)                                # bookkeeping, edges
-    return int(b)

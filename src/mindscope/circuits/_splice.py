@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import BadInputError
-from ._transcoders import Transcoders
+from ._transcoders import Transcoders, count_nonfinite
 
 
 def mlp_module(lm, layer: int) -> torch.nn.Module:
@@ -50,7 +50,7 @@ def check_transcoders(lm, tc: Transcoders) -> None:
         raise BadInputError(where, f"read {c.in_site}.L and predict {c.out_site}.L; graphs need "
                                    "mlp_in.L -> mlp_out.L", "train on the MLP sites")
     for name, p in tc.named_parameters():
-        if not bool(torch.isfinite(p).all()):
+        if count_nonfinite(p):
             raise BadInputError(where, f"tensor {name!r} holds NaN/Inf",
                                 "the training diverged: retrain with a lower lr")
 

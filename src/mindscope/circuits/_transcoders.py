@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..core import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
+from ..core import (BadInputError, atomic_save_tensors, atomic_write_json,
                     load_safetensors, read_json)
 from ..sae import jumprelu, step
 
@@ -101,6 +101,13 @@ class TranscoderConfig:
         return cls(**d)
 
 
+def count_nonfinite(t: torch.Tensor) -> int:
+    """NaN/Inf entries of ``t``, counted 2^20 at a time: no mask or ``abs`` copy as large as
+    the weights (``isfinite`` of a whole tensor makes both)."""
+    parts = t.detach().reshape(-1).split(2 ** 20)
+    return sum(int((~torch.isfinite(part)).sum()) for part in parts)
+
+
 class Transcoders(nn.Module):
     """PLT or CLT over all layers; see the module docstring for the maths."""
 
@@ -121,8 +128,11 @@ class Transcoders(nn.Module):
             self.W_skip = nn.Parameter(torch.zeros(L, d, d))            # (L, d_out, d_in)
         s_in = cfg.scale_in or [1.0] * L
         s_out = cfg.scale_out or [1.0] * L
-        self.register_buffer("s_in", torch.tensor(s_in, dtype=torch.float32), persistent=False)
-        self.register_buffer("s_out", torch.tensor(s_out, dtype=torch.float32), persistent=False)
+        # explicit device: built under torch.device("meta") by ``load``, the scales stay real
+        self.register_buffer("s_in", torch.tensor(s_in, dtype=torch.float32, device="cpu"),
+                             persistent=False)
+        self.register_buffer("s_out", torch.tensor(s_out, dtype=torch.float32, device="cpu"),
+                             persistent=False)
 
     def set_scales(self, s_in, s_out) -> None:
         self.cfg.scale_in, self.cfg.scale_out = [float(v) for v in s_in], [float(v) for v in s_out]
@@ -237,7 +247,11 @@ class Transcoders(nn.Module):
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "Transcoders":
-        """Load a folder written by ``save``; every tensor is checked (shape, finite) first."""
+        """Load a folder written by ``save``; every tensor is checked (shape, finite) first.
+
+        The weights stay the file's (copy-on-write) memory map: nothing is copied, a page is
+        read when first used (an attribution graph touches the encoders and only the active
+        latents' decoder rows), and a write (training) copies that page, never the file."""
         path = Path(path)
         cj, st = path / "cfg.json", path / "transcoders.safetensors"
         if not cj.exists() or not st.exists():
@@ -254,7 +268,8 @@ class Transcoders(nn.Module):
         fix = "the file is damaged or the training diverged: retrain the transcoders"
         t = {k[len(KEY_PREFIX):] if k.startswith(KEY_PREFIX) else k: v
              for k, v in load_safetensors(st, "transcoder weights", fix).items()}
-        tc = cls(cfg)
+        with torch.device("meta"):  # no zero-filled weights to copy into: assign the map
+            tc = cls(cfg)
         want = tc.state_dict()
         if set(t) != set(want):
             raise BadInputError(st, f"holds tensors {sorted(t)[:6]}, expected {sorted(want)[:6]}",
@@ -263,8 +278,11 @@ class Transcoders(nn.Module):
             if v.shape != want[k].shape:
                 raise BadInputError(st, f"tensor {k!r} has shape {tuple(v.shape)}, the config "
                                         f"needs {tuple(want[k].shape)}", fix)
-            check_finite(v, st, f"tensor {k!r}", fix)
-        tc.load_state_dict(t)
+            bad = count_nonfinite(v)
+            if bad:
+                raise BadInputError(st, f"tensor {k!r} holds {bad} NaN/Inf value(s) of "
+                                        f"{v.numel()}", fix)
+        tc.load_state_dict(t, assign=True)
         return tc.to(device)
 
     def extra_repr(self) -> str:

@@ -130,7 +130,9 @@ def graph_cmd(
     edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Cumulative influence kept (edges)."),
     max_features: int = typer.Option(4096, "--max-features", help="At most this many feature nodes."),
     batch_size: int = typer.Option(64, "--batch-size", help="Targets per backward sweep."),
-    max_memory: float = typer.Option(6.0, "--max-memory", help="GiB; longer prompts are refused."),
+    max_memory: float = typer.Option(6.0, "--max-memory", help="GiB the graph's tensors may "
+                                     "take beyond the weights (estimated first); longer prompts "
+                                     "are refused."),
     slug: str = typer.Option("graph", "--slug", help="Name of the graph JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):

@@ -16,6 +16,9 @@ detects a planted effect. A protocol package registers its control beside its ``
   wrote beside results.json (e.g. saved vectors).
 * ``configure(cfg) -> cfg`` (optional): the settings the control runs with (e.g. only the parts
   the planted effect is about).
+* ``reference(cfg, untouched_run_dir) -> cfg`` (optional): the settings of each planted run,
+  given the untouched run of the same seed (for a measure calibrated once on the untouched model,
+  e.g. a monitor's fixed axis and threshold, which a planted model must not rebuild for itself).
 
 ``run_control(name, lm, cfg, out_dir)`` runs the protocol on the untouched model and on the
 planted model at every strength, for every seed, each run in its own folder
@@ -104,13 +107,16 @@ class ControlSpec:
     configure: Optional[Callable] = None
     """``configure(cfg) -> cfg``: the settings the control runs with."""
     doc: str = ""
+    reference: Optional[Callable] = None
+    """``reference(cfg, untouched_run_dir) -> cfg``: a planted run's settings, from the untouched
+    run of the same seed (a reference calibrated once on the untouched model)."""
 
 
 _CONTROLS: dict[str, ControlSpec] = {}
 
 
 def control(name: str, *, detect: Callable, strengths: Sequence[float] = (1.0,),
-            configure: Optional[Callable] = None):
+            configure: Optional[Callable] = None, reference: Optional[Callable] = None):
     """Register ``plant`` as protocol ``name``'s positive control (see the module doc)."""
     if not strengths or any(not s > 0 for s in strengths):
         raise ValueError(f"strengths must be positive numbers; got {strengths!r}")
@@ -118,7 +124,7 @@ def control(name: str, *, detect: Callable, strengths: Sequence[float] = (1.0,),
     def deco(plant: Callable) -> Callable:
         doc = " ".join((plant.__doc__ or "").strip().split("\n\n")[0].split())
         _CONTROLS[name] = ControlSpec(name, plant, detect, tuple(float(s) for s in strengths),
-                                      configure, doc)
+                                      configure, doc, reference)
         return plant
     return deco
 
@@ -309,7 +315,10 @@ def run_control(name: str, lm, cfg, out_dir, strengths: Optional[Sequence[float]
             effects[key] = p.effect
             rows = []
             for s in seeds:
-                res = _one(proto, p.lm, _with_seed(cfg, s), out / f"planted-{key}" / f"seed{s}")
+                rc = _with_seed(cfg, s)
+                if spec.reference is not None:
+                    rc = spec.reference(rc, out / "untouched" / f"seed{s}")
+                res = _one(proto, p.lm, rc, out / f"planted-{key}" / f"seed{s}")
                 rows.append(_det_row(spec.detect(res), s))
                 tick(f"planted x{key} seed {s}")
             planted[key] = rows

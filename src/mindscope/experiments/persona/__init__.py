@@ -17,6 +17,11 @@ Steps of ``run(lm, cfg, out_dir)``:
 Capping: a floor at tau_L = 25th percentile of default-assistant token projections, at every
 layer of ``cap_layers`` (upper-middle layers, 18-24 of 30).
 
+Drift monitor (``monitor.py``): a turn is flagged when its projection falls below a threshold
+calibrated on the default assistant's answers to held-out calibration questions (the
+``monitor_quantile``, 5%). ``axis_from`` reuses a saved axis, floors and threshold instead of
+rebuilding them from this model (a monitor calibrated once on a reference model).
+
 >>> # import mindscope as ms; from mindscope.experiments import persona
 >>> # res = persona.run(ms.load(), persona.Config.quick(), "runs/persona"); res.report()
 """
@@ -38,6 +43,8 @@ from .axis import (axis_vectorset, balanced_axis, check_balanced, generate_respo
                    persona_space, response_acts, role_scores, role_vectors, token_thresholds)
 from .data import load_drift, load_drift_file, load_roles, role_prompts
 from .effects import capability, drift, jailbreaks, steer_axis
+from .monitor import (AXIS_FILE, OWN_AXIS_FILE, axis_meta, calibrate, flag_rates, load_axis,
+                      reference_settings)
 from .report import build_report, plot_drift, plot_space, plot_steering
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,20 @@ class Config:
     drift_file: Optional[str] = None
     """A JSON file shaped like the shipped ``drift.json`` whose ``conversations`` sets are run by
     the drift part beside the shipped ones (the positive control's triggered / plain turns)."""
+    axis_from: Optional[str] = None
+    """A saved Assistant axis (a persona run folder or its ``assistant_axis.safetensors``) used
+    instead of rebuilding the axis from this model's answers, with its capping floors and drift
+    monitor threshold: a monitor calibrated once on a reference model. None = build the axis
+    from this model (the paper's recipe). The model's own axis is still built and saved
+    (``own_assistant_axis.safetensors``) and compared."""
+    axis_from_other_model: bool = False
+    """Accept an ``axis_from`` saved on a model of another name (a changed copy of the reference
+    model, e.g. a fine-tune); hidden size and layer count must still match."""
+    monitor_quantile: float = 0.05
+    """Drift monitor threshold = this quantile of the default assistant's per-answer projections
+    on the calibration questions (about this fraction of ordinary answers is flagged)."""
+    monitor_questions: Optional[int] = None
+    """Calibration questions answered for the monitor threshold (None = all 40 shipped)."""
     steer_strengths: tuple = (-0.3, -0.15, 0.0, 0.15, 0.3)
     """Steering strengths as fractions of the mean residual norm (+ = toward the Assistant)."""
     steer_tokens: int = 32
@@ -115,6 +136,13 @@ class Config:
         if self.cap_layers is not None:
             self.cap_layers = tuple(int(x) for x in self.cap_layers)
         self.steer_strengths = tuple(float(x) for x in self.steer_strengths)
+        if not 0 < self.monitor_quantile < 1:
+            raise ValueError(f"monitor_quantile must be in (0, 1); got {self.monitor_quantile}")
+        if self.monitor_questions is not None and self.monitor_questions < 2:
+            raise ValueError(f"monitor_questions must be >= 2 (or None); got {self.monitor_questions}")
+        if self.axis_from is not None:
+            from .monitor import check_axis_path
+            check_axis_path(self.axis_from)  # a missing axis fails here, before any generation
         if self.drift_file is not None:
             from .data import load_drift_file
             load_drift_file(self.drift_file)  # a bad file fails here, before any generation
@@ -135,7 +163,8 @@ class Result(ResultDisplay):
     config: Config
     out_dir: Path
     axis: object = None
-    """The Assistant axis at every layer (``ms.VectorSet``, rows named resid_post.L, raw units)."""
+    """The Assistant axis the run used, at every layer (``ms.VectorSet``, rows named resid_post.L,
+    raw units): built from this model, or the fixed one from ``axis_from``."""
     role_vectors: object = None
     """Role vectors at the analysis layer (``ms.VectorSet``)."""
     results: dict = field(default_factory=dict)
@@ -161,6 +190,12 @@ class Result(ResultDisplay):
                 for n, ys in sets.items():
                     rows.append({"metric": f"drift {n} ({m}): projection turn 1 -> last",
                                  "value": f"{ys[0]:.2f} -> {ys[-1]:.2f}"})
+            mon = dr.get("monitor")
+            if mon:
+                for n, w in mon["flagged"].items():
+                    rows.append({"metric": f"drift monitor flags {n} turns (threshold "
+                                           f"{mon['threshold']:.2f}, {mon['quantile']:g} quantile)",
+                                 "value": w})
         jb = r.get("jailbreaks")
         if jb:
             rows.append({"metric": "jailbreak harmful rate, default", "value": jb["default"]["harmful"]})
@@ -244,6 +279,11 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     layer, caps = default_layers(lm)
     layer = cfg.layer if cfg.layer is not None else layer
     cap_layers = cfg.cap_layers or caps
+    ref = None
+    if cfg.axis_from:  # a fixed axis: validated against the model before any generation
+        ref_axis, ref = load_axis(cfg.axis_from, lm, cfg.axis_from_other_model)
+        layer, cap_layers, ref_taus, monitor = reference_settings(ref, cfg.layer, cfg.cap_layers,
+                                                                  "drift" in cfg.parts)
     bad = [x for x in (layer, *cap_layers) if not 0 <= x < lm.n_layers]
     if bad:
         raise ValueError(f"layer(s) {bad} out of range for {lm.name} ({lm.n_layers} layers)")
@@ -269,11 +309,12 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     if len(names) < 3 or len(D) == 0:
         raise ValueError(f"too few responses left ({len(names)} roles, {len(D)} default); "
                          "raise max_new_tokens or use role_filter='none'")
-    axis = balanced_axis(acts, keys, [resp.questions[i] for i in rows])  # (L, d)
+    own = balanced_axis(acts, keys, [resp.questions[i] for i in rows])  # (L, d)
+    axis = own if ref is None else ref_axis  # (L, d)
     res = Result(cfg, out)
-    res.axis = axis_vectorset(lm, axis, sites, {"n_roles": len(names), "n_default": len(D),
-                                                "role_filter": cfg.role_filter})
-    res.axis.save(out / "assistant_axis.safetensors")
+    built = {"n_roles": len(names), "n_default": len(D), "role_filter": cfg.role_filter}
+    if ref is not None:
+        axis_vectorset(lm, own, sites, built).save(out / OWN_AXIS_FILE)
     from ...core import VectorSet
     res.role_vectors = VectorSet(R[:, layer], names=names, site=sites[layer], model=lm.name,
                                  method="response_mean")
@@ -290,13 +331,29 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
                "role_score_hist": {str(v): sum(1 for x in scores if x == v) for v in range(4)},
                "judge": "rule identity judge (keyword patterns)",
                "axis": "question-balanced: mean over questions of mean(default) - mean(roles)"})
-    Rs["space"] = persona_space(R, axis, names, layer, D.mean(0))
+    Rs["space"] = persona_space(R, own, names, layer, D.mean(0))  # this model's own axis
     res.plots["space"] = save_png(out / "persona_space.png", plot_space(Rs["space"]))
-    def_rows = [i for i in rows if resp.keys[i] == "default"]
-    taus = token_thresholds(lm, resp, def_rows, axis, cap_layers, cfg.cap_percentile,
-                            min(cfg.batch_size, 16))
-    Rs["cap_thresholds"] = {str(k): v for k, v in taus.items()}
     system = data["default_system_prompts"][0]
+    if ref is None:
+        def_rows = [i for i in rows if resp.keys[i] == "default"]
+        taus = token_thresholds(lm, resp, def_rows, axis, cap_layers, cfg.cap_percentile,
+                                min(cfg.batch_size, 16))
+        monitor = (calibrate(lm, system, axis, layer, cfg.monitor_quantile, cfg.monitor_questions,
+                             cfg.drift_tokens, cfg.batch_size, cfg.seed)
+                   if "drift" in cfg.parts else None)
+        Rs["axis_source"] = {"built_from": "this model's default and role answers"}
+    else:
+        taus = ref_taus
+        Rs["axis"] = f"fixed: {ref['path']} (built on {ref['model']}); the own axis is in {OWN_AXIS_FILE}"
+        Rs["axis_source"] = {"axis_from": ref["path"], "model": ref["model"],
+                             "cos_own_axis": [float(torch.nn.functional.cosine_similarity(
+                                 own[i], axis[i], dim=0)) for i in range(lm.n_layers)]}
+    Rs["cap_thresholds"] = {str(k): v for k, v in taus.items()}
+    meta = ({**built, **axis_meta(lm, layer, taus, cfg.cap_percentile, monitor)} if ref is None
+            else {k: v for k, v in ref.items() if k != "path"} | {"copied_from": ref["path"]})
+    res.axis = axis_vectorset(lm, axis, sites, meta)
+    res.axis.model = meta["model"]  # the model the axis was built on
+    res.axis.save(out / AXIS_FILE)
     if "steering" in cfg.parts:
         Rs["steering"] = steer_axis(lm, axis[layer], sites[layer], cfg.steer_strengths,
                                     [None, role_prompts(roles[0], data["templates"][:1])[0]],
@@ -305,6 +362,8 @@ def run(lm, cfg: Optional[Config] = None, out_dir="runs/persona") -> Result:
     if "drift" in cfg.parts:
         Rs["drift"] = drift(lm, dd["conversations"], system, axis, layer, taus, cfg.drift_tokens,
                             cfg.batch_size, seed=cfg.seed)
+        Rs["drift"]["monitor"] = {**monitor, "flagged": flag_rates(
+            Rs["drift"]["per_conversation"]["default"], monitor["threshold"])}
         res.plots["drift"] = save_png(out / "drift.png", plot_drift(Rs["drift"]))
     if "jailbreak" in cfg.parts:
         Rs["jailbreaks"] = jailbreaks(lm, dd["jailbreaks"], system, axis, taus,
