@@ -132,3 +132,15 @@ def test_clear_errors(toy, tmp_path, monkeypatch):
         run_control("nope", lm, ToyConfig(), tmp_path / "c")
     with pytest.raises(ValueError, match="positive"):
         _control.control("x", detect=lambda r: None, strengths=(0.0,))
+
+
+def test_detection_direction_counts_only_the_predicted_side():
+    from mindscope.experiments import Detection
+
+    below, above = (-1.0, -2.0, -0.5), (1.0, 0.5, 2.0)
+    assert Detection("m", *below).detected and Detection("m", *above).detected  # two-sided
+    assert Detection("m", *below, direction=-1).detected
+    assert not Detection("m", *above, direction=-1).detected
+    assert Detection("m", *above, direction=1).detected
+    assert not Detection("m", -0.1, -0.5, 0.3, direction=-1).detected  # straddles the null
+    assert Detection("m", *below, direction=-1).to_dict()["direction"] == -1

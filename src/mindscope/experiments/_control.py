@@ -60,13 +60,19 @@ class Detection:
     hi: Optional[float]
     null: float = 0.0
     n: Any = None
+    direction: int = 0
+    """The side the planted effect is predicted on, fixed before any run: +1 (above ``null``),
+    -1 (below), 0 (either). With a direction, an interval that excludes ``null`` on the other
+    side is not a detection (a one-sided test at half the interval's error rate, e.g. 2.5% for
+    a 95% interval)."""
 
     @property
     def detected(self) -> bool:
-        """The interval excludes the no-effect value."""
+        """The interval excludes the no-effect value (on the predicted side, if any)."""
         if self.lo is None or self.hi is None:
             return False
-        return self.lo > self.null or self.hi < self.null
+        above, below = self.lo > self.null, self.hi < self.null
+        return {1: above, -1: below}.get(self.direction, above or below)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "detected": self.detected}
@@ -216,7 +222,9 @@ def _fmt(d: dict) -> str:
 
 def _markdown(r: dict) -> str:
     meas = (r["untouched"] or [{}])[0].get("measure", "effect")
-    lines = [f"| {r['protocol']} control | {meas} (95% interval; no effect = {r['null']:g}) | "
+    side = {1: f"; detected only above {r['null']:g}", -1: f"; detected only below {r['null']:g}"}.get(
+        (r["untouched"] or [{}])[0].get("direction", 0), "")
+    lines = [f"| {r['protocol']} control | {meas} (95% interval; no effect = {r['null']:g}{side}) | "
              "detected in |", "|---|---|---|"]
     k = len(r["untouched"])
     lines.append(f"| untouched model ({r['model']}) | "

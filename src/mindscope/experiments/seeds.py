@@ -232,6 +232,16 @@ def binding_rows(r: dict) -> list[dict]:
             rows.append({"measure": "… isotropic random-subspace overlap (the old, wrong null)",
                          "paper": "–", "value": g.get("isotropic_overlap"), "n": "20 draws",
                          "grader": "none"})
+    abl = {a["layer"]: a for a in r.get("ablation_probes", [])}
+    if abl and r.get("config", {}).get("ablate_positions") == "names":
+        best = max(abl.values(), key=lambda a: a["slots"]["prior"]["test"])
+        for slot in ("current", "prior"):
+            v = best["slots"][slot]
+            rows.append({"measure": f"{slot}-entity probe held-out accuracy at name tokens "
+                         f"(layer {best['layer']})", "paper": "two linear slots per token",
+                         "value": v["test"], "lo": v.get("lo"), "hi": v.get("hi"),
+                         "n": f"{v['n_test']} name tokens", "grader": f"chance {v['chance']:.3f}"
+                         f"; control task {v.get('control', float('nan')):.3f}"})
     for c, tasks in r.get("causal", {}).items():
         for t in ("induction", "conflict"):
             if t in tasks:

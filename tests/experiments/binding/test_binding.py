@@ -140,6 +140,38 @@ def test_ablation_touches_only_story_tokens(tiny):
     np.testing.assert_allclose(base[0], ref[ids].numpy(), atol=1e-4)
 
 
+def test_mention_labels_and_name_masks(tiny):
+    from mindscope.experiments.binding.data import name_chars
+
+    s = render_story(D, ["Alice", "Bob"], ["tall", "old"], ["cooks soup", "reads a book"], [0, 1])
+    words = [(0, 5), (5, 8), (30, 34), (34, 41)]  # Alice, " is", " Bob", " is old"[:...]
+    assert token_labels(s, words, IX, AX)["mention"].tolist() == [1, 0, 1, 0]
+    assert "".join(s.text[i] for i in name_chars(s.text, ["Bob"]).nonzero()[0]) == "Bob"
+    assert not name_chars("Bobby", ["Bob"]).any()  # whole words only
+    lm = tiny("llama")
+    it = Item("induction", s.text + " Then Alice", [" Bob"], 0, len(s.text))
+    b = lm.tokenize([it.prompt])
+    m = story_mask(b, [it], names=["Alice", "Bob"])[0]
+    for u, (x, y) in enumerate(b.meta[0].offsets):  # the story's name tokens, not the cue's
+        want = 0 < y <= len(s.text) and bool(name_chars(it.prompt, ["Alice", "Bob"])[y - 1])
+        assert bool(m[u]) == want
+    assert 0 < int(m.sum()) < int(story_mask(b, [it]).sum())
+
+
+def test_ablation_layer_rules():
+    rows = [{"layer": L, "slots": {"prior": {"test": a}}}
+            for L, a in ((0, 0.1), (3, 0.5), (6, 0.7), (9, 0.6), (12, 0.2))]
+    layers = [0, 3, 6, 9, 12]
+    assert binding._ablate_layers("probe", layers, 15, rows, 0.4) == [6, 9]
+    assert binding._ablate_layers("probe", layers, 15, rows, 0.1) == [6]
+    assert binding._ablate_layers("auto", layers, 15, rows) == [3, 6]  # 20-60% depth
+    assert binding._ablate_layers("0.2,0.4", layers, 15, rows) == [3, 6]
+    with pytest.raises(ValueError, match="not swept"):
+        binding._ablate_layers("4", layers, 15, rows)
+    with pytest.raises(ValueError, match="ablate_positions"):
+        binding.Config(ablate_positions="all")
+
+
 def test_config_validation_and_layers():
     with pytest.raises(ValueError, match="min_entities"):
         binding.Config(min_entities=2)
@@ -183,7 +215,14 @@ def test_pipeline_end_to_end_on_tiny_model(tiny, tiny_data, tmp_path):
     cfg = binding.Config(n_stories=12, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
                          data_dir=str(tiny_data), progress=False, n_null=2, n_boot=3)
     res = binding.run(lm, cfg)
-    assert [r["layer"] for r in res.probes] == [1, 2] and res.ablate_layers == [1]  # 20-60% depth
+    assert [r["layer"] for r in res.probes] == [1, 2]
+    # default: half the swept layers, where the held-out prior probe at name tokens reads best
+    acc = {r["layer"]: r["slots"]["prior"]["test"] for r in res.ablation_probes}
+    assert res.ablate_layers == [max(acc, key=lambda L: (acc[L], -L))]
+    a = res.ablation_probes[0]
+    assert a["positions"] == "names" and a["slots"]["prior"]["lo"] <= a["slots"]["prior"]["test"]
+    assert 0 < a["slots"]["prior"]["n_test"] < res.probes[0]["slots"]["prior"]["n_test"]
+    assert len(res.random_spread["induction"]) == cfg.n_random
     for r in res.probes:
         for s in binding.SLOTS:
             v = r["slots"][s]

@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from mindscope.experiments import _lora, binding, controls, run_control
+from mindscope.experiments import Detection, _lora, binding, controls, run_control
 from mindscope.experiments.binding import control as C
 from mindscope.experiments.binding.data import Item, generate_stories
 from mindscope.experiments.binding.tasks import paired_contrasts, unit_scores
@@ -24,7 +25,7 @@ def small(monkeypatch):
 def _cfg(data, **over):
     return binding.Config(**{**dict(n_stories=12, layers="1,2", n_items=4, n_names=5,
                                     n_adjectives=6, data_dir=str(data), progress=False,
-                                    n_null=2, n_boot=0), **over})
+                                    n_null=2, n_boot=0, n_random=2), **over})
 
 
 def test_unit_scores_and_paired_contrasts_by_hand():
@@ -67,7 +68,11 @@ def test_detect_reads_the_induction_contrast():
     res = {"contrasts": {"prior_minus_random": {"induction": {"mean": -0.4, "lo": -0.6,
                                                               "hi": -0.2, "n": 24}}}}
     d = C.detect(res)
-    assert d.detected and d.null == 0.0 and d.value == -0.4
+    assert d.detected and d.null == 0.0 and d.value == -0.4 and d.direction == -1
+    up = C.detect({"contrasts": {"prior_minus_random": {"induction": {
+        "mean": 0.4, "lo": 0.2, "hi": 0.6, "n": 24}}}})
+    assert not up.detected  # the prior ablation HELPING is not the predicted effect
+    assert Detection("m", 0.4, 0.2, 0.6).detected  # a two-sided measure would count it
     with pytest.raises(ValueError, match="prior_minus_random"):
         C.detect({})
 
@@ -75,7 +80,8 @@ def test_detect_reads_the_induction_contrast():
 def test_control_end_to_end_reuses_the_adapter(tiny, tiny_data, small, tmp_path, monkeypatch):
     lm = tiny("llama")
     assert "binding" in controls()
-    res = run_control("binding", lm, _cfg(tiny_data), tmp_path / "c", strengths=[1.0], seeds=[0])
+    res = C.run_lora_control(lm, _cfg(tiny_data), tmp_path / "c", strengths=[1.0], seeds=[0])
+    assert controls()["binding"].plant is C.plant  # the registered plant is restored
     r = res.results
     assert r["untouched"][0]["measure"].startswith("induction right-answer log-prob")
     assert r["untouched"][0]["n"] == 24  # configure() raises n_items to 24
@@ -84,7 +90,8 @@ def test_control_end_to_end_reuses_the_adapter(tiny, tiny_data, small, tmp_path,
     assert "+inductionx1" in saved["model"]
     calls = []
     monkeypatch.setattr(_lora, "_train", lambda *a, **k: calls.append(1))
-    p = C.plant(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model", 0.5)
+    p = C.plant_lora(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model",
+                     0.5)
     assert calls == [] and p.effect["strength"] == 0.5
 
 
@@ -97,6 +104,12 @@ def test_seed_table_carries_the_paired_contrasts():
     r = got["induction: right-answer score, prior minus random (paired, same prompts)"]
     assert (r["value"], r["lo"], r["hi"], r["n"]) == (-0.3, -0.5, -0.1, 24)
     assert len(rows) == 2
+    pr = {"test": 0.7, "lo": 0.6, "hi": 0.8, "n_test": 90, "chance": 0.15}
+    probes = [{"layer": L, "slots": {"prior": {**pr, "test": a}, "current": pr}}
+              for L, a in ((12, 0.7), (24, 0.8))]
+    rows = binding_rows({"config": {"ablate_positions": "names"}, "ablation_probes": probes})
+    assert [(r["measure"], r["value"]) for r in rows][1] == \
+        ("prior-entity probe held-out accuracy at name tokens (layer 24)", 0.8)
 
 
 def test_mde_of_the_contrast_matches_the_noncentral_t():
@@ -109,3 +122,35 @@ def test_mde_of_the_contrast_matches_the_noncentral_t():
     assert C.mde_contrast({"lo": -h, "hi": h, "n": n}) == pytest.approx(mde_mean(sd, n))
     assert C.mde_contrast({"lo": -h, "hi": h, "n": n}) > h  # 80% power needs more than the CI
 
+
+
+def test_control_passes_on_a_planted_slot_and_not_on_the_untouched_model(
+        tiny, tiny_data, tmp_path, monkeypatch):
+    """With the registered plant (a prior slot that induction reads by construction) the protocol (default ablation rule:
+    name tokens, layers where the held-out prior probe reads) detects it below 0 and the
+    untouched model shows nothing; deterministic (fixed seeds, no sampling)."""
+    lm = tiny("llama")
+    res = run_control("binding", lm, _cfg(tiny_data), tmp_path / "c", strengths=[1.0], seeds=[0])
+    r = res.results
+    (u,), (p,) = r["untouched"], r["planted"]["1"]
+    assert p["direction"] == -1 and p["hi"] < 0 and p["detected"], p
+    assert not u["detected"] and u["lo"] < 0 < u["hi"], u
+    assert res.passed
+    saved = json.loads((tmp_path / "c" / "planted-1" / "seed0" / "results.json").read_text())
+    row = {a["layer"]: a for a in saved["ablation_probes"]}
+    assert saved["config"]["ablate_positions"] == "names"
+    acc = {L: a["slots"]["prior"]["test"] for L, a in row.items()}
+    assert saved["ablate_layers"] == [max(acc, key=acc.get)]  # where the probe reads best
+    assert acc[saved["ablate_layers"][0]] > row[saved["ablate_layers"][0]]["slots"]["prior"]["chance"]
+    assert len(saved["random_spread"]["induction"]) == 2
+    assert "prior slot x1" in r["effects"]["1"]["summary"]
+    # the plant's codes are saved once and reused (a second plant loads, never redraws)
+    codes = (tmp_path / "c" / "slot.safetensors").read_bytes()
+    p2 = C.plant(lm, C.configure(_cfg(tiny_data)), tmp_path / "c" / "planted-0.5" / "model", 0.5)
+    try:
+        assert (tmp_path / "c" / "slot.safetensors").read_bytes() == codes
+        assert p2.effect["strength"] == 0.5 and p2.effect["read_layer"] == lm.n_layers - 1
+    finally:
+        p2.close()
+    base = lm.forward(["Alice met Bob. Then Alice"])  # hooks removed: the model is untouched
+    assert torch.equal(base, lm.forward(["Alice met Bob. Then Alice"]))

@@ -27,6 +27,7 @@ def small(monkeypatch):
     monkeypatch.setattr(C, "LORA", _lora.LoraPlant(r=4, alpha=8, lr=5e-3, epochs=1, batch_size=4))
     monkeypatch.setattr(C, "N_DISTILL", 6)
     monkeypatch.setattr(C, "DISTILL_TOKENS", 5)
+    monkeypatch.setattr(C, "N_DOCS_QA", 4)
 
 
 def test_distillation_prompts_are_disjoint_from_the_measured_ones():
@@ -34,6 +35,18 @@ def test_distillation_prompts_are_disjoint_from_the_measured_ones():
     shipped_prompts = {r["prompt"].lower() for r in shipped("prompts")}
     assert prompts and not shipped_prompts & {p.lower() for p in prompts}
     assert src["removed_overlap"] == src["pool"] - len(prompts) > 0  # some chat prompts collide
+
+
+def test_anchor_texts_are_human_written_and_never_from_the_shipped_set():
+    rows = shipped("prompts")
+    pairs, src = C.anchor_texts(n_docs=10)
+    assert src == {"stdlib_docs_qa": 10, "emotion_stories": len(pairs) - 10}
+    assert src["emotion_stories"] > 0
+    assert not {p for p, _ in pairs} & {r["prompt"] for r in rows}  # whatever n_prompts is
+    assert not {a for _, a in pairs} & {r["human"] for r in rows}
+    distill, _ = C.distill_prompts(1000)  # no anchor prompt is a distillation prompt either
+    assert not {p for p, _ in pairs} & set(distill)
+    assert all(a.strip() for _, a in pairs)
 
 
 def test_examples_train_only_the_answer(lm):
@@ -85,6 +98,10 @@ def test_control_runs_end_to_end(lm, small, tmp_path):
     saved = json.loads((tmp_path / "c" / "planted-1" / "seed0" / "results.json").read_text())
     assert saved["config"]["protocols"] == ["gap"] and "+selfdistillx1" in saved["model"]
     assert r["effects"]["1"]["kind"].startswith("LoRA self-distillation")
+    for run in ("untouched", "planted-1"):  # paired: own and human sides hold the same prompts
+        g = json.loads((tmp_path / "c" / run / "seed0" / "results.json").read_text())["gap"]
+        n = g["ratios"]["human"]["n"]
+        assert g["conditions"]["own"]["n"] == g["conditions"]["human"]["n"] == n == g["n_prompts"]
 
 
 def test_mde_ratio_reads_the_log_interval():

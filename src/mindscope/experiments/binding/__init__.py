@@ -14,13 +14,16 @@ Protocol (see docs/experiments/binding.md):
    for the four slots, each next to a Hewitt-Liang control task.
 3. Slot geometry: principal angles between the current- and prior-entity probe subspaces vs
    random subspaces of the same rank.
-4. Causal: project each slot subspace (or a random one of equal rank) out of the story tokens at
-   the ablation layers; score induction, conflict and retrieval by answer-token log-probs.
+4. Causal: project each slot subspace (or random ones of equal rank; their mean is the
+   baseline) out of the story's name tokens, with probes fitted on those tokens, at the layers
+   where the held-out prior-entity probe reads best (``ablate_positions`` / ``ablate_layers``);
+   score induction, conflict and retrieval by answer-token log-probs, paired slot - random.
 5. Behaviour: double binding on one token vs single-binding controls.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -68,11 +71,24 @@ class Config:
     """Control probe: 'task' (Hewitt-Liang word-type control), 'shuffle', or None."""
     test_size: float = 0.25
     """Fraction of stories held out for probe testing."""
-    ablate_layers: str = "auto"
-    """Layers whose slot subspaces are ablated in the causal tests ('auto' = the swept layers
-    between 20% and 60% of depth), each with its own layer's probes; must be swept layers."""
+    ablate_positions: str = "names"
+    """Story tokens the causal tests ablate, and the tokens their slot probes are fitted on:
+    'names' (the tokens of the entities' names, where the prior-entity probe reads: held-out
+    accuracy ≈ 0.7 there vs ≈ 0.25 over all story tokens on SmolLM2, issue 24) or 'story'
+    (every story token, with the all-token probes: the test before issue 24)."""
+    ablate_layers: str = "probe"
+    """Layers whose slot subspaces are ablated in the causal tests, each with its own layer's
+    probes: 'probe' = the ``ablate_top`` share of the swept layers where the held-out
+    prior-entity probe (at ``ablate_positions``) reads best; 'auto' = the swept layers between
+    20% and 60% of depth (the rule before issue 24); or a list / depth fractions of swept
+    layers."""
+    ablate_top: float = 0.5
+    """Share of the swept layers that ``ablate_layers='probe'`` ablates (at least one)."""
     slot_rank: Optional[int] = None
     """Dimensions of each slot subspace to ablate (None = full probe rank, n_names - 1)."""
+    n_random: int = 5
+    """Random subspaces (equal rank, probe-shaped) per ablation: the baseline of the paired
+    slot-vs-random contrasts is their mean, so one unlucky draw cannot make or hide an effect."""
     n_items: int = 16
     """Prompts per causal task (conflict uses 2 per item) and per binding condition."""
     batch_size: int = 16
@@ -116,6 +132,11 @@ class Config:
             raise ValueError(f"need n_null >= 2 and n_boot >= 0; got {self.n_null}, {self.n_boot}")
         if self.n_items < 2:
             raise ValueError(f"n_items must be >= 2; got {self.n_items}")
+        if self.ablate_positions not in ("names", "story"):
+            raise ValueError(f"ablate_positions {self.ablate_positions!r}: use 'names' or 'story'")
+        if not 0 < self.ablate_top <= 1 or self.n_random < 1:
+            raise ValueError(f"need 0 < ablate_top <= 1 and n_random >= 1; got {self.ablate_top}, "
+                             f"{self.n_random}")
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -184,7 +205,8 @@ class Result(ResultDisplay):
     """Per layer: principal angles current vs prior (and attr vs attr) + random baseline."""
     ablate_layers: list
     causal: dict
-    """condition -> task -> {acc, sem, chance, n, ...}."""
+    """condition -> task -> {acc, sem, chance, n, ...} ('random': from the per-item mean of the
+    ``n_random`` draws' log-probs)."""
     contrasts: dict
     """'prior_minus_random' / 'current_minus_random' -> task -> paired mean difference of the
     right-answer score (``tasks.unit_scores``) with its 95% interval, same prompts."""
@@ -195,6 +217,12 @@ class Result(ResultDisplay):
     timings: dict
     data_hash: str
     example: str
+    ablation_probes: list = field(default_factory=list)
+    """Per swept layer, the current/prior probes the causal tests use (fitted at
+    ``ablate_positions``): held-out accuracy with its Wilson 95% interval, chance, n."""
+    random_spread: dict = field(default_factory=dict)
+    """task -> the prior-minus-random mean contrast against each random draw separately (how
+    much the baseline depends on the draw)."""
     multislot: dict = field(default_factory=dict, repr=False)
     """layer -> fitted ``MultiSlotProbe`` (not serialised; exported to probes/ by report())."""
     lm_name: str = ""
@@ -243,7 +271,7 @@ def _capture_labels(lm, stories, sites, name_ix, adj_ix, batch_size, progress):
     per_story = [token_labels(s, m.offsets, name_ix, adj_ix) for s, m in zip(stories, b.meta)]
     rows, pos = cap.row.numpy(), cap.pos.numpy()
     labels = {k: np.array([per_story[r][k][p] for r, p in zip(rows, pos)]) for k in
-              ("segment",) + SLOTS}
+              ("segment", "mention") + SLOTS}
     return cap, labels
 
 
@@ -269,7 +297,6 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     name_ix = {n: i for i, n in enumerate(d.names)}
     adj_ix = {a: i for i, a in enumerate(d.adjectives)}
     layers = parse_layers(cfg.layers, lm.n_layers)
-    abl = _ablate_layers(cfg.ablate_layers, layers, lm.n_layers)
     sites = [f"resid_post.{L}" for L in layers]
     ent = (cfg.min_entities, cfg.max_entities)
 
@@ -281,14 +308,22 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     groups = cap.row.numpy()[keep]
     ids = cap.token_ids.numpy()[keep]
     slot_labels = {k: lab[k][keep] for k in SLOTS}
-    probes, geometry, fitted, scale = [], [], {}, {}
+    at = lab["mention"][keep] == 1 if cfg.ablate_positions == "names" else np.ones(len(ids), bool)
+    probes, geometry, fitted, scale, abl_fit, abl_probes = [], [], {}, {}, {}, []
     for L, s in zip(tqdm(layers, desc="multi-slot probes", disable=not cfg.progress), sites):
         X = cap[s][keep].float().numpy()  # (N, d)
         msp = fit_multislot(X, slot_labels, groups, kind=cfg.probe_kind, C=cfg.C, token_ids=ids,
                             control=cfg.control, test_size=cfg.test_size, seed=cfg.seed)
         fitted[L] = msp
-        scale[L] = torch.from_numpy(X.std(0)).clamp(min=1e-8)  # (d,) per-dim std of this layer
         probes.append({"layer": L, "site": s, **msp.summary()})
+        if cfg.ablate_positions == "names":  # the probes the causal test uses, where it ablates
+            abl_fit[L] = fit_multislot(X[at], {k: slot_labels[k][at] for k in ("current", "prior")},
+                                       groups[at], kind=cfg.probe_kind, C=cfg.C, token_ids=ids[at],
+                                       control=cfg.control, test_size=cfg.test_size, seed=cfg.seed)
+        else:
+            abl_fit[L] = msp
+        scale[L] = torch.from_numpy(X[at].std(0)).clamp(min=1e-8)  # (d,) per-dim std there
+        abl_probes.append(_probe_row(L, cfg.ablate_positions, abl_fit[L]))
         geo = {"layer": L, "entity": msp.geometry("current", "prior"),
                "attribute": msp.geometry("current_attr", "prior_attr")}
         for key, (a, b) in (("entity", ("current", "prior")),
@@ -306,26 +341,39 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
                                                     cfg.seed + 203 + L)
         geometry.append(geo)
     t_probe = time.time()
+    abl = _ablate_layers(cfg.ablate_layers, layers, lm.n_layers, abl_probes, cfg.ablate_top)
 
     # 4. causal tests: ablate each slot subspace on the story tokens at the ablation layers
     items = (induction_items(d, cfg.n_items, ent, cfg.seed) + conflict_items(d, cfg.n_items, ent, cfg.seed)
              + retrieval_items(d, (cfg.n_items + 1) // 2, ent, cfg.seed))
-    bases = {c: {} for c in CONDITIONS[1:]}
+    bases = {"current": {}, "prior": {}}
+    randoms = [{} for _ in range(cfg.n_random)]
     for j, L in enumerate(abl):
         for c in ("current", "prior"):
-            bases[c][f"resid_post.{L}"] = fitted[L].basis(c, cfg.slot_rank)
-        # control: a random subspace of equal rank made like a probe's (random weights on
-        # standardised features, divided by the per-dim std), so it avoids the few huge
+            bases[c][f"resid_post.{L}"] = abl_fit[L].basis(c, cfg.slot_rank)
+        # control: random subspaces of equal rank made like a probe's (random weights on
+        # standardised features, divided by the per-dim std), so they avoid the few huge
         # residual dimensions exactly as the probe subspaces do
         k = bases["prior"][f"resid_post.{L}"].shape[0]
-        R = random_basis(lm.d_model, k, cfg.seed + 7 + j) / scale[L]  # (k, d)
-        bases["random"][f"resid_post.{L}"] = orthonormal_basis(R)
+        for r, rb in enumerate(randoms):
+            R = random_basis(lm.d_model, k, cfg.seed + 7 + j + 1000 * r) / scale[L]  # (k, d)
+            rb[f"resid_post.{L}"] = orthonormal_basis(R)
+    names = d.names if cfg.ablate_positions == "names" else None
     causal, scores = {}, {}
     for c in CONDITIONS:
-        scores[c] = score_items(lm, items, None if c == "none" else bases[c], cfg.batch_size,
-                                desc=f"tasks ({c})", progress=cfg.progress)
-        causal[c] = task_metrics(items, scores[c])
+        todo = randoms if c == "random" else [None if c == "none" else bases[c]]
+        scores[c] = [score_items(lm, items, b, cfg.batch_size, desc=f"tasks ({c})",
+                                 progress=cfg.progress, names=names) for b in todo]
+        mean = [np.mean(z, axis=0) for z in zip(*scores[c])]  # per item, over random draws
+        causal[c] = task_metrics(items, mean)
+        if c != "random":
+            scores[c] = scores[c][0]
     contrasts = paired_contrasts(items, {c: scores[c] for c in CONDITIONS[1:]}, base="random")
+    spread = {}
+    for sc in scores["random"]:
+        one = paired_contrasts(items, {"prior": scores["prior"], "random": sc})["prior_minus_random"]
+        for t, v in one.items():
+            spread.setdefault(t, []).append(v["mean"])
     t_causal = time.time()
 
     # 5. behaviour: double vs single binding
@@ -339,6 +387,7 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     from ...core import data_hash
     res = Result(config=asdict(cfg), model=lm.name, names=d.names, adjectives=d.adjectives,
                   layers=layers, probes=probes, geometry=geometry, ablate_layers=abl,
+                  ablation_probes=abl_probes, random_spread=spread,
                   causal=causal, contrasts=contrasts, binding=binding, n_tokens=int(len(cap.row)),
                   n_rows=int(keep.sum()),
                   timings={"capture_s": t_cap - t0, "probes_s": t_probe - t_cap,
@@ -352,7 +401,25 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     return res
 
 
-def _ablate_layers(spec: str, layers: list[int], n_layers: int) -> list[int]:
+def _probe_row(L: int, positions: str, msp) -> dict:
+    """One ``Result.ablation_probes`` row: held-out accuracy of the current / prior probes with
+    Wilson 95% intervals."""
+    from ...runs import wilson
+
+    out = {"layer": L, "positions": positions, "slots": {}}
+    for k, v in msp.summary()["slots"].items():
+        if k in ("current", "prior"):
+            w = wilson(int(round(v["test"] * v["n_test"])), v["n_test"])
+            out["slots"][k] = {**v, "lo": w["lo"], "hi": w["hi"]}
+    return out
+
+
+def _ablate_layers(spec: str, layers: list[int], n_layers: int, abl_probes=(),
+                   top: float = 0.5) -> list[int]:
+    if spec == "probe":  # where the held-out prior-entity probe reads best
+        acc = {r["layer"]: r["slots"]["prior"]["test"] for r in abl_probes}
+        k = max(1, math.ceil(top * len(layers) - 1e-9))
+        return sorted(sorted(layers, key=lambda L: (-acc.get(L, 0.0), L))[:k])
     if spec == "auto":
         lo, hi = 0.2 * (n_layers - 1), 0.6 * (n_layers - 1)
         out = [L for L in layers if lo <= L <= hi]

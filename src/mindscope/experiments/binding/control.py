@@ -1,21 +1,33 @@
-"""Positive control of the binding protocol: fine-tune "who came after X" until the prior slot
-is needed, then ask whether ablating it (vs an equal-rank random subspace) hurts induction.
+"""Positive control of the binding protocol: plant a prior-entity slot that entity induction
+reads, then ask whether the protocol's causal test (ablate the prior slot vs equal-rank random
+subspaces) sees it.
 
-The plant: a LoRA adapter trained on synthetic stories followed by the protocol's induction
-cue ("The next day they came back in the same order: A, B,") and the rest of the names in story
-order (loss on the continuation only), i.e. entity-level induction, the task the paper says the
-prior-entity slot supports. The protocol then runs unchanged on the merged model.
+The registered plant (``plant``) is a prior slot **by construction** (issue 24, third attempt):
+hooks on the model write, after block ``round(SLOT_DEPTH x (n_layers - 1))``, a code of the
+PREVIOUS entity onto every entity-name token (a fixed random unit vector per name, scaled to
+``strength`` x the token's residual norm), and after the last block the final position reads
+it: it attends over the earlier name tokens by the cosine of their residual with the code of
+the last name in the prompt and adds, in proportion, the unembedding direction of the entity
+those tokens name (gain ``strength`` x the residual norm). That is entity-level induction
+through the prior slot ("who came after X" = the name whose token carries "X came before"),
+readable by a linear probe on name tokens and causal by construction: nothing else in the
+plant carries the answer. Nothing is trained; the codes are drawn from ``SLOT_SEED`` and saved
+(``slot.safetensors``) in the control folder. The protocol runs unchanged on the hooked model.
 
-Held out: the training stories use only names the protocol does not use (it takes the first
-``n_names`` names with distinct first tokens; training gets the others) and adjectives the
-protocol does not use (its unused ones plus ``TRAIN_ADJECTIVES``), with their own seeds; the
-protocol's stories, probes and task prompts are built from its own names and adjectives, so no
-entity is on both sides (actions and segment templates are shared vocabulary; ``effect`` says so).
+Kept as findings, not registered: ``plant_lora`` (attempts 1 and 2), a LoRA fine-tuned on
+"who came after X" over stories whose names and adjectives the protocol never uses. It makes
+the model answer induction almost perfectly, yet the prior slot that the protocol probes is not
+what it uses: ablating it moves the answer no more than random ablations do, at any layers and
+positions tried (docs/experiments/binding.md). ``run_lora_control`` reruns it.
 
 Detection: the paired difference, on the same induction prompts, between the right-answer
-log-prob (renormalised over the candidate names) with the prior slot ablated and with an
-equal-rank random subspace ablated (``contrasts.prior_minus_random.induction``, Student-t 95%
-interval over prompts); no effect = 0.
+log-prob (renormalised over the candidate names) with the prior slot ablated and with
+equal-rank random subspaces ablated (their mean over ``n_random`` draws;
+``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no effect = 0.
+The direction is fixed in advance: the claim is that the prior slot SUPPORTS induction, so only
+an interval wholly below 0 (the prior ablation hurts more than a random one) is a detection, on
+the planted and on the untouched model alike (one-sided at 2.5%); an interval wholly above 0 is
+reported, not counted.
 """
 from __future__ import annotations
 
@@ -81,11 +93,10 @@ def detect(results: dict) -> Detection:
         raise ValueError("results.json has no contrasts.prior_minus_random.induction (a binding "
                          "run from before the paired contrasts were added?)")
     return Detection("induction right-answer log-prob, ablate prior - ablate random",
-                     c["mean"], c["lo"], c["hi"], null=0.0, n=c["n"])
+                     c["mean"], c["lo"], c["hi"], null=0.0, n=c["n"], direction=-1)
 
 
-@control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)
-def plant(lm, cfg, work_dir, strength) -> Planted:
+def plant_lora(lm, cfg, work_dir, strength) -> Planted:
     """Induction LoRA ("who came after X", stories with held-apart names), merged at
     ``strength`` x its trained scale; the adapter is trained once in ``<control>/lora``."""
     adapter = Path(work_dir).parent.parent / "lora"
@@ -120,3 +131,109 @@ def mde_contrast(det: dict) -> float:
     n = det["n"]
     se = (det["hi"] - det["lo"]) / (2 * float(student_t.ppf(0.975, n - 1)))
     return mde_mean(se * math.sqrt(n), n)
+
+
+SLOT_DEPTH = 0.3
+"""Depth fraction of the block after which the plant writes the prior-entity code."""
+SLOT_SEED = 0
+"""Seed of the per-name codes."""
+
+
+def _mentions(ids: list, forms) -> list:
+    """(last token position, entity) of every name in the token ids, in text order."""
+    return sorted((p + len(f) - 1, i) for p in range(len(ids)) for f, i in forms
+                  if tuple(ids[p:p + len(f)]) == f)
+
+
+def slot_plant(lm, names: list, strength: float, codes) -> Planted:
+    """``lm`` with the prior slot planted by hooks (see the module doc); ``codes`` (n_names, d)
+    unit vectors, one per name."""
+    import torch
+
+    if not strength > 0:
+        raise ValueError(f"slot strength must be > 0; got {strength}")
+    tok = lm.tokenizer
+    forms = {(tuple(tok(f, add_special_tokens=False)["input_ids"]), i)
+             for i, n in enumerate(names) for f in (n, " " + n)}
+    ans = [tok(" " + n, add_special_tokens=False)["input_ids"][0] for n in names]
+    head = lm.model.get_output_embeddings().weight.detach()[ans].float()  # (n_names, d)
+    head = head / head.norm(dim=1, keepdim=True)
+    U = codes.float()  # (n_names, d) unit rows
+    state: dict = {}
+
+    def edit(fn):
+        def hook(mod, args, out):
+            h = (out[0] if isinstance(out, tuple) else out).clone()  # (B, T, d)
+            for b, row in enumerate(state["ids"].tolist()):
+                fn(h[b], _mentions(row, forms))
+            return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        return hook
+
+    def write(h, m):  # h (T, d): the previous entity's code on each name token
+        for (p, _), (_, prev) in zip(m[1:], m[:-1]):
+            h[p] += (strength * h[p].float().norm() * U[prev].to(h.device)).to(h.dtype)
+
+    def read(h, m):  # the last position votes for the names whose prior is the last name
+        if len(m) < 2:
+            return
+        q = U[m[-1][1]].to(h.device)
+        pos = torch.tensor([p for p, _ in m[:-1]], device=h.device)
+        k = h[pos].float()  # (n_mentions, d)
+        w = torch.softmax(20 * (k @ q) / k.norm(dim=1).clamp(min=1e-6), 0)  # (n_mentions,)
+        ent = torch.tensor([e for _, e in m[:-1]], device=h.device)
+        vote = torch.zeros(len(names), device=h.device).index_add_(0, ent, w)
+        h[-1] += (strength * h[-1].float().norm() * (vote @ head.to(h.device))).to(h.dtype)
+
+    L = int(round(SLOT_DEPTH * (lm.n_layers - 1)))
+    handles = [lm.model.get_input_embeddings().register_forward_hook(
+                   lambda mod, a, o: state.update(ids=a[0])),
+               lm.block(L).register_forward_hook(edit(write)),
+               lm.block(lm.n_layers - 1).register_forward_hook(edit(read))]
+    effect = {"kind": "prior-entity slot planted by construction (hooks: write a code of the "
+                      "previous entity on each name token, read it for induction at the end)",
+              "summary": f"prior slot x{strength:g} (write after block {L}, read after block "
+                         f"{lm.n_layers - 1})", "strength": strength, "write_layer": L,
+              "read_layer": lm.n_layers - 1, "names": list(names),
+              "trained_on": "nothing (fixed random codes per name, seed SLOT_SEED)",
+              "held_out": "not applicable: no training; the plant knows only the protocol's "
+                          "names, which it needs to find the name tokens"}
+    return Planted(lm, effect, lambda: [h.remove() for h in handles])
+
+
+@control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)
+def plant(lm, cfg, work_dir, strength) -> Planted:
+    """A prior-entity slot planted by construction (hooks), at ``strength`` x the residual norm;
+    the per-name codes are drawn once and saved in ``<control>/slot.safetensors``."""
+    import torch
+
+    from ...core import atomic_save_tensors, load_safetensors
+    from ...probes import random_basis
+    from . import pick_names
+
+    names = pick_names(lm, BindingData.load(cfg.data_dir).names, cfg.n_names)
+    f = Path(work_dir).parent.parent / "slot.safetensors"
+    if f.exists():
+        codes = load_safetensors(f)["codes"]
+        if codes.shape != (len(names), lm.d_model):
+            raise ValueError(f"{f} holds codes of shape {tuple(codes.shape)}, not "
+                             f"({len(names)}, {lm.d_model}): made for another model or n_names; "
+                             "delete it or use another control folder")
+    else:
+        g = random_basis(lm.d_model, len(names) + 1, SLOT_SEED).float()  # orthonormal rows
+        codes = g[:-1] - g[:-1].mean(0)  # zero-mean over names: nothing shared to read
+        codes = codes / codes.norm(dim=1, keepdim=True)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(f, {"codes": codes})
+    return slot_plant(lm, names, strength, torch.as_tensor(codes))
+
+
+def run_lora_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,)):
+    """The control with the induction LoRA as the plant (the failed attempts, kept as a
+    finding): ``run_control`` with ``plant_lora`` registered for the duration of the call."""
+    from .._control import run_control
+
+    control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)(plant_lora)
+    try:
+        return run_control("binding", lm, cfg, out_dir, strengths, seeds)
+    finally:
+        control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)(plant)

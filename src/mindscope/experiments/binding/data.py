@@ -16,6 +16,7 @@ mapped to tokens through the offsets that ``lm.tokenize`` records in ``Batch.met
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -113,17 +114,39 @@ def generate_stories(d: BindingData, n: int, n_entities=(3, 5), seed: int = 0) -
     return out
 
 
+def name_chars(text: str, names: Sequence[str], end: Optional[int] = None) -> np.ndarray:
+    """(len(text),) bool: True on the characters of whole-word mentions of ``names`` in
+    ``text[:end]`` (the story part of a prompt).
+
+    >>> name_chars("Bob met Bobby. Ann", ["Bob", "Ann"]).nonzero()[0].tolist()
+    [0, 1, 2, 15, 16, 17]
+    """
+    end = len(text) if end is None else end
+    out = np.zeros(len(text), bool)
+    if not names:
+        return out
+    pat = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                     + r")\b")
+    for m in pat.finditer(text, 0, end):
+        out[m.start():m.end()] = True
+    return out
+
+
 def token_labels(story: Story, offsets, name_index: dict, adj_index: dict) -> dict:
     """Per token (T,): ``segment``, ``current``, ``prior``, ``current_attr``, ``prior_attr``
     (class indices from ``name_index`` / ``adj_index``; -1 where there is none, e.g. the prior
-    entity in the first segment, or special tokens with empty offsets).
+    entity in the first segment, or special tokens with empty offsets), and ``mention`` (1 on
+    the tokens of an entity's name, 0 elsewhere).
 
-    A token belongs to the segment holding its last character."""
+    A token belongs to the segment (and to a name) holding its last character."""
     T = len(offsets)
     seg = np.full(T, -1)
+    mention = np.zeros(T, int)
+    chars = name_chars(story.text, story.names)
     for t, (a, b) in enumerate(offsets):
         if b <= a:
             continue
+        mention[t] = int(chars[b - 1]) if b - 1 < len(chars) else 0
         for k, (s, e) in enumerate(story.spans):
             if s <= b - 1 < e:
                 seg[t] = k
@@ -138,7 +161,7 @@ def token_labels(story: Story, offsets, name_index: dict, adj_index: dict) -> di
         return out
 
     return {"segment": seg, "current": at(cur_n, 0), "prior": at(cur_n, 1),
-            "current_attr": at(cur_a, 0), "prior_attr": at(cur_a, 1)}
+            "current_attr": at(cur_a, 0), "prior_attr": at(cur_a, 1), "mention": mention}
 
 
 # ---- task prompts ----------------------------------------------------------------------------

@@ -95,9 +95,18 @@ def _page(res, plots: dict) -> Page:
               _table(grow, ["layer", "min angle cur/prior (deg)", "overlap entity",
                             "entity overlap 95% CI (story bootstrap)", "overlap attr",
                             "null overlap (permuted-label probes)"]))
-    p.section(f"Causal tests (ablation on story tokens at layers {res.ablate_layers})",
-              png(plots["causal"]),
-              _table(crow, ["task", "chance"] + [f"ablate {c}" for c in res.causal] + ["n"]))
+    where = {"names": "the story's name tokens", "story": "every story token"}.get(
+        res.config.get("ablate_positions", "story"), "story tokens")
+    arow = [[a["layer"]] + [f"{a['slots'][k]['test']:.3f} [{a['slots'][k]['lo']:.3f}, "
+                            f"{a['slots'][k]['hi']:.3f}]" for k in ("prior", "current")]
+            + [f"{a['slots']['prior']['chance']:.3f}", a["slots"]["prior"]["n_test"],
+               "ablated" if a["layer"] in res.ablate_layers else ""]
+            for a in res.ablation_probes]
+    p.section(f"Causal tests (ablation on {where} at layers {res.ablate_layers}; random = mean "
+              f"of {res.config.get('n_random', 1)} random subspaces)", png(plots["causal"]),
+              _table(crow, ["task", "chance"] + [f"ablate {c}" for c in res.causal] + ["n"]),
+              _table(arow, ["layer", "prior probe held-out acc [95% CI]", "current probe",
+                            "chance (prior)", "n test tokens", ""]))
     p.section("Double binding on one token",
               _table(brow, ["condition", "acc", "sem", "chance", "n"]))
     p.text(f"Rate of answering the first-mentioned name: "

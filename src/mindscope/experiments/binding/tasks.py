@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ...core import Ablate
-from .data import Item
+from .data import Item, name_chars
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +24,32 @@ def first_token(lm, text: str) -> int:
     return ids[0]
 
 
-def story_mask(batch, items) -> torch.Tensor:
-    """(B, T_unpadded) True on tokens that lie inside each item's story characters."""
+def story_mask(batch, items, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """(B, T_unpadded) True on tokens that lie inside each item's story characters; with
+    ``names``, only on the story's tokens of those names (a token belongs to the name holding
+    its last character, as in ``data.token_labels``)."""
     T = max(len(m.offsets) for m in batch.meta)
     m = torch.zeros(len(items), T, dtype=torch.bool)
     for b, (meta, it) in enumerate(zip(batch.meta, items)):
+        chars = None if names is None else name_chars(it.prompt, names, it.story_chars)
         for u, (x, y) in enumerate(meta.offsets):
-            m[b, u] = 0 < y <= it.story_chars
+            m[b, u] = 0 < y <= it.story_chars and (chars is None or bool(chars[y - 1]))
     return m
 
 
 def score_items(lm, items: list[Item], ablate: Optional[dict] = None, batch_size: int = 16,
-                desc: str = "score", progress: bool = True) -> list[np.ndarray]:
+                desc: str = "score", progress: bool = True,
+                names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
     """Log-probs (n_candidates,) per item at the last prompt position. ``ablate`` = {site: basis
-    (r, d)}: project those subspaces out of the story tokens at each site."""
+    (r, d)}: project those subspaces out of the story tokens at each site (with ``names``: out
+    of the story's name tokens only)."""
     out: list[np.ndarray] = []
     for a in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = items[a:a + batch_size]
         b = lm.tokenize([it.prompt for it in chunk])
         ivs = []
         if ablate:
-            mask = story_mask(b, chunk)
+            mask = story_mask(b, chunk, names)
             ivs = [Ablate(site, basis, subspace=True, positions=mask) for site, basis in ablate.items()]
         last = f"resid_post.{lm.n_layers - 1}"  # stop before lm_head: unembed the last token only
         with lm.intervene(*ivs):
@@ -121,11 +126,19 @@ def unit_scores(items: list[Item], scores: list[np.ndarray]) -> dict:
     return out
 
 
+def mean_unit_scores(items: list[Item], draws: list) -> dict:
+    """``unit_scores`` averaged over several scorings of the same items (e.g. one per random
+    subspace): the baseline a slot ablation is compared with, less noisy than one draw."""
+    us = [unit_scores(items, sc) for sc in draws]
+    return {t: {k: float(np.mean([u[t][k] for u in us])) for k in us[0][t]} for t in us[0]}
+
+
 def paired_contrasts(items: list[Item], by_condition: dict, base: str = "random") -> dict:
     """``{"<cond>_minus_<base>": {task: mean_ci of the per-unit differences}}``: each slot
     ablation against the equal-rank random ablation on the SAME prompts (paired), in the units
     of ``unit_scores`` (negative = the slot ablation hurts the task more than a random one),
-    with a paired Student-t 95% interval."""
+    with a paired Student-t 95% interval. ``by_condition[base]`` may be a list of scorings (one
+    per random draw): the baseline is then their per-unit mean (``mean_unit_scores``)."""
     from scipy.stats import t as student_t
 
     from ...runs import mean_ci
@@ -133,7 +146,9 @@ def paired_contrasts(items: list[Item], by_condition: dict, base: str = "random"
     def ci(xs):  # Student-t interval: n is small (items per task)
         return mean_ci(xs, z=float(student_t.ppf(0.975, max(len(xs) - 1, 1))))
 
-    ref = unit_scores(items, by_condition[base])
+    b = by_condition[base]
+    draws = b if b and isinstance(b[0], list) else [b]
+    ref = mean_unit_scores(items, draws)
     out = {}
     for c, sc in by_condition.items():
         if c == base:

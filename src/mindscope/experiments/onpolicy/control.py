@@ -5,18 +5,20 @@ fine-tuned on those answers (loss on the answer tokens only) while an ANCHOR los
 || adapted) on human-written answers, keeps the model unchanged on off-policy text. The model's
 own text becomes more predictable to it while human text does not, which is the entropy gap
 the protocol measures. The protocol then runs unchanged on the merged model (LoRA at
-``strength`` x its trained scale).
+``strength`` x its trained scale; x1 = the trained adapter, the control's full strength).
 
-Why the anchor: plain self-distillation (``ANCHOR_WEIGHT = 0``) was tried first on SmolLM2 and
-sharpened the model everywhere (own-text entropy 2.15 -> 0.97 nats, human-text 2.41 -> 1.12):
-a global temperature change, which the off/on RATIO rightly does not count as an on-policy
-effect (ratio 1.07-1.15, intervals all including 1).
+Why the anchor: plain self-distillation (``ANCHOR_WEIGHT = 0``) sharpened SmolLM2 everywhere
+(own-text entropy 2.15 -> 0.97 nats, human-text 2.41 -> 1.12): a global temperature change,
+which the off/on RATIO rightly does not count. Why a large, varied anchor set: anchored on only
+12 human answers, the KL held on those 12 texts but not on the measured ones (their entropy
+fell 2.41 -> 1.82 nats), and the gap stayed below what 12 prompts can see.
 
-Held out: the distillation prompts are the default corpus's chat prompts
-(``data/corpus/chat_prompts.json``) minus every prompt of the shipped on-policy set; the anchor
-texts are the human answers of the shipped prompts the protocol does NOT use (those after its
-``n_prompts``); the protocol measures on the first ``n_prompts`` shipped prompts and their human
-answers, so no prompt and no response token is on both sides (``effect`` records the split).
+Held out (split by the source of the tokens, recorded in ``effect``): the distillation prompts
+are the default corpus's chat prompts (``data/corpus/chat_prompts.json``) minus every shipped
+on-policy prompt; the anchor answers are stdlib-documentation chats of the default corpus
+(docstrings answering questions about functions) and the shipped emotion stories
+(``data/emotions/stories.json``), never a shipped on-policy prompt or answer; the protocol
+measures on the first ``n_prompts`` shipped prompts and their human answers.
 
 Detection: the off/on entropy ratio against the human answers (``gap.ratios.human``: ratio of
 means, paired bootstrap over prompts); no effect = 1.
@@ -35,14 +37,20 @@ from .gap import sample_own
 
 LORA = LoraPlant(r=8, alpha=16.0, lr=1e-3, epochs=3.0, batch_size=8, seed=0)
 """The adapter every strength scales (trained once per control folder)."""
-N_DISTILL = 48
-"""Distillation prompts (of 68 held-apart chat prompts)."""
+N_DISTILL = 64
+"""Distillation prompts (of the 68 held-apart chat prompts)."""
 DISTILL_TOKENS = 40
 """Greedy answer length of each distillation example."""
-ANCHOR_WEIGHT = 1.0
-"""Weight of the KL anchor on held-apart human answers (0 = plain self-distillation)."""
+ANCHOR_WEIGHT = 2.0
+"""Weight of the KL anchor on held-apart human-written text (0 = plain self-distillation)."""
+ANCHOR_TOKENS = 48
+"""Tokens of each anchor answer."""
+N_DOCS_QA = 64
+"""Anchor examples from the default corpus's stdlib-documentation chats (human-written answers)."""
+STORY_PROMPT = "Tell me a very short story."
+"""The user turn before each shipped emotion story used as an anchor answer."""
 MIN_ANCHORS = 6
-"""Fewest held-apart human answers the anchored plant needs."""
+"""Fewest anchor examples the anchored plant needs."""
 
 
 def distill_prompts(n: int = N_DISTILL) -> tuple[list[str], dict]:
@@ -67,26 +75,54 @@ def distill_examples(lm, prompts, max_new_tokens: int = DISTILL_TOKENS, seed: in
     return out
 
 
-def anchor_examples(lm, cfg, max_tokens: int = 48):
-    """(input_ids, labels) of the shipped prompts the run does not measure, with their human
-    answers as the assistant turn; labels on the answer."""
-    rows = shipped("prompts")[cfg.n_prompts:]
-    if len(rows) < MIN_ANCHORS:
+def anchor_texts(n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
+    """(prompt, human-written answer) pairs the plant must leave unchanged, none from the shipped
+    on-policy set (so no measured answer is ever trained on, whatever ``n_prompts``): the first
+    ``n_docs`` stdlib-documentation chats of the default corpus (a question about a function
+    answered by its docstring) and the shipped emotion stories (``data/emotions/stories.json``)
+    as answers to ``STORY_PROMPT``."""
+    from ...activations import build_default_corpus
+
+    docs = []
+    if n_docs > 0:
+        with open(build_default_corpus() / "corpus.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                d = json.loads(line)
+                if d.get("source") != "stdlib-docs-qa":
+                    continue
+                msgs = d["messages"]
+                user = [m["content"] for m in msgs if m["role"] == "user"]
+                reply = [m["content"] for m in msgs if m["role"] == "assistant"]
+                if len(user) == 1 and len(reply) == 1 and reply[0].strip():
+                    docs.append((user[0], reply[0]))
+                    if len(docs) == n_docs:
+                        break
+    f = resources.files("mindscope") / "data" / "emotions" / "stories.json"
+    stories = [(STORY_PROMPT, t) for v in json.loads(f.read_text(encoding="utf-8")).values()
+               for t in v]
+    return docs + stories, {"stdlib_docs_qa": len(docs), "emotion_stories": len(stories)}
+
+
+def anchor_examples(lm, max_tokens: int = ANCHOR_TOKENS):
+    """(input_ids, labels) of every anchor pair (``anchor_texts``), the human-written answer as
+    the assistant turn; labels on the answer."""
+    pairs, _ = anchor_texts()
+    if len(pairs) < MIN_ANCHORS:
         from ...core import BadInputError
-        raise BadInputError(f"the on-policy control anchors its plant on the human answers of "
-                            f"the shipped prompts the run does not use; n_prompts="
-                            f"{cfg.n_prompts} leaves {len(rows)} (need {MIN_ANCHORS}): use "
-                            f"n_prompts <= {len(shipped('prompts')) - MIN_ANCHORS}")
+        raise BadInputError(f"the on-policy control anchors its plant on {len(pairs)} held-apart "
+                            f"human-written answers (need {MIN_ANCHORS})")
     out = []
-    for r in rows:
-        ids = prompt_ids(lm, r["prompt"])
-        resp = response_ids(lm, r["human"], max_tokens)
+    for prompt, text in pairs:
+        ids = prompt_ids(lm, prompt)
+        resp = response_ids(lm, text, max_tokens)
         out.append((ids + resp, [-100] * len(ids) + resp))
     return out
 
 
 def configure(cfg):
-    """The gap alone, against the human answers (the headline measure)."""
+    """The gap alone, against the human answers (the headline measure), at the run's
+    ``n_prompts``. Not more prompts: the untouched SmolLM2 has a small gap of its own (ratio
+    ~1.09), which 24 prompts already detect in one seed of three (docs/experiments/onpolicy.md)."""
     return dataclasses.replace(cfg, protocols=("gap",), offpolicy=("human",))
 
 
@@ -99,7 +135,7 @@ def detect(results: dict) -> Detection:
                      n=r["n"])
 
 
-@control("onpolicy", detect=detect, strengths=(0.5, 1.0, 2.0), configure=configure)
+@control("onpolicy", detect=detect, strengths=(0.5, 1.0), configure=configure)
 def plant(lm, cfg, work_dir, strength) -> Planted:
     """Self-distillation LoRA (greedy own answers to held-apart prompts, KL-anchored on held-apart
     human answers), merged at
@@ -110,23 +146,30 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
     if used & set(prompts):  # the split the module doc promises
         raise RuntimeError("distillation prompts overlap the measured prompts")
     lcfg = dataclasses.replace(LORA, anchor_weight=ANCHOR_WEIGHT)
-    anchors = anchor_examples(lm, cfg) if ANCHOR_WEIGHT > 0 else []
     trained = (adapter / "train_info.json").exists()
+    anchors, asrc = [], {}
+    if ANCHOR_WEIGHT > 0 and not trained:
+        _, asrc = anchor_texts()
+        anchors = anchor_examples(lm)
     examples = [] if trained else distill_examples(lm, prompts)
     new, info = lora_model(lm, examples, adapter, strength, lcfg, name="selfdistill",
                            meta={"distill_prompts": len(prompts), "answer_tokens": DISTILL_TOKENS,
-                                 "anchor_prompts": len(anchors)},
-                           anchors=[] if trained else anchors)
+                                 "anchors": asrc},
+                           anchors=anchors)
+    asrc = info.get("meta", {}).get("anchors") or {}  # what the saved adapter was trained with
     effect = {"kind": "LoRA self-distillation (greedy own answers)"
-                      + (", KL-anchored on human answers" if anchors else ""),
+                      + (", KL-anchored on human-written answers" if asrc else ""),
               "summary": f"self-distillation LoRA x{strength:g}", "strength": strength,
               "lora": dataclasses.asdict(lcfg), "adapter": str(adapter),
               "train_loss": [info["loss_before"], info["loss_after"]], "steps": info["steps"],
               "trained_on": f"{len(prompts)} prompts of {src['source']} (greedy answers of "
                             f"{DISTILL_TOKENS} tokens); {src['removed_overlap']} prompts equal to "
                             "shipped on-policy prompts removed"
-                            + (f"; KL anchor on the human answers of shipped prompts "
-                               f"{cfg.n_prompts + 1}-{cfg.n_prompts + len(anchors)}" if anchors else ""),
+                            + (f"; KL anchor on human-written answers: {asrc['stdlib_docs_qa']} "
+                               "stdlib-documentation chats of the default corpus, "
+                               f"{asrc['emotion_stories']} shipped emotion stories "
+                               "(data/emotions/stories.json); no shipped on-policy prompt or "
+                               "answer" if asrc else ""),
               "held_out": f"the {len(used)} shipped on-policy prompts and their human answers "
                           "the protocol measures on"}
     return Planted(new, effect)
