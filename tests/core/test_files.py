@@ -56,3 +56,21 @@ def test_atomic_file_writers_replace_whole_and_leave_nothing_on_error(tmp_path):
         atomic_save_tensors(t, {"x": "not a tensor"})
     assert torch.equal(load_file(str(t))["x"], torch.arange(3.0))   # the old file survived
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a.json", "t.safetensors"]
+
+
+def test_count_nonfinite_counts_across_chunks_like_a_whole_tensor_mask():
+    import numpy as np
+    import torch
+
+    from mindscope.core import BadInputError, check_finite, count_nonfinite
+
+    x = torch.zeros(3 * 2 ** 20 + 5)
+    x[[0, 2 ** 20 - 1, 2 ** 20, 3 * 2 ** 20 + 4]] = float("nan")   # both sides of a chunk edge
+    x[2 * 2 ** 20 + 7] = float("-inf")
+    assert count_nonfinite(x) == int((~torch.isfinite(x)).sum()) == 5
+    assert count_nonfinite(x[:-5].reshape(-1, 4)) == 4                # any shape
+    assert count_nonfinite(torch.arange(10)) == 0                     # integers cannot be NaN
+    assert count_nonfinite(np.array([1.0, np.inf])) == 1              # arrays too
+    with pytest.raises(BadInputError, match="holds 5 NaN/Inf value"):
+        check_finite(x, "w.safetensors", "tensor 'W'")
+    check_finite(torch.ones(4), "w.safetensors", "tensor 'W'")

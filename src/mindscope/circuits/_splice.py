@@ -17,8 +17,8 @@ from typing import Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..core import BadInputError
-from ._transcoders import Transcoders, count_nonfinite
+from ..core import BadInputError, count_nonfinite
+from ._transcoders import Transcoders
 
 
 def mlp_module(lm, layer: int) -> torch.nn.Module:

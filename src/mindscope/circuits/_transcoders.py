@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..core import (BadInputError, atomic_save_tensors, atomic_write_json,
+from ..core import (BadInputError, atomic_save_tensors, atomic_write_json, check_finite,
                     load_safetensors, read_json)
 from ..sae import jumprelu, step
 
@@ -99,13 +99,6 @@ class TranscoderConfig:
         if set(d) - names:
             raise ValueError(f"unknown TranscoderConfig fields {sorted(set(d) - names)}")
         return cls(**d)
-
-
-def count_nonfinite(t: torch.Tensor) -> int:
-    """NaN/Inf entries of ``t``, counted 2^20 at a time: no mask or ``abs`` copy as large as
-    the weights (``isfinite`` of a whole tensor makes both)."""
-    parts = t.detach().reshape(-1).split(2 ** 20)
-    return sum(int((~torch.isfinite(part)).sum()) for part in parts)
 
 
 class Transcoders(nn.Module):
@@ -278,10 +271,7 @@ class Transcoders(nn.Module):
             if v.shape != want[k].shape:
                 raise BadInputError(st, f"tensor {k!r} has shape {tuple(v.shape)}, the config "
                                         f"needs {tuple(want[k].shape)}", fix)
-            bad = count_nonfinite(v)
-            if bad:
-                raise BadInputError(st, f"tensor {k!r} holds {bad} NaN/Inf value(s) of "
-                                        f"{v.numel()}", fix)
+            check_finite(v, st, f"tensor {k!r}", fix)  # chunked: no weights-sized copy
         tc.load_state_dict(t, assign=True)
         return tc.to(device)
 

@@ -34,12 +34,12 @@ __all__ = ["LM", "Batch", "load", "list_models", "ALIASES", "Captured", "Monitor
            "init_distributed", "shutdown_distributed", "dist_info"]
 
 # Used by other mindscope packages: public here so no package imports another's private module.
-from ._files import (check_finite, inside, load_safetensors, loads_checked, need, need_int,
-                     safetensors_header, safetensors_json_meta)
+from ._files import (check_finite, count_nonfinite, inside, load_safetensors, loads_checked,
+                     need, need_int, safetensors_header, safetensors_json_meta)
 from ._hooks import StopForward
 from ._load import cache_dir, resolve
 from ._lock import RunLock, locking
 from ._positions import RowMeta
-__all__ += ["check_finite", "inside", "load_safetensors", "loads_checked", "need", "need_int",
-            "safetensors_header", "safetensors_json_meta", "StopForward", "cache_dir", "resolve",
-            "RunLock", "locking", "RowMeta"]
+__all__ += ["check_finite", "count_nonfinite", "inside", "load_safetensors", "loads_checked",
+            "need", "need_int", "safetensors_header", "safetensors_json_meta", "StopForward",
+            "cache_dir", "resolve", "RunLock", "locking", "RowMeta"]

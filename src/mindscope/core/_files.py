@@ -234,17 +234,26 @@ def load_safetensors(path: PathLike, what: str = "safetensors file", fix: str = 
                                   "truncated", fix) from None
 
 
-def check_finite(t, where: Any, name: str, fix: str = "") -> None:
-    """BadInputError if tensor/array ``t`` holds NaN or Inf (counted)."""
+def count_nonfinite(t) -> int:
+    """NaN/Inf entries of tensor/array ``t`` (0 for integer types), counted 2^20 at a time: no
+    mask as large as ``t`` (a whole-tensor ``isfinite`` makes one as large as the weights)."""
     import torch
 
     x = torch.as_tensor(t)
-    if x.is_floating_point() or x.is_complex():
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            raise BadInputError(where, f"{name} holds {int(bad.sum())} NaN/Inf value(s) of "
-                                       f"{x.numel()}", fix or "the file is damaged or was written "
-                                                              "by a diverged run")
+    if not (x.is_floating_point() or x.is_complex()):
+        return 0
+    return sum(int((~torch.isfinite(part)).sum()) for part in x.detach().reshape(-1).split(2 ** 20))
+
+
+def check_finite(t, where: Any, name: str, fix: str = "") -> None:
+    """BadInputError if tensor/array ``t`` holds NaN or Inf (counted, ``count_nonfinite``)."""
+    import torch
+
+    x = torch.as_tensor(t)
+    bad = count_nonfinite(x)
+    if bad:
+        raise BadInputError(where, f"{name} holds {bad} NaN/Inf value(s) of {x.numel()}",
+                            fix or "the file is damaged or was written by a diverged run")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
