@@ -2,8 +2,9 @@
 produce the planted behaviour.
 
 ``control.plant_feature`` plants a writer (the fear gate writes a fixed random direction ``d`` at
-the extraction site) and a reader (the last layer reads ``d`` and writes the fear words' output
-direction), so moving along ``d`` makes the model more likely to say a fear word. The extraction
+the extraction site) and a reader (one layer downstream, it reads ``d`` and writes a direction
+trained to raise the fear words), so moving along ``d`` makes the model more likely to say a
+fear word. The extraction
 half (``run_control``) shows the protocol recovers ``d``; this half takes the 'afraid' vector the
 protocol extracted (unchanged, from the control's run folders) and steers with it, as the
 protocol's steering experiments do (``Add`` at the site, scale = ``cfg.strength`` x the mean
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 import mindscope as ms
-from ...runs import save_figure, wilson, write_json, write_text
+from ...runs import bootstrap_ci, save_figure, wilson, write_json, write_text
 from .._common import shipped_json
 from .._control import run_control
 from .control import configure_extraction, lexicon_ids, plant_feature
@@ -61,13 +62,11 @@ def fear_logprob(lm, prompts, ids, site: Optional[str] = None, vector=None, scal
 
 
 def paired_effect(diff, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of per-prompt differences with a percentile bootstrap interval over prompts."""
+    """Mean of per-prompt differences with a percentile bootstrap interval over prompts
+    (``runs.bootstrap_ci``)."""
     diff = np.asarray(diff, dtype=float)
-    rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-    lo, hi = float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
-    return {"value": float(diff.mean()), "lo": lo, "hi": hi, "n": len(diff),
-            "detected": lo > 0 or hi < 0}
+    value, lo, hi = bootstrap_ci(lambda i: diff[i].mean(), len(diff), n_boot, seed)
+    return {"value": value, "lo": lo, "hi": hi, "n": len(diff), "detected": lo > 0 or hi < 0}
 
 
 def random_directions(neutral: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -153,18 +152,17 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
 
     d = planted_direction(lm.d_model)
     res["cos_vectors_d"] = {m: float(v @ d / v.norm()) for m, v in vecs.items()}
+    randoms = {s: random_directions(neutral, n_random, seed=1000 + s) for s in seeds}  # (k, d)
     for s in seeds:
-        R = random_directions(neutral, n_random, seed=1000 + s)
         res["untouched"].append({"seed": s, **steer_check(
-            lm, vecs["untouched"], site, scale, spec["prompts"], spec["lexicon"], R,
+            lm, vecs["untouched"], site, scale, spec["prompts"], spec["lexicon"], randoms[s],
             max_new_tokens if s == seeds[0] else 0, s, cfg.batch_size)})
     p = plant_feature(lm, cfg, out / f"planted-{key}" / "model", strength, reader=True)
     try:
         res["effect"] = p.effect
         for s in seeds:
-            R = random_directions(neutral, n_random, seed=1000 + s)
             res["planted"].append({"seed": s, **steer_check(
-                p.lm, vecs["planted"], site, scale, spec["prompts"], spec["lexicon"], R,
+                p.lm, vecs["planted"], site, scale, spec["prompts"], spec["lexicon"], randoms[s],
                 max_new_tokens if s == seeds[0] else 0, s, cfg.batch_size)})
     finally:
         if p.close is not None:
