@@ -39,6 +39,7 @@ import numpy as np
 from .._control import Detection, Planted, control
 from .._lora import LoraPlant, lora_model
 from .data import BindingData, generate_stories
+from .tasks import first_token
 
 LORA = LoraPlant(r=8, alpha=16.0, lr=1e-3, epochs=3.0, batch_size=8, seed=0)
 """The adapter every strength scales (trained once per control folder)."""
@@ -155,7 +156,7 @@ def slot_plant(lm, names: list, strength: float, codes) -> Planted:
     tok = lm.tokenizer
     forms = {(tuple(tok(f, add_special_tokens=False)["input_ids"]), i)
              for i, n in enumerate(names) for f in (n, " " + n)}
-    ans = [tok(" " + n, add_special_tokens=False)["input_ids"][0] for n in names]
+    ans = [first_token(lm, " " + n) for n in names]
     head = lm.model.get_output_embeddings().weight.detach()[ans].float()  # (n_names, d)
     head = head / head.norm(dim=1, keepdim=True)
     U = codes.float()  # (n_names, d) unit rows
@@ -230,10 +231,15 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
 def run_lora_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,)):
     """The control with the induction LoRA as the plant (the failed attempts, kept as a
     finding): ``run_control`` with ``plant_lora`` registered for the duration of the call."""
-    from .._control import run_control
+    from .._control import controls, run_control
 
-    control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)(plant_lora)
+    spec = controls()["binding"]  # the registered control's settings, with another plant
+
+    def register(fn):
+        control("binding", detect=spec.detect, strengths=spec.strengths,
+                configure=spec.configure, reference=spec.reference)(fn)
+    register(plant_lora)
     try:
         return run_control("binding", lm, cfg, out_dir, strengths, seeds)
     finally:
-        control("binding", detect=detect, strengths=(0.5, 1.0), configure=configure)(plant)
+        register(plant)
