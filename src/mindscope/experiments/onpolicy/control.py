@@ -103,10 +103,10 @@ def anchor_texts(n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
     return docs + stories, {"stdlib_docs_qa": len(docs), "emotion_stories": len(stories)}
 
 
-def anchor_examples(lm, max_tokens: int = ANCHOR_TOKENS):
-    """(input_ids, labels) of every anchor pair (``anchor_texts``), the human-written answer as
-    the assistant turn; labels on the answer."""
-    pairs, _ = anchor_texts()
+def anchor_examples(lm, pairs=None, max_tokens: int = ANCHOR_TOKENS):
+    """(input_ids, labels) of every anchor pair (``pairs``; None = ``anchor_texts()``), the
+    human-written answer as the assistant turn; labels on the answer."""
+    pairs = anchor_texts()[0] if pairs is None else pairs
     if len(pairs) < MIN_ANCHORS:
         from ...core import BadInputError
         raise BadInputError(f"the on-policy control anchors its plant on {len(pairs)} held-apart "
@@ -149,8 +149,8 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
     trained = (adapter / "train_info.json").exists()
     anchors, asrc = [], {}
     if ANCHOR_WEIGHT > 0 and not trained:
-        _, asrc = anchor_texts()
-        anchors = anchor_examples(lm)
+        pairs, asrc = anchor_texts()  # the corpus is read once
+        anchors = anchor_examples(lm, pairs)
     examples = [] if trained else distill_examples(lm, prompts)
     new, info = lora_model(lm, examples, adapter, strength, lcfg, name="selfdistill",
                            meta={"distill_prompts": len(prompts), "answer_tokens": DISTILL_TOKENS,

@@ -364,7 +364,7 @@ def summary_table(out_dir) -> str:
 
 
 def monitor_summary(out_dir, strength: str = "1") -> dict:
-    """The drift monitor as a detector over a control's runs: per seed and pooled, the TPR on
+    """The drift monitor as a detector over a control's runs: per seed, the TPR on
     the planted model's triggered turns (at ``strength``) and the FPR on the untouched model's
     held-out turns (triggered, decoy and plain: the same questions) and on the planted model's
     decoy and plain turns; Wilson intervals."""
