@@ -1,5 +1,9 @@
-"""The LoRA plant's anchor loss: KL(untouched || adapted) on the labelled anchor tokens, checked
-against a manual computation with the adapter switched off and on; zero at initialisation."""
+"""The LoRA plant: the anchor loss KL(untouched || adapted) on the labelled anchor tokens, checked
+against a manual computation with the adapter switched off and on (zero at initialisation); and
+training resumed from its checkpoint ends with the adapter of an uninterrupted run."""
+import json
+
+import pytest
 import torch
 
 from mindscope.audit import OrganismConfig, trainable_copy
@@ -28,3 +32,41 @@ def test_anchor_kl_matches_manual_and_starts_at_zero(tiny):
                 kls.append(float((ref[t].exp() * (ref[t] - new[t])).sum()))
     assert got > 1e-4
     assert abs(got - sum(kls) / len(kls)) < 1e-4 * max(1.0, got)
+
+
+def test_training_resumes_from_its_checkpoint_to_the_same_adapter(tiny, tmp_path, monkeypatch):
+    """Interrupted after 3 of 5 steps and called again, training ends with the adapter, losses
+    and data order of an uninterrupted run; a checkpoint of other examples is ignored."""
+    from peft import get_peft_model_state_dict
+
+    lm = tiny("llama")
+    ex = [([3 + i, 4 + i, 5 + i, 6 + i, 7 + i], [-100, -100, 5 + i, 6 + i, 7 + i]) for i in range(10)]
+    anchors = [([20 + i, 21, 22, 23], [-100, 21, 22, 23]) for i in range(4)]
+    cfg = _lora.LoraPlant(r=4, alpha=8, lr=1e-2, epochs=1.0, batch_size=2, seed=0)
+    monkeypatch.setattr(_lora, "CHECKPOINT_EVERY", 2)
+    full, info = _lora._train(lm, ex, cfg, anchors)
+    ckpt = tmp_path / "lora.partial"
+    assert _lora._train(lm, ex, cfg, anchors, ckpt, stop_after=3) == (None, None)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 3 and len(state["losses"]) == 3
+    resumed, info2 = _lora._train(lm, ex, cfg, anchors, ckpt)
+    assert info2["resumed_at"] == 3 and info2["steps"] == info["steps"] == 5
+    assert info2["losses"] == pytest.approx(info["losses"], rel=1e-5)
+    assert info2["anchor_kl"] == pytest.approx(info["anchor_kl"], rel=1e-4, abs=1e-7)
+    a, b = get_peft_model_state_dict(full), get_peft_model_state_dict(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    _, info3 = _lora._train(lm, ex[:8], cfg, anchors, ckpt)  # other examples: starts afresh
+    assert info3["resumed_at"] == 0
+
+
+def test_lora_model_deletes_the_spent_checkpoint(tiny, tmp_path):
+    lm = tiny("llama")
+    ex = [([3 + i, 4 + i, 5 + i, 6 + i], [-100, 4 + i, 5 + i, 6 + i]) for i in range(6)]
+    cfg = _lora.LoraPlant(r=4, alpha=8, lr=1e-2, epochs=1.0, batch_size=2, seed=0)
+    _lora._train(lm, ex, cfg, (), tmp_path / "lora.partial", stop_after=1)
+    assert (tmp_path / "lora.partial" / "state.json").exists()
+    _, info = _lora.lora_model(lm, ex, tmp_path / "lora", 1.0, cfg)
+    assert info["resumed_at"] == 1 and info["steps"] == 3
+    assert not (tmp_path / "lora.partial").exists() and (tmp_path / "lora" / "train_info.json").exists()

@@ -4,6 +4,7 @@ change exactly, and detect reads the headline ratio. The full control (plant + p
 detection) runs on a tiny model; the planted entropy effect itself is measured on SmolLM2
 (docs/experiments/onpolicy.md), because a tiny random model has near-uniform next-token
 distributions that self-distillation cannot sharpen selectively."""
+import dataclasses
 import json
 import math
 
@@ -28,6 +29,8 @@ def small(monkeypatch):
     monkeypatch.setattr(C, "N_DISTILL", 6)
     monkeypatch.setattr(C, "DISTILL_TOKENS", 5)
     monkeypatch.setattr(C, "N_DOCS_QA", 4)
+    monkeypatch.setattr(C, "SPARE_REPEAT", 1)
+    monkeypatch.setattr(C, "ANCHOR_TOKENS", 8)
 
 
 def test_distillation_prompts_are_disjoint_from_the_measured_ones():
@@ -37,14 +40,22 @@ def test_distillation_prompts_are_disjoint_from_the_measured_ones():
     assert src["removed_overlap"] == src["pool"] - len(prompts) > 0  # some chat prompts collide
 
 
-def test_anchor_texts_are_human_written_and_never_from_the_shipped_set():
+def test_anchor_texts_are_human_written_and_never_a_measured_answer():
     rows = shipped("prompts")
-    pairs, src = C.anchor_texts(n_docs=10)
-    assert src == {"stdlib_docs_qa": 10, "emotion_stories": len(pairs) - 10}
-    assert src["emotion_stories"] > 0
-    assert not {p for p, _ in pairs} & {r["prompt"] for r in rows}  # whatever n_prompts is
-    assert not {a for _, a in pairs} & {r["human"] for r in rows}
-    distill, _ = C.distill_prompts(1000)  # no anchor prompt is a distillation prompt either
+    for n in (4, 12, 23, 24):
+        spare = C.spare_rows(n)
+        measured = rows[:n]
+        pairs, src = C.anchor_texts(n_docs=10, spare=spare)
+        assert src["shipped_answers"] == [r["id"] for r in rows[n:]]  # exactly the unmeasured
+        assert src["stdlib_docs_qa"] == 10 and src["emotion_stories"] > 0
+        n_spare = len(spare) * C.SPARE_REPEAT
+        assert len(pairs) == n_spare + 10 + src["emotion_stories"]
+        assert not {a for _, a in pairs} & {r["human"] for r in measured}  # never measured text
+        assert not {p for p, _ in pairs} & {r["prompt"] for r in measured}
+        assert {a for _, a in pairs[:n_spare]} == {r["human"] for r in rows[n:]}
+    assert C.anchor_texts(n_docs=0, spare=C.spare_rows(24))[1]["shipped_answers"] == []
+    distill, _ = C.distill_prompts(1000)  # no anchor prompt is a chat distillation prompt either
+    pairs, _ = C.anchor_texts(n_docs=10, spare=C.spare_rows(12))
     assert not {p for p, _ in pairs} & set(distill)
     assert all(a.strip() for _, a in pairs)
 
@@ -79,6 +90,65 @@ def test_plant_trains_once_reuses_and_scales_the_delta(lm, small, tmp_path, monk
     assert all(torch.equal(w, base[k]) for k, w in dict(lm.model.named_parameters()).items())
 
 
+def test_plant_records_its_shipped_prompts_and_refuses_a_run_that_measures_them(
+        lm, small, tmp_path, monkeypatch):
+    from mindscope.core import BadInputError
+
+    cfg4 = C.configure(onpolicy.Config.quick(**TINY))  # measures p01-p04
+    p = C.plant(lm, cfg4, tmp_path / "ctrl" / "planted-1" / "model", 1.0)
+    spare = [f"p{i:02d}" for i in range(5, 25)]
+    info = json.loads((tmp_path / "ctrl" / "lora" / "train_info.json").read_text())
+    assert info["meta"]["shipped_prompts"] == spare == p.effect["shipped_prompts_trained_on"]
+    assert info["meta"]["anchors"]["shipped_answers"] == spare
+    assert info["meta"]["distill_shipped"] == len(spare)
+    assert "p01-p04" in p.effect["held_out"]
+    calls = []
+    monkeypatch.setattr(_lora, "_train", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(C, "distill_examples", lambda *a, **k: calls.append(1))
+    cfg12 = dataclasses.replace(cfg4, n_prompts=12)  # would measure p05-p12, trained on above
+    with pytest.raises(BadInputError, match=r"p05, .*p12, which this run measures \(n_prompts=12\).*new output folder"):
+        C.plant(lm, cfg12, tmp_path / "ctrl" / "planted-0.5" / "model", 0.5)
+    assert calls == []  # refused before any generation or training
+
+
+def test_plant_at_every_shipped_prompt_anchors_without_shipped_answers(lm, small, tmp_path,
+                                                                       caplog):
+    cfg = C.configure(onpolicy.Config.quick(**{**TINY, "n_prompts": 24}))
+    with caplog.at_level("WARNING"):
+        p = C.plant(lm, cfg, tmp_path / "c" / "planted-1" / "model", 1.0)
+    assert "measures every shipped prompt" in caplog.text
+    assert p.effect["shipped_prompts_trained_on"] == []
+    assert "0 unmeasured shipped on-policy prompts" in p.effect["trained_on"]
+
+
+def _gap(off, on):
+    return {"gap": {"per_prompt": {"human": {str(i): v for i, v in enumerate(off)},
+                                   "own": {str(i): v for i, v in enumerate(on)}}}}
+
+
+def test_paired_vs_untouched_is_a_paired_bootstrap_of_the_ratio_of_ratios():
+    import numpy as np
+
+    from mindscope.runs import bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    u_off, u_on, p_off = rng.uniform(1, 3, (3, 8))
+    r = C.paired_vs_untouched(_gap(p_off, u_on / 2), _gap(u_off, u_on), n_boot=200, seed=1)
+    # a manual computation with the same index stream (one index set for all four arrays)
+    ref = bootstrap_ci(lambda i: (p_off[i].sum() / (u_on[i] / 2).sum())
+                       / (u_off[i].sum() / u_on[i].sum()), 8, 200, 1)
+    assert r["n"] == 8 and r["ratio_of_ratios"] == pytest.approx(ref[0])
+    assert r["ci"] == pytest.approx(list(ref[1:]))
+    # planted = untouched with the own entropy halved everywhere: exactly 2, whatever the resample
+    same = C.paired_vs_untouched(_gap(u_off, u_on / 2), _gap(u_off, u_on), n_boot=100)
+    assert same["ratio_of_ratios"] == pytest.approx(2) and same["ci"] == pytest.approx([2, 2])
+    # only prompts both runs hold are paired
+    short = _gap(u_off[:5], u_on[:5])
+    assert C.paired_vs_untouched(_gap(u_off, u_on), short, n_boot=10)["n"] == 5
+    with pytest.raises(ValueError, match="per_prompt"):
+        C.paired_vs_untouched({"gap": {}}, short)
+
+
 def test_detect_reads_the_human_ratio():
     d = C.detect({"gap": {"ratios": {"human": {"ratio": 1.6, "ci": [1.2, 2.0], "n": 12}}}})
     assert d.detected and d.null == 1.0 and d.n == 12
@@ -102,6 +172,11 @@ def test_control_runs_end_to_end(lm, small, tmp_path):
         g = json.loads((tmp_path / "c" / run / "seed0" / "results.json").read_text())["gap"]
         n = g["ratios"]["human"]["n"]
         assert g["conditions"]["own"]["n"] == g["conditions"]["human"]["n"] == n == g["n_prompts"]
+        assert len(g["per_prompt"]["own"]) == len(g["per_prompt"]["human"]) == n
+        assert sum(g["per_prompt"]["own"].values()) / n == pytest.approx(
+            g["conditions"]["own"]["mean"])
+    (row,) = C.paired_rows(tmp_path / "c", n_boot=20)
+    assert row["seed"] == 0 and row["n"] == n and row["ratio_of_ratios"] > 0
 
 
 def test_mde_ratio_reads_the_log_interval():

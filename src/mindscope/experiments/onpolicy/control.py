@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from .._control import Detection, Planted, control
 from .._lora import LoraPlant, lora_model
 from .core import prompt_ids, response_ids, shipped
 from .gap import sample_own
+
+log = logging.getLogger(__name__)
 
 LORA = LoraPlant(r=8, alpha=16.0, lr=1e-3, epochs=3.0, batch_size=8, seed=0)
 """The adapter every strength scales (trained once per control folder)."""
@@ -49,12 +53,24 @@ N_DOCS_QA = 64
 """Anchor examples from the default corpus's stdlib-documentation chats (human-written answers)."""
 STORY_PROMPT = "Tell me a very short story."
 """The user turn before each shipped emotion story used as an anchor answer."""
+SPARE_REPEAT = 4
+"""Times each unmeasured shipped answer appears in the anchor list (it is the anchor text most
+like the measured answers; 12 of them among 154 others would be sampled rarely)."""
+SPARE_DISTILL = True
+"""Also distil on the model's greedy answers to the unmeasured shipped prompts (the anchor's
+own prompts): the same prompt with its own answer sharpened and its human answer kept."""
+N_WRITTEN = 0
+"""Anchor answers from ``data/onpolicy/anchor_answers.jsonl``: human answers written for
+mindscope to distillation prompts (never to a shipped on-policy prompt), each repeated
+``SPARE_REPEAT`` times like the unmeasured shipped answers."""
 MIN_ANCHORS = 6
 """Fewest anchor examples the anchored plant needs."""
 
 
-def distill_prompts(n: int = N_DISTILL) -> tuple[list[str], dict]:
-    """The first ``n`` default-corpus chat prompts that are not shipped on-policy prompts."""
+def distill_prompts(n: int | None = None) -> tuple[list[str], dict]:
+    """The first ``n`` (None = ``N_DISTILL``) default-corpus chat prompts that are not shipped
+    on-policy prompts."""
+    n = N_DISTILL if n is None else n
     f = resources.files("mindscope") / "data" / "corpus" / "chat_prompts.json"
     pool = json.loads(f.read_text(encoding="utf-8"))["prompts"]
     held = {r["prompt"].strip().lower() for r in shipped("prompts")}
@@ -63,8 +79,10 @@ def distill_prompts(n: int = N_DISTILL) -> tuple[list[str], dict]:
                       "source": "data/corpus/chat_prompts.json"}
 
 
-def distill_examples(lm, prompts, max_new_tokens: int = DISTILL_TOKENS, seed: int = 0):
-    """(input_ids, labels) of each prompt + the model's greedy answer; loss on the answer only."""
+def distill_examples(lm, prompts, max_new_tokens: int | None = None, seed: int = 0):
+    """(input_ids, labels) of each prompt + the model's greedy answer (``max_new_tokens``, None =
+    ``DISTILL_TOKENS``); loss on the answer only."""
+    max_new_tokens = DISTILL_TOKENS if max_new_tokens is None else max_new_tokens
     own = sample_own(lm, prompts, max_new_tokens, 0.0, 1.0, seed)
     out = []
     for p, r in zip(prompts, own):
@@ -75,14 +93,26 @@ def distill_examples(lm, prompts, max_new_tokens: int = DISTILL_TOKENS, seed: in
     return out
 
 
-def anchor_texts(n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
-    """(prompt, human-written answer) pairs the plant must leave unchanged, none from the shipped
-    on-policy set (so no measured answer is ever trained on, whatever ``n_prompts``): the first
-    ``n_docs`` stdlib-documentation chats of the default corpus (a question about a function
-    answered by its docstring) and the shipped emotion stories (``data/emotions/stories.json``)
-    as answers to ``STORY_PROMPT``."""
+def spare_rows(n_prompts: int) -> list[dict]:
+    """The shipped on-policy rows (prompt + human answer) a run at ``n_prompts`` does NOT measure
+    (the protocol measures the first ``n_prompts``): the anchor's answers of the measured kind."""
+    return shipped("prompts")[n_prompts:]
+
+
+def anchor_texts(n_docs: int | None = None, spare: Sequence[dict] = ()
+                 ) -> tuple[list[tuple[str, str]], dict]:
+    """(prompt, human-written answer) pairs the plant must leave unchanged, never a measured one:
+
+    * ``spare``: shipped on-policy rows the run does not measure (``spare_rows``), each repeated
+      ``SPARE_REPEAT`` times: human answers of the kind the protocol measures, to prompts of the
+      kind the plant distils on, so the adapter can only tell "sharpen" from "keep" by the answer;
+    * the first ``n_docs`` (None = ``N_DOCS_QA``) stdlib-documentation chats of the default
+      corpus (a question about a function answered by its docstring);
+    * the shipped emotion stories (``data/emotions/stories.json``) as answers to ``STORY_PROMPT``.
+    """
     from ...activations import build_default_corpus
 
+    n_docs = N_DOCS_QA if n_docs is None else n_docs
     docs = []
     if n_docs > 0:
         with open(build_default_corpus() / "corpus.jsonl", encoding="utf-8") as fh:
@@ -100,13 +130,20 @@ def anchor_texts(n_docs: int = N_DOCS_QA) -> tuple[list[tuple[str, str]], dict]:
     f = resources.files("mindscope") / "data" / "emotions" / "stories.json"
     stories = [(STORY_PROMPT, t) for v in json.loads(f.read_text(encoding="utf-8")).values()
                for t in v]
-    return docs + stories, {"stdlib_docs_qa": len(docs), "emotion_stories": len(stories)}
+    written = shipped("anchor_answers")[:N_WRITTEN] if N_WRITTEN > 0 else []
+    own_kind = [(r["prompt"], r["human"]) for r in list(spare) + written] * SPARE_REPEAT
+    return own_kind + docs + stories, {"shipped_answers": [r["id"] for r in spare],
+                                       "written_answers": len(written),
+                                       "shipped_repeat": SPARE_REPEAT,
+                                       "stdlib_docs_qa": len(docs),
+                                       "emotion_stories": len(stories)}
 
 
-def anchor_examples(lm, pairs=None, max_tokens: int = ANCHOR_TOKENS):
+def anchor_examples(lm, pairs=None, max_tokens: int | None = None):
     """(input_ids, labels) of every anchor pair (``pairs``; None = ``anchor_texts()``), the
     human-written answer as the assistant turn; labels on the answer."""
     pairs = anchor_texts()[0] if pairs is None else pairs
+    max_tokens = ANCHOR_TOKENS if max_tokens is None else max_tokens
     if len(pairs) < MIN_ANCHORS:
         from ...core import BadInputError
         raise BadInputError(f"the on-policy control anchors its plant on {len(pairs)} held-apart "
@@ -138,40 +175,70 @@ def detect(results: dict) -> Detection:
 @control("onpolicy", detect=detect, strengths=(0.5, 1.0), configure=configure)
 def plant(lm, cfg, work_dir, strength) -> Planted:
     """Self-distillation LoRA (greedy own answers to held-apart prompts, KL-anchored on held-apart
-    human answers), merged at
-    ``strength`` x its trained scale; the adapter is trained once in ``<control>/lora``."""
+    human answers), merged at ``strength`` x its trained scale; the adapter is trained once in
+    ``<control>/lora``. The shipped prompts the run does not measure (``spare_rows``) lend their
+    human answers to the anchor and their prompts to the distillation; a saved adapter that used
+    a prompt this run measures is refused."""
+    from ...core import BadInputError
+
     adapter = Path(work_dir).parent.parent / "lora"
+    measured = shipped("prompts")[:cfg.n_prompts]
+    used = {r["id"] for r in measured}
+    trained = (adapter / "train_info.json").exists()
+    if trained:
+        meta = json.loads((adapter / "train_info.json").read_text(encoding="utf-8")).get("meta", {})
+        clash = sorted(used & set(meta.get("shipped_prompts", [])))
+        if clash:
+            raise BadInputError(
+                f"the on-policy plant in {adapter} was trained on shipped prompts {', '.join(clash)}, "
+                f"which this run measures (n_prompts={cfg.n_prompts}): use a new output folder "
+                "(a new plant is trained without them) or the n_prompts it was trained for")
+    spare = spare_rows(cfg.n_prompts)
+    if not spare and not trained:
+        log.warning("on-policy plant: n_prompts=%d measures every shipped prompt, so the anchor "
+                    "has no human answers of the measured kind (stdlib docs and stories only; "
+                    "a weaker plant, docs/experiments/onpolicy.md)", cfg.n_prompts)
     prompts, src = distill_prompts()
-    used = {r["prompt"] for r in shipped("prompts")[:cfg.n_prompts]}
-    if used & set(prompts):  # the split the module doc promises
+    sprompts = [r["prompt"] for r in spare] if SPARE_DISTILL else []
+    if {r["prompt"] for r in measured} & set(prompts + sprompts):  # the split the module doc promises
         raise RuntimeError("distillation prompts overlap the measured prompts")
     lcfg = dataclasses.replace(LORA, anchor_weight=ANCHOR_WEIGHT)
-    trained = (adapter / "train_info.json").exists()
     anchors, asrc = [], {}
     if ANCHOR_WEIGHT > 0 and not trained:
-        pairs, asrc = anchor_texts()  # the corpus is read once
+        pairs, asrc = anchor_texts(spare=spare)  # the corpus is read once
         anchors = anchor_examples(lm, pairs)
-    examples = [] if trained else distill_examples(lm, prompts)
+    examples = [] if trained else distill_examples(lm, prompts + sprompts)
+    shipped_used = sorted({r["id"] for r in spare} if (sprompts or asrc.get("shipped_answers"))
+                          else set())
     new, info = lora_model(lm, examples, adapter, strength, lcfg, name="selfdistill",
                            meta={"distill_prompts": len(prompts), "answer_tokens": DISTILL_TOKENS,
-                                 "anchors": asrc},
+                                 "distill_shipped": len(sprompts), "anchors": asrc,
+                                 "shipped_prompts": shipped_used},
                            anchors=anchors)
-    asrc = info.get("meta", {}).get("anchors") or {}  # what the saved adapter was trained with
+    meta = info.get("meta", {})  # what the saved adapter was trained with
+    asrc, ids = meta.get("anchors") or {}, meta.get("shipped_prompts", [])
+    n_sd = meta.get("distill_shipped", 0)
     effect = {"kind": "LoRA self-distillation (greedy own answers)"
                       + (", KL-anchored on human-written answers" if asrc else ""),
               "summary": f"self-distillation LoRA x{strength:g}", "strength": strength,
               "lora": dataclasses.asdict(lcfg), "adapter": str(adapter),
               "train_loss": [info["loss_before"], info["loss_after"]], "steps": info["steps"],
-              "trained_on": f"{len(prompts)} prompts of {src['source']} (greedy answers of "
-                            f"{DISTILL_TOKENS} tokens); {src['removed_overlap']} prompts equal to "
-                            "shipped on-policy prompts removed"
-                            + (f"; KL anchor on human-written answers: {asrc['stdlib_docs_qa']} "
+              "shipped_prompts_trained_on": ids,
+              "trained_on": f"{meta.get('distill_prompts', len(prompts))} prompts of "
+                            f"{src['source']} and {n_sd} unmeasured shipped on-policy prompts "
+                            f"(greedy answers of {DISTILL_TOKENS} tokens); "
+                            f"{src['removed_overlap']} chat prompts equal to shipped on-policy "
+                            "prompts removed"
+                            + (f"; KL anchor on human-written answers: "
+                               f"{len(asrc.get('shipped_answers', []))} unmeasured shipped "
+                               f"on-policy answers ({', '.join(asrc.get('shipped_answers', [])) or 'none'}"
+                               f", x{asrc.get('shipped_repeat', 1)}), {asrc['stdlib_docs_qa']} "
                                "stdlib-documentation chats of the default corpus, "
                                f"{asrc['emotion_stories']} shipped emotion stories "
-                               "(data/emotions/stories.json); no shipped on-policy prompt or "
-                               "answer" if asrc else ""),
-              "held_out": f"the {len(used)} shipped on-policy prompts and their human answers "
-                          "the protocol measures on"}
+                               "(data/emotions/stories.json)" if asrc else ""),
+              "held_out": f"the {len(used)} shipped on-policy prompts ({min(used)}-{max(used)}) "
+                          "and their human answers the protocol measures on; none of them is "
+                          "trained on"}
     return Planted(new, effect)
 
 
@@ -185,3 +252,44 @@ def mde_ratio(det: dict) -> float:
 
     se = (math.log(det["hi"]) - math.log(det["lo"])) / (2 * 1.96)
     return math.exp(mde_mean(se * math.sqrt(det["n"]), det["n"]))
+
+
+def paired_vs_untouched(planted: dict, untouched: dict, cond: str = "human", n_boot: int = 1000,
+                        seed: int = 0) -> dict:
+    """The planted run's off/on ratio over the untouched run's, on the prompts both hold, with a
+    paired bootstrap over prompts (one index set resamples both runs' own and off-policy
+    entropies; descriptive, not part of the control's pass rule). ``planted``/``untouched`` are
+    results.json dicts of the same config and seed (``gap.per_prompt``)."""
+    import numpy as np
+
+    from ...runs import bootstrap_ci
+
+    try:
+        a, b = planted["gap"]["per_prompt"], untouched["gap"]["per_prompt"]
+    except KeyError:
+        raise ValueError("results.json has no gap.per_prompt: rerun the gap (runs made before "
+                         "it was recorded lack it)") from None
+    keys = sorted(set(a["own"]) & set(a[cond]) & set(b["own"]) & set(b[cond]), key=int)
+    if len(keys) < 2:
+        raise ValueError(f"the two runs share {len(keys)} prompt(s) with own and {cond} "
+                         "entropies; need 2")
+    p_off, p_on, u_off, u_on = (np.array([d[k] for k in keys])
+                                for d in (a[cond], a["own"], b[cond], b["own"]))
+    est, lo, hi = bootstrap_ci(lambda i: (p_off[i].mean() / p_on[i].mean())
+                               / (u_off[i].mean() / u_on[i].mean()), len(keys), n_boot, seed)
+    return {"ratio_of_ratios": est, "ci": [lo, hi], "n": len(keys)}
+
+
+def paired_rows(control_dir, strength: str = "1", n_boot: int = 1000) -> list[dict]:
+    """``paired_vs_untouched`` per seed of a control folder (``planted-<strength>/seed<k>`` vs
+    ``untouched/seed<k>``; the bootstrap seed is the run's seed)."""
+    root, out = Path(control_dir), []
+    for d in sorted((root / f"planted-{strength}").glob("seed*"), key=lambda p: int(p.name[4:])):
+        u = root / "untouched" / d.name / "results.json"
+        if not (d / "results.json").exists() or not u.exists():
+            continue
+        k = int(d.name[4:])
+        r = paired_vs_untouched(json.loads((d / "results.json").read_text(encoding="utf-8")),
+                                json.loads(u.read_text(encoding="utf-8")), n_boot=n_boot, seed=k)
+        out.append({"seed": k, **r})
+    return out

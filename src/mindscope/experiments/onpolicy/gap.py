@@ -78,13 +78,16 @@ def by_condition(seqs: Sequence[Seq], stats: TokenStats) -> dict[str, dict[int, 
 def entropy_gap(seqs: Sequence[Seq], stats: TokenStats, n_boot: int = 1000, seed: int = 0,
                 max_positions: Optional[int] = None) -> dict:
     """Mean entropy per condition, off/on ratios (paired over prompts), AUC of entropy as an
-    on/off classifier, and per-position curves."""
+    on/off classifier, per-position curves, and each prompt's mean entropy per condition
+    (``per_prompt[cond][str(prompt_idx)]``, for paired comparisons across runs)."""
     idx = by_condition(seqs, stats)
     if "own" not in idx:
         raise ValueError("no 'own' (on-policy) sequences to compare against")
     H = stats.mean_entropy()
     L = max_positions or max(s.n_resp for s in seqs)
     res = {"conditions": {}, "ratios": {}, "auc_entropy": {}, "per_position": {},
+           "per_prompt": {cond: {str(p): float(H[k]) for p, k in sorted(m.items())}
+                          for cond, m in idx.items()},
            "n_prompts": len(idx["own"])}
     for cond, m in idx.items():
         ks = list(m.values())
