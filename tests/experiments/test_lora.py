@@ -32,6 +32,50 @@ def test_anchor_kl_matches_manual_and_starts_at_zero(tiny):
                 kls.append(float((ref[t].exp() * (ref[t] - new[t])).sum()))
     assert got > 1e-4
     assert abs(got - sum(kls) / len(kls)) < 1e-4 * max(1.0, got)
+    # a sharpened target (temperature 0.5): the untouched logits divided by 0.5 before softmax
+    got = float(_lora._kl_step(model, lm.tokenizer, anchors, torch.device("cpu"), 0.5))
+    kls = []
+    for ids, lab in anchors:
+        x = torch.tensor([ids])
+        with torch.no_grad(), model.disable_adapter():
+            ref = torch.log_softmax(model(input_ids=x).logits[0].double() / 0.5, -1)
+        with torch.no_grad():
+            new = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+        kls += [float((ref[t].exp() * (ref[t] - new[t])).sum())
+                for t in range(len(ids) - 1) if lab[t + 1] != -100]
+    assert abs(got - sum(kls) / len(kls)) < 1e-4 * max(1.0, got)
+
+
+def test_a_sharpened_target_lowers_entropy_on_the_examples_only(tiny):
+    """target_temperature 0.5 trains toward a sharper copy of the model on the example text,
+    while the anchor keeps the other text near the untouched distribution."""
+    import copy
+
+    from mindscope.core import LM
+
+    base = tiny("llama")
+    lm = LM.from_hf(copy.deepcopy(base.model), base.tokenizer)
+    with torch.no_grad():  # peaked next-token distributions (a random tiny model's are ~uniform)
+        lm.model.lm_head.weight.mul_(40)
+    ex = [([3 + i, 4 + i, 5 + i, 6 + i, 7 + i], [-100, 4 + i, 5 + i, 6 + i, 7 + i]) for i in range(8)]
+    anchors = [([40 + i, 41 + i, 42 + i, 43 + i], [-100, 41 + i, 42 + i, 43 + i]) for i in range(8)]
+    cfg = _lora.LoraPlant(r=4, alpha=8, lr=1e-2, epochs=6.0, batch_size=4, seed=0,
+                          target_temperature=0.5, anchor_weight=2.0)
+    model, info = _lora._train(lm, ex, cfg, anchors)
+
+    def entropy(seqs, adapter: bool):
+        x = torch.tensor([ids for ids, _ in seqs])
+        with torch.no_grad():
+            if adapter:
+                lp = torch.log_softmax(model(input_ids=x).logits.double(), -1)
+            else:
+                with model.disable_adapter():
+                    lp = torch.log_softmax(model(input_ids=x).logits.double(), -1)
+        return float(-(lp.exp() * lp).sum(-1)[:, :-1].mean())
+
+    drop_ex = entropy(ex, False) - entropy(ex, True)
+    drop_anchor = entropy(anchors, False) - entropy(anchors, True)
+    assert info["steps"] == 12 and drop_ex > 0.05 and drop_ex > 3 * abs(drop_anchor)
 
 
 def test_training_resumes_from_its_checkpoint_to_the_same_adapter(tiny, tmp_path, monkeypatch):

@@ -59,10 +59,15 @@ class LoraPlant:
     """Seed of the LoRA init and the data order."""
     anchor_weight: float = 1.0
     """Weight of the KL(untouched || adapted) loss on anchor sequences (when given)."""
+    target_temperature: float | None = None
+    """None: cross-entropy on the examples' labels. A temperature t: the examples' loss is
+    KL(untouched at temperature t || adapted) at their labelled positions instead (soft
+    self-distillation; t < 1 plants a sharper copy of the untouched model on that text)."""
 
 
-def _kl_step(model, tok, anchors, dev):
-    """KL(untouched || adapted) per labelled anchor token (the adapter off = untouched)."""
+def _kl_step(model, tok, anchors, dev, temperature: float = 1.0):
+    """KL(untouched || adapted) per labelled anchor token (the adapter off = untouched; its
+    logits divided by ``temperature``: < 1 is a sharpened untouched target)."""
     import torch.nn.functional as F
 
     from ..audit import collate
@@ -70,7 +75,8 @@ def _kl_step(model, tok, anchors, dev):
     ids, mask, lab = collate(anchors, tok.pad_token_id or 0)
     ids, mask, keep = ids.to(dev), mask.to(dev), (lab[:, 1:] != -100).to(dev)  # (B, T-1)
     with torch.no_grad(), model.disable_adapter():
-        ref = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        ref = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                            / temperature, -1)
     new = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
     kl = (ref.exp() * (ref - new)).sum(-1)  # (B, T-1)
     return kl[keep].mean()
@@ -153,8 +159,12 @@ def _train(lm, examples, cfg: LoraPlant, anchors=(), ckpt: Path | None = None,
         while len(order) < cfg.batch_size:
             order += rng.sample(range(len(examples)), len(examples))
         batch, order = [examples[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
-        ids, mask, lab = collate(batch, tok.pad_token_id or 0)
-        loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=lab.to(dev)).loss
+        if cfg.target_temperature is None:
+            ids, mask, lab = collate(batch, tok.pad_token_id or 0)
+            loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                         labels=lab.to(dev)).loss
+        else:
+            loss = _kl_step(model, tok, batch, dev, cfg.target_temperature)
         total = loss
         if anchors:
             while len(aorder) < cfg.batch_size:

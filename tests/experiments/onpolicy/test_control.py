@@ -48,16 +48,28 @@ def test_anchor_texts_are_human_written_and_never_a_measured_answer():
         pairs, src = C.anchor_texts(n_docs=10, spare=spare)
         assert src["shipped_answers"] == [r["id"] for r in rows[n:]]  # exactly the unmeasured
         assert src["stdlib_docs_qa"] == 10 and src["emotion_stories"] > 0
-        n_spare = len(spare) * C.SPARE_REPEAT
-        assert len(pairs) == n_spare + 10 + src["emotion_stories"]
+        written = shipped("anchor_answers")[:C.N_WRITTEN]
+        assert src["written_answers"] == len(written)
+        n_kind = (len(spare) + len(written)) * C.SPARE_REPEAT
+        assert len(pairs) == n_kind + 10 + src["emotion_stories"]
         assert not {a for _, a in pairs} & {r["human"] for r in measured}  # never measured text
         assert not {p for p, _ in pairs} & {r["prompt"] for r in measured}
-        assert {a for _, a in pairs[:n_spare]} == {r["human"] for r in rows[n:]}
+        assert {a for _, a in pairs[:n_kind]} == {r["human"] for r in rows[n:] + written}
     assert C.anchor_texts(n_docs=0, spare=C.spare_rows(24))[1]["shipped_answers"] == []
-    distill, _ = C.distill_prompts(1000)  # no anchor prompt is a chat distillation prompt either
-    pairs, _ = C.anchor_texts(n_docs=10, spare=C.spare_rows(12))
-    assert not {p for p, _ in pairs} & set(distill)
-    assert all(a.strip() for _, a in pairs)
+    assert all(a.strip() for _, a in C.anchor_texts(n_docs=10, spare=C.spare_rows(12))[0])
+
+
+def test_written_anchor_answers_pair_distillation_prompts_and_no_shipped_one():
+    """data/onpolicy/anchor_answers.jsonl: human answers to distillation prompts (the same prompt
+    is sharpened with the model's own answer and kept with the human one), none a shipped
+    on-policy prompt or answer, so the anchor is disjoint from the measure at any n_prompts."""
+    rows, distill = shipped("anchor_answers"), C.distill_prompts()[0]
+    assert len(rows) >= C.N_WRITTEN and len({r["id"] for r in rows}) == len(rows)
+    assert {r["prompt"] for r in rows} <= set(distill)
+    on = shipped("prompts")
+    assert not {r["prompt"].lower() for r in rows} & {r["prompt"].lower() for r in on}
+    assert not {r["human"] for r in rows} & {r["human"] for r in on}
+    assert all(len(r["human"].split()) >= 10 for r in rows)
 
 
 def test_examples_train_only_the_answer(lm):

@@ -44,7 +44,14 @@ LORA = LoraPlant(r=8, alpha=16.0, lr=1e-3, epochs=3.0, batch_size=8, seed=0)
 N_DISTILL = 64
 """Distillation prompts (of the 68 held-apart chat prompts)."""
 DISTILL_TOKENS = 40
-"""Greedy answer length of each distillation example."""
+"""Own-answer length of each distillation example."""
+DISTILL_SAMPLE_T = 1.0
+"""Temperature the untouched model's own distillation answers are sampled at (0 = greedy): 1.0 is
+the protocol's own-answer temperature, so the plant trains on text like the text it is measured
+on."""
+TARGET_T = 0.5
+"""The distillation target: the untouched model's distribution at this temperature on its own
+answers (KL, ``LoraPlant.target_temperature``); None = cross-entropy on the sampled tokens."""
 ANCHOR_WEIGHT = 2.0
 """Weight of the KL anchor on held-apart human-written text (0 = plain self-distillation)."""
 ANCHOR_TOKENS = 48
@@ -79,11 +86,14 @@ def distill_prompts(n: int | None = None) -> tuple[list[str], dict]:
                       "source": "data/corpus/chat_prompts.json"}
 
 
-def distill_examples(lm, prompts, max_new_tokens: int | None = None, seed: int = 0):
-    """(input_ids, labels) of each prompt + the model's greedy answer (``max_new_tokens``, None =
-    ``DISTILL_TOKENS``); loss on the answer only."""
+def distill_examples(lm, prompts, max_new_tokens: int | None = None, seed: int = 0,
+                     temperature: float | None = None):
+    """(input_ids, labels) of each prompt + the model's own answer (``max_new_tokens``, None =
+    ``DISTILL_TOKENS``; sampled at ``temperature``, None = ``DISTILL_SAMPLE_T``, 0 = greedy);
+    loss on the answer only."""
     max_new_tokens = DISTILL_TOKENS if max_new_tokens is None else max_new_tokens
-    own = sample_own(lm, prompts, max_new_tokens, 0.0, 1.0, seed)
+    temperature = DISTILL_SAMPLE_T if temperature is None else temperature
+    own = sample_own(lm, prompts, max_new_tokens, temperature, 1.0, seed)
     out = []
     for p, r in zip(prompts, own):
         if not r:
@@ -202,7 +212,7 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
     sprompts = [r["prompt"] for r in spare] if SPARE_DISTILL else []
     if {r["prompt"] for r in measured} & set(prompts + sprompts):  # the split the module doc promises
         raise RuntimeError("distillation prompts overlap the measured prompts")
-    lcfg = dataclasses.replace(LORA, anchor_weight=ANCHOR_WEIGHT)
+    lcfg = dataclasses.replace(LORA, anchor_weight=ANCHOR_WEIGHT, target_temperature=TARGET_T)
     anchors, asrc = [], {}
     if ANCHOR_WEIGHT > 0 and not trained:
         pairs, asrc = anchor_texts(spare=spare)  # the corpus is read once
@@ -212,6 +222,7 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
                           else set())
     new, info = lora_model(lm, examples, adapter, strength, lcfg, name="selfdistill",
                            meta={"distill_prompts": len(prompts), "answer_tokens": DISTILL_TOKENS,
+                                 "answer_temperature": DISTILL_SAMPLE_T,
                                  "distill_shipped": len(sprompts), "anchors": asrc,
                                  "shipped_prompts": shipped_used},
                            anchors=anchors)
