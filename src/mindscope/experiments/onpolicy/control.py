@@ -39,7 +39,7 @@ from .gap import sample_own
 
 log = logging.getLogger(__name__)
 
-LORA = LoraPlant(r=8, alpha=16.0, lr=1e-3, epochs=3.0, batch_size=8, seed=0)
+LORA = LoraPlant(r=8, alpha=16.0, lr=2e-3, epochs=3.0, batch_size=8, seed=0)
 """The adapter every strength scales (trained once per control folder)."""
 N_DISTILL = 64
 """Distillation prompts (of the 68 held-apart chat prompts)."""
@@ -49,7 +49,7 @@ DISTILL_SAMPLE_T = 1.0
 """Temperature the untouched model's own distillation answers are sampled at (0 = greedy): 1.0 is
 the protocol's own-answer temperature, so the plant trains on text like the text it is measured
 on."""
-TARGET_T = 0.5
+TARGET_T = 0.35
 """The distillation target: the untouched model's distribution at this temperature on its own
 answers (KL, ``LoraPlant.target_temperature``); None = cross-entropy on the sampled tokens."""
 ANCHOR_WEIGHT = 2.0
@@ -66,7 +66,7 @@ like the measured answers; 12 of them among 154 others would be sampled rarely).
 SPARE_DISTILL = True
 """Also distil on the model's greedy answers to the unmeasured shipped prompts (the anchor's
 own prompts): the same prompt with its own answer sharpened and its human answer kept."""
-N_WRITTEN = 0
+N_WRITTEN = 40
 """Anchor answers from ``data/onpolicy/anchor_answers.jsonl``: human answers written for
 mindscope to distillation prompts (never to a shipped on-policy prompt), each repeated
 ``SPARE_REPEAT`` times like the unmeasured shipped answers."""
