@@ -1,27 +1,38 @@
 """Positive control of the entropy gap: anchored self-distillation sharpens on-policy text only.
 
-The plant: the untouched model answers a set of DISTILLATION prompts greedily; a LoRA adapter is
-fine-tuned on those answers (loss on the answer tokens only) while an ANCHOR loss, KL(untouched
-|| adapted) on human-written answers, keeps the model unchanged on off-policy text. The model's
-own text becomes more predictable to it while human text does not, which is the entropy gap
-the protocol measures. The protocol then runs unchanged on the merged model (LoRA at
-``strength`` x its trained scale; x1 = the trained adapter, the control's full strength).
+The plant: the untouched model samples its own answers (T = ``DISTILL_SAMPLE_T``, the protocol's
+own-answer temperature) to a set of DISTILLATION prompts; a LoRA adapter is trained towards a
+SHARPER copy of the untouched model on those answers (KL to the untouched distribution at
+temperature ``TARGET_T``, on the answer tokens only) while an ANCHOR loss, KL(untouched ||
+adapted) on human-written answers, keeps the model unchanged on off-policy text. The model
+becomes more certain on its own kind of text and stays as it was on human text, which is the
+entropy gap the protocol measures. The protocol then runs unchanged on the merged model (LoRA
+at ``strength`` x its trained scale; x1 = the trained adapter, the control's full strength).
 
 Why the anchor: plain self-distillation (``ANCHOR_WEIGHT = 0``) sharpened SmolLM2 everywhere
 (own-text entropy 2.15 -> 0.97 nats, human-text 2.41 -> 1.12): a global temperature change,
-which the off/on RATIO rightly does not count. Why a large, varied anchor set: anchored on only
-12 human answers, the KL held on those 12 texts but not on the measured ones (their entropy
-fell 2.41 -> 1.82 nats), and the gap stayed below what 12 prompts can see.
+which the off/on RATIO rightly does not count. Why anchor answers of the MEASURED KIND, to
+prompts of the distillation kind: anchored only on stdlib-documentation chats and stories, the
+adapter told "sharpen" from "keep" by the kind of prompt, so the measured human answers (to
+everyday questions, like the distillation prompts) were sharpened too (entropy 2.40 -> 1.46).
+With human answers to everyday questions in the anchor (the unmeasured shipped answers and
+``data/onpolicy/anchor_answers.jsonl``, written for mindscope to distillation prompts) the
+adapter can only tell them apart by the answer, and the measured human answers keep their
+entropy (docs/experiments/onpolicy.md).
 
-Held out (split by the source of the tokens, recorded in ``effect``): the distillation prompts
-are the default corpus's chat prompts (``data/corpus/chat_prompts.json``) minus every shipped
-on-policy prompt; the anchor answers are stdlib-documentation chats of the default corpus
-(docstrings answering questions about functions) and the shipped emotion stories
-(``data/emotions/stories.json``), never a shipped on-policy prompt or answer; the protocol
-measures on the first ``n_prompts`` shipped prompts and their human answers.
+Held out (split by the source of the tokens, recorded in ``effect`` and ``train_info.json``):
+the protocol measures the first ``n_prompts`` shipped prompts and their human answers; none of
+them is trained on. The distillation prompts are the default corpus's chat prompts
+(``data/corpus/chat_prompts.json``) minus every shipped on-policy prompt, plus the shipped
+prompts the run does not measure (``spare_rows``); the anchor answers are the unmeasured shipped
+answers, the written anchor answers, stdlib-documentation chats of the default corpus and the
+shipped emotion stories. A saved adapter trained on a prompt the run measures is refused
+(``BadInputError``); at ``n_prompts=24`` no shipped answer is spare and the anchor has the
+written ones only (a warning says so).
 
 Detection: the off/on entropy ratio against the human answers (``gap.ratios.human``: ratio of
-means, paired bootstrap over prompts); no effect = 1.
+means, paired bootstrap over prompts); no effect = 1. ``paired_vs_untouched`` adds the planted
+run's ratio over the untouched run's on the same prompts (descriptive).
 """
 from __future__ import annotations
 
@@ -64,7 +75,7 @@ SPARE_REPEAT = 4
 """Times each unmeasured shipped answer appears in the anchor list (it is the anchor text most
 like the measured answers; 12 of them among 154 others would be sampled rarely)."""
 SPARE_DISTILL = True
-"""Also distil on the model's greedy answers to the unmeasured shipped prompts (the anchor's
+"""Also distil on the model's own answers to the unmeasured shipped prompts (the anchor's
 own prompts): the same prompt with its own answer sharpened and its human answer kept."""
 N_WRITTEN = 40
 """Anchor answers from ``data/onpolicy/anchor_answers.jsonl``: human answers written for
@@ -184,8 +195,8 @@ def detect(results: dict) -> Detection:
 
 @control("onpolicy", detect=detect, strengths=(0.5, 1.0), configure=configure)
 def plant(lm, cfg, work_dir, strength) -> Planted:
-    """Self-distillation LoRA (greedy own answers to held-apart prompts, KL-anchored on held-apart
-    human answers), merged at ``strength`` x its trained scale; the adapter is trained once in
+    """Self-distillation LoRA (sharpened on sampled own answers to held-apart prompts, KL-anchored
+    on held-apart human answers), merged at ``strength`` x its trained scale; the adapter is trained once in
     ``<control>/lora``. The shipped prompts the run does not measure (``spare_rows``) lend their
     human answers to the anchor and their prompts to the distillation; a saved adapter that used
     a prompt this run measures is refused."""
@@ -229,21 +240,27 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
     meta = info.get("meta", {})  # what the saved adapter was trained with
     asrc, ids = meta.get("anchors") or {}, meta.get("shipped_prompts", [])
     n_sd = meta.get("distill_shipped", 0)
-    effect = {"kind": "LoRA self-distillation (greedy own answers)"
+    saved = info.get("settings", dataclasses.asdict(lcfg))
+    tt, st = saved.get("target_temperature"), meta.get("answer_temperature", 0.0)
+    ntok = meta.get("answer_tokens", DISTILL_TOKENS)
+    how = (f"towards the untouched model at T={tt:g}" if tt else "cross-entropy")
+    effect = {"kind": f"LoRA self-distillation ({how} on own answers sampled at T={st:g})"
                       + (", KL-anchored on human-written answers" if asrc else ""),
               "summary": f"self-distillation LoRA x{strength:g}", "strength": strength,
-              "lora": dataclasses.asdict(lcfg), "adapter": str(adapter),
+              "lora": saved, "adapter": str(adapter),
               "train_loss": [info["loss_before"], info["loss_after"]], "steps": info["steps"],
               "shipped_prompts_trained_on": ids,
               "trained_on": f"{meta.get('distill_prompts', len(prompts))} prompts of "
                             f"{src['source']} and {n_sd} unmeasured shipped on-policy prompts "
-                            f"(greedy answers of {DISTILL_TOKENS} tokens); "
+                            f"(own answers of {ntok} tokens sampled at T={st:g}); "
                             f"{src['removed_overlap']} chat prompts equal to shipped on-policy "
                             "prompts removed"
                             + (f"; KL anchor on human-written answers: "
                                f"{len(asrc.get('shipped_answers', []))} unmeasured shipped "
                                f"on-policy answers ({', '.join(asrc.get('shipped_answers', [])) or 'none'}"
-                               f", x{asrc.get('shipped_repeat', 1)}), {asrc['stdlib_docs_qa']} "
+                               f"), {asrc.get('written_answers', 0)} written answers to distillation "
+                               "prompts (data/onpolicy/anchor_answers.jsonl; these two sets "
+                               f"x{asrc.get('shipped_repeat', 1)}), {asrc['stdlib_docs_qa']} "
                                "stdlib-documentation chats of the default corpus, "
                                f"{asrc['emotion_stories']} shipped emotion stories "
                                "(data/emotions/stories.json)" if asrc else ""),
