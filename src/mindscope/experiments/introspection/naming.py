@@ -271,24 +271,17 @@ def run_naming_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,),
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The naming control from the shell (the options of ``positive_control``)."""
     from .. import introspection as intro
-    from ..seeds import _parse_sets
+    from ..positive_control import config_from_args, control_args
 
     ap = argparse.ArgumentParser(prog="python -m mindscope.experiments.introspection.naming",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--strengths", type=float, nargs="+", default=[0.5, 1.0])
-    ap.add_argument("--quick", action="store_true", help="start from Config.quick()")
-    ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="a Config field as key=value (JSON value), repeatable")
-    ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
-    ap.add_argument("-o", "--out", required=True)
-    a = ap.parse_args(argv)
+    a = control_args(ap).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import mindscope as ms
 
-    over = _parse_sets(a.sets)
-    cfg = intro.Config.quick(**over) if a.quick else intro.Config(**over)
-    res, s = run_naming_control(ms.load(a.model), cfg, Path(a.out), a.strengths, a.seeds)
+    cfg = config_from_args(intro.Config, a)
+    res, s = run_naming_control(ms.load(a.model), cfg, Path(a.out), a.strengths or (0.5, 1.0),
+                                a.seeds or (cfg.seed,))
     print((Path(a.out) / "control.md").read_text(encoding="utf-8"))
     print(markdown(s))
     return 0 if res.passed else 1
