@@ -164,3 +164,28 @@ def test_a_killed_training_resumes_to_the_same_adapter(lm, tmp_path, monkeypatch
     _, hist3 = D.train_detector_lora(lm, cfg, V, 2, spec, names=names, checkpoint=ck,
                                      key="other", save_every=10)
     assert [h["step"] for h in hist3] == [0, 1, 2, 3]
+
+
+def test_run_naming_control_swaps_the_plant_and_restores_it(tmp_path, monkeypatch):
+    from mindscope.experiments import _control
+
+    before = _control.controls()["introspection"]
+    seen = {}
+
+    def fake_run_control(name, lm, cfg, out, strengths, seeds):
+        spec = _control.controls()[name]
+        seen["plant"], seen["detect"] = spec.plant.__doc__, spec.detect
+        for folder, comb in (("untouched", (0, 20)), ("planted-0.5", (6, 20)),
+                             ("planted-1", (15, 20))):
+            _run(out / folder / "seed0", comb, (comb[0] + 2, 20), 0)
+        return _control.ControlResult(out, {"seeds": [0], "strengths": [0.5, 1.0],
+                                            "passed": True})
+
+    monkeypatch.setattr(N, "run_control", fake_run_control)
+    res, s = N.run_naming_control(None, I.Config.quick(n_concepts=20), tmp_path, lens=False)
+    assert seen["plant"] == N.plant_naming.__doc__ and seen["detect"] is N.detect_naming
+    after = _control.controls()["introspection"]
+    assert after.plant is before.plant and after.detect is before.detect
+    assert s["chance"] == pytest.approx(1 / 20) and s["control_passed"]
+    assert s["strict"][0]["value"] == pytest.approx(newcombe_diff(15, 20, 2, 20)[0])
+    assert (tmp_path / "naming.md").exists() and (tmp_path / "naming.png").exists()
