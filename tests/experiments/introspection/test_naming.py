@@ -189,3 +189,26 @@ def test_run_naming_control_swaps_the_plant_and_restores_it(tmp_path, monkeypatc
     assert s["chance"] == pytest.approx(1 / 20) and s["control_passed"]
     assert s["strict"][0]["value"] == pytest.approx(newcombe_diff(15, 20, 2, 20)[0])
     assert (tmp_path / "naming.md").exists() and (tmp_path / "naming.png").exists()
+
+
+def test_confusions_sort_named_words_and_rank_training_words_by_cosine(lm, tmp_path):
+    cfg = _cfg()
+    train = ["snow", "milk", "bread"]
+    (tmp_path / "control.json").write_text(json.dumps(
+        {"effects": {"1": {"train_concepts": train}}}))
+    replies = {"dust": "Yes, I detect an injected thought. It is about dust.",
+               "trees": "Yes, I detect an injected thought. It is about the milk. It",
+               "frost": "No, I do not detect an injected thought."}
+    d = tmp_path / "planted-1" / "seed0"
+    d.mkdir(parents=True)
+    (d / "trials.json").write_text(json.dumps({"detection": [
+        {"kind": "injected", "concept": c, "response": r} for c, r in replies.items()]}))
+    c = N.confusions(lm, I.Config.quick(concepts=CONCEPTS, n_baseline=4, mech_layer=2,
+                                        progress=False), tmp_path, [0], 1.0)
+    assert (c["n"], c["own"], c["training"], c["nothing_named"], c["other"]) == (3, 1, 1, 1, 0)
+    row = c["rows"][1]
+    assert row["named"] == "milk" and row["training_word"] == "milk"
+    V = I.concept_sets(lm, CONCEPTS + train, [2], cfg.words()[1])[2].data.float()
+    V = V / V.norm(dim=-1, keepdim=True)
+    cos = V[1] @ V[3:].T  # trees vs the training words
+    assert row["cos_rank"] == int((cos > cos[1]).sum())

@@ -61,6 +61,10 @@ class DetectorLoRA:
     injected training concept's word (the naming plant, ``naming.py``)."""
     seed: int = 0
     """LoRA init and concept order."""
+    extra_words: int = 0
+    """Also train on up to this many shipped baseline words that the run's baseline does not
+    use (``extra_training_words``), as more training concepts (the naming plant: 25 concept
+    words alone teach a 25-way classifier)."""
 
 
 def _lora_config(lm, spec: DetectorLoRA, inj: int):
@@ -185,11 +189,29 @@ def _find_saved(path: Path, key: str):
     return None
 
 
+def extra_training_words(cfg, held, n: int) -> list[str]:
+    """Up to ``n`` shipped baseline words the run does not use as its baseline (``cfg.words()``
+    takes the first ``n_baseline``) and that match no held-out concept (``word_matches``: plural,
+    shared prefix), in shipped order. Their vectors are computed with the run's baseline, as the
+    protocol computes the concepts'."""
+    from .grade import load_words, word_matches
+
+    _, b0 = load_words()
+    _, base = cfg.words()
+    used = {w.lower() for w in base}
+    out = [w for w in b0 if w.lower() not in used
+           and not any(word_matches(w, h) or word_matches(h, w) for h in held)]
+    return out[:n]
+
+
 def _settings(cfg, lm, train, inj, spec) -> dict:
-    return {"model": lm.name, "plant": "detector-lora", "train_concepts": train,
-            "inj_layer": inj, "wordings": list(cfg.trial_prompts),
-            "strength": float(cfg.mech_strength), "trial": cfg.trial,
-            "n_baseline": cfg.n_baseline, **dataclasses.asdict(spec)}
+    st = {"model": lm.name, "plant": "detector-lora", "train_concepts": train,
+          "inj_layer": inj, "wordings": list(cfg.trial_prompts),
+          "strength": float(cfg.mech_strength), "trial": cfg.trial,
+          "n_baseline": cfg.n_baseline, **dataclasses.asdict(spec)}
+    if not spec.extra_words:
+        st.pop("extra_words")  # the settings hash of adapters saved before the field existed
+    return st
 
 
 @control("introspection", detect=lambda r: detect_detection(r), strengths=(0.5, 1.0),
@@ -199,6 +221,8 @@ def plant_detector(lm, cfg, work_dir, strength, spec: DetectorLoRA = DetectorLoR
     copy of the model; reused from ``work_dir/detector_lora.safetensors`` when settings match
     (``naming_lora.safetensors`` for a ``spec`` whose injected reply names the concept)."""
     train, held = bias_split(cfg)
+    if spec.extra_words:
+        train = train + extra_training_words(cfg, held, spec.extra_words)
     inj = resolve_layers(lm, [cfg.mech_layer])[0]
     if inj + 1 >= lm.n_layers:
         raise ValueError(f"the detector LoRA needs blocks after the injection layer {inj}; "
@@ -232,6 +256,8 @@ def plant_detector(lm, cfg, work_dir, strength, spec: DetectorLoRA = DetectorLoR
         ckpt.unlink(missing_ok=True)  # the finished adapter replaces the training state
     scale = spec.alpha / spec.rank
     new = merged_copy(lm, ab, strength * scale)
+    n_extra = len(train) - len(bias_split(cfg)[0])
+    extra = f" ({n_extra} of them unused baseline nouns)" if n_extra else ""
     effect = {"kind": kind, "modules": sorted(ab), "rank": spec.rank,
               "alpha": spec.alpha, "strength": strength, "train_concepts": train,
               "held_out_concepts": held, "injection_layer": inj,
@@ -242,5 +268,5 @@ def plant_detector(lm, cfg, work_dir, strength, spec: DetectorLoRA = DetectorLoR
               "final_loss": hist[-1]["loss"] if hist else None,
               "summary": f"{kind} r{spec.rank} on {'/'.join(spec.targets)} of blocks "
                          f"{inj + 1}-{lm.n_layers - 1} x{strength:g}, trained on {len(train)} "
-                         f"concepts, tested on {len(held)} others"}
+                         f"concepts{extra}, tested on {len(held)} others"}
     return Planted(new, effect, None)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,13 +48,18 @@ from .detector import DetectorLoRA, plant_detector
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NAMING", "NAMING_REPLIES", "plant_naming", "detect_naming", "lens_check",
+__all__ = ["NAMING", "NAMING_WIDE", "NAMING_REPLIES", "plant_naming", "detect_naming", "lens_check",
            "run_naming_control"]
 
 NAMING_REPLIES = ("Yes, I detect an injected thought. It is about {concept}.", CLAIMS[1])
 """(reply with a training concept injected, its word filled in; reply without an injection)."""
 NAMING = DetectorLoRA(replies=NAMING_REPLIES, steps=100, batch=3)
-"""The naming plant's settings: the detector LoRA's, with the naming reply."""
+"""The naming plant's settings: the detector LoRA's, with the naming reply, trained on the 25
+training concepts."""
+NAMING_WIDE = DetectorLoRA(replies=NAMING_REPLIES, steps=120, batch=4, extra_words=80)
+"""The same, trained also on 80 shipped baseline nouns the quick run's baseline does not use
+(``detector.extra_training_words``): 105 training words instead of 25."""
+PLANTS = {"narrow": NAMING, "wide": NAMING_WIDE}
 
 
 def plant_naming(lm, cfg, work_dir, strength, spec: DetectorLoRA = NAMING):
@@ -143,6 +149,51 @@ def lens_check(lm, cfg, k: int = 5) -> dict:
     return out
 
 
+_NAMED = re.compile(r"\bis about (?:the |a |an )?([A-Za-z][A-Za-z-]*)")
+
+
+def confusions(lm, cfg, out: Path, seeds: Sequence[int], strength: float) -> dict:
+    """What the planted model names on injected held-out trials (the word after "is about" in
+    each reply): its own concept, a training word, or something else; for a training word, its
+    rank (0 = nearest) among the training words by cosine between the protocol's concept vectors
+    (the injected held-out vector vs each training word's). A plant that learned a classifier over
+    its training words names the nearest one (rank near 0); chance is about half the count."""
+    from .grade import word_matches
+
+    cfg = configure_detection(cfg)
+    _, held = bias_split(cfg)
+    eff = json.loads((out / "control.json").read_text(encoding="utf-8"))["effects"][f"{strength:g}"]
+    train = [w for w in eff["train_concepts"] if w not in held]
+    _, base = cfg.words()
+    inj = resolve_layers(lm, [cfg.mech_layer])[0]
+    V = concept_sets(lm, held + train, [inj], base, cfg.batch_size)[inj].data.float()
+    V = V / V.norm(dim=-1, keepdim=True)
+    cos = V[:len(held)] @ V[len(held):].T  # (held, train)
+    rows = []
+    for sd in seeds:
+        f = out / f"planted-{strength:g}" / f"seed{sd}" / "trials.json"
+        for t in json.loads(f.read_text(encoding="utf-8"))["detection"]:
+            if t["kind"] != "injected":
+                continue
+            m = _NAMED.search(t["response"])
+            named = m.group(1) if m else None
+            c = held.index(t["concept"])
+            ti = next((i for i, w in enumerate(train) if named and word_matches(named, w)), None)
+            rows.append({"seed": sd, "concept": t["concept"], "named": named,
+                         "own": bool(named and word_matches(named, t["concept"])),
+                         "training_word": train[ti] if ti is not None else None,
+                         "cos_rank": None if ti is None else int((cos[c] > cos[c, ti]).sum())})
+    tr = [r["cos_rank"] for r in rows if r["cos_rank"] is not None]
+    return {"strength": strength, "n": len(rows), "n_train": len(train),
+            "own": sum(r["own"] for r in rows), "training": len(tr),
+            "nothing_named": sum(r["named"] is None for r in rows),
+            "other": sum(r["named"] is not None and not r["own"] and r["training_word"] is None
+                         for r in rows),
+            "nearest": sum(r == 0 for r in tr), "top3": sum(r < 3 for r in tr),
+            "median_cos_rank": float(torch.tensor(tr, dtype=torch.float).median()) if tr else None,
+            "rows": rows}
+
+
 def _cell(res: dict, key: str) -> dict:
     """k, n of ``key`` pooled over the run's detection cells."""
     cells = res["metrics"]["detection"]["cells"]
@@ -208,6 +259,13 @@ def markdown(s: dict) -> str:
               "same seed, Newcombe): " + "; ".join(f"s{r['seed']}: {_iv(r)}" for r in s["strict"])
               + f" — {'PASSED' if s['strict_passed'] else 'FAILED'} (above 0 in every seed: "
               f"{s['strict_passed']}). Chance identification: {s['chance']:.3f}."]
+    c = s.get("confusions")
+    if c:
+        lines += ["", f"Named on injected held-out trials at x{c['strength']:g} ({c['n']} replies, "
+                  f"all seeds): own concept {c['own']}, a training word {c['training']} (the "
+                  f"cosine-nearest of the {c['n_train']} training words: {c['nearest']}, top 3: "
+                  f"{c['top3']}, median rank {c['median_cos_rank']}), another word {c['other']}, "
+                  f"none {c['nothing_named']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +320,8 @@ def run_naming_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,),
     s["control_passed"] = res.passed
     if lens:
         s["lens"] = lens_check(lm, cfg)
+        s["confusions"] = confusions(lm, cfg, out, res.results["seeds"],
+                                     max(res.results["strengths"]))
     write_json(out / "naming.json", s)
     write_text(out / "naming.md", markdown(s))
     _plot(s, out / "naming.png")
@@ -275,13 +335,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m mindscope.experiments.introspection.naming",
                                  description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plant", choices=sorted(PLANTS), default="narrow",
+                    help="narrow: trained on the 25 training concepts; wide: plus 80 nouns")
     a = control_args(ap).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import mindscope as ms
 
     cfg = config_from_args(intro.Config, a)
     res, s = run_naming_control(ms.load(a.model), cfg, Path(a.out), a.strengths or (0.5, 1.0),
-                                a.seeds or (cfg.seed,))
+                                a.seeds or (cfg.seed,), PLANTS[a.plant])
     print((Path(a.out) / "control.md").read_text(encoding="utf-8"))
     print(markdown(s))
     return 0 if res.passed else 1
