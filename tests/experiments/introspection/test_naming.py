@@ -212,3 +212,15 @@ def test_confusions_sort_named_words_and_rank_training_words_by_cosine(lm, tmp_p
     V = V / V.norm(dim=-1, keepdim=True)
     cos = V[1] @ V[3:].T  # trees vs the training words
     assert row["cos_rank"] == int((cos > cos[1]).sum())
+
+
+def test_extra_training_words_avoid_the_baseline_and_every_concept():
+    cfg = C.configure_detection(I.Config.quick(n_concepts=20))
+    train, held = C.bias_split(cfg)
+    extra = D.extra_training_words(cfg, held + train, 80)
+    _, base = cfg.words()
+    assert len(base) == 20 and len(extra) == 78  # 80 unused nouns, 2 of them training concepts
+    assert not {w.lower() for w in extra} & {w.lower() for w in base + train + held}
+    assert not any(I.grade.word_matches(w, h) or I.grade.word_matches(h, w)
+                   for w in extra for h in held + train)
+    assert len(D.extra_training_words(cfg, held + train, 5)) == 5

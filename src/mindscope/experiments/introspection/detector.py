@@ -189,18 +189,18 @@ def _find_saved(path: Path, key: str):
     return None
 
 
-def extra_training_words(cfg, held, n: int) -> list[str]:
+def extra_training_words(cfg, avoid, n: int) -> list[str]:
     """Up to ``n`` shipped baseline words the run does not use as its baseline (``cfg.words()``
-    takes the first ``n_baseline``) and that match no held-out concept (``word_matches``: plural,
-    shared prefix), in shipped order. Their vectors are computed with the run's baseline, as the
-    protocol computes the concepts'."""
+    takes the first ``n_baseline``) and that match no word of ``avoid`` (the held-out and the
+    training concepts; ``word_matches``: plural, shared prefix), in shipped order. Their vectors
+    are computed with the run's baseline, as the protocol computes the concepts'."""
     from .grade import load_words, word_matches
 
     _, b0 = load_words()
     _, base = cfg.words()
     used = {w.lower() for w in base}
     out = [w for w in b0 if w.lower() not in used
-           and not any(word_matches(w, h) or word_matches(h, w) for h in held)]
+           and not any(word_matches(w, h) or word_matches(h, w) for h in avoid)]
     return out[:n]
 
 
@@ -222,7 +222,7 @@ def plant_detector(lm, cfg, work_dir, strength, spec: DetectorLoRA = DetectorLoR
     (``naming_lora.safetensors`` for a ``spec`` whose injected reply names the concept)."""
     train, held = bias_split(cfg)
     if spec.extra_words:
-        train = train + extra_training_words(cfg, held, spec.extra_words)
+        train = train + extra_training_words(cfg, held + train, spec.extra_words)
     inj = resolve_layers(lm, [cfg.mech_layer])[0]
     if inj + 1 >= lm.n_layers:
         raise ValueError(f"the detector LoRA needs blocks after the injection layer {inj}; "
