@@ -24,9 +24,15 @@ Measures, fixed before any run (docs/experiments/introspection.md):
   runs, and identification P(correct | claim) with its Wilson interval against chance
   (1 / number of held-out concepts).
 
-    python -m mindscope.experiments.introspection.naming --quick --seeds 0 1 2 --strengths 0.5 1 \\
-        --set n_concepts=20 --set n_controls=20 --set max_new_tokens=16 \\
+    python -m mindscope.experiments.introspection.naming --plant narrow --quick --seeds 0 1 2 \\
+        --strengths 0.5 1 --set n_concepts=20 --set n_controls=20 --set max_new_tokens=16 \\
         -o runs/controls/introspection-naming
+
+Measured on SmolLM2-135M (docs/experiments/introspection.md): FAILED with both plants (25
+training concepts: combined 1/60 at x1, it names the nearest training concept; 103 training
+words, ``--plant wide``: 6/60), untouched 0/60; the same runs' detection verdict passes in
+every seed. The block-20 concept vector does not carry its word in a form the later blocks
+turn into it (``lens_check``), so the identification measures stay unvalidated.
 """
 from __future__ import annotations
 
