@@ -200,6 +200,22 @@ def confusions(lm, cfg, out: Path, seeds: Sequence[int], strength: float) -> dic
             "rows": rows}
 
 
+def in_distribution(planted_lm, cfg, out: Path, train: Sequence[str], n: int = 20) -> dict:
+    """The planted model on ``n`` of its own training concepts (the protocol unchanged, the
+    control's cell and seed): did it learn to name at all? Run folder ``out/train-concepts``."""
+    from . import Config, run
+
+    cfg = configure_detection(cfg)
+    tcfg = Config.quick(concepts=list(train[:n]), n_concepts=None, n_controls=cfg.n_controls,
+                        max_new_tokens=cfg.max_new_tokens, protocols=("detection",),
+                        layers=cfg.layers, strengths=cfg.strengths, n_baseline=cfg.n_baseline,
+                        second_opinion=False, seed=cfg.seed, progress=cfg.progress)
+    res = run(planted_lm, tcfg, out / "train-concepts")
+    c = res.metrics["detection"]["cells"][0]
+    return {"concepts": list(train[:n]), "fpr": res.metrics["detection"]["control"]["fpr"],
+            **{k: c[k] for k in ("tpr", "combined", "identification", "mentions")}}
+
+
 def _cell(res: dict, key: str) -> dict:
     """k, n of ``key`` pooled over the run's detection cells."""
     cells = res["metrics"]["detection"]["cells"]
@@ -265,6 +281,11 @@ def markdown(s: dict) -> str:
               "same seed, Newcombe): " + "; ".join(f"s{r['seed']}: {_iv(r)}" for r in s["strict"])
               + f" — {'PASSED' if s['strict_passed'] else 'FAILED'} (above 0 in every seed: "
               f"{s['strict_passed']}). Chance identification: {s['chance']:.3f}."]
+    d = s.get("in_distribution")
+    if d:
+        lines += ["", f"On {len(d['concepts'])} of its own training concepts (the control's "
+                  f"cell): combined {_frac(d['combined'])}, TPR {_frac(d['tpr'])}, FPR "
+                  f"{_frac(d['fpr'])}."]
     c = s.get("confusions")
     if c:
         lines += ["", f"Named on injected held-out trials at x{c['strength']:g} ({c['n']} replies, "
@@ -326,8 +347,11 @@ def run_naming_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,),
     s["control_passed"] = res.passed
     if lens:
         s["lens"] = lens_check(lm, cfg)
-        s["confusions"] = confusions(lm, cfg, out, res.results["seeds"],
-                                     max(res.results["strengths"]))
+        full = max(res.results["strengths"])
+        s["confusions"] = confusions(lm, cfg, out, res.results["seeds"], full)
+        p = plant_naming(lm, ccfg, out / f"planted-{full:g}" / "model", full, spec)
+        s["in_distribution"] = in_distribution(p.lm, cfg, out / f"planted-{full:g}",
+                                               res.results["effects"][f"{full:g}"]["train_concepts"])
     write_json(out / "naming.json", s)
     write_text(out / "naming.md", markdown(s))
     _plot(s, out / "naming.png")
