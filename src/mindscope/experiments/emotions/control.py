@@ -273,7 +273,7 @@ def recovery_stats(X: torch.Tensor, labels, names, neutral: torch.Tensor, varian
                    seed: int = 0) -> dict:
     """Cosine of the ``target`` vector with ``d``; bootstrap over stories (within emotions); the
     no-effect spread from variance-matched (neutral covariance) and isotropic random directions."""
-    from ...steering import neutral_pcs
+    from ...steering import covariance_directions, neutral_pcs
 
     labels = np.asarray(labels)
     names = list(names)
@@ -289,8 +289,7 @@ def recovery_stats(X: torch.Tensor, labels, names, neutral: torch.Tensor, varian
         boot.append(float(_vectors(X[idx], labels[idx], k, q)[j] @ d))
     boot = np.array(boot)
     gen = torch.Generator().manual_seed(seed)
-    Nc = neutral - neutral.mean(0)
-    R_var = torch.randn(n_null, Nc.shape[0], generator=gen) @ Nc  # (n_null, d) ~ N(0, cov)
+    R_var = covariance_directions(neutral, n_null, gen)  # (n_null, d) ~ N(0, cov), unit
     R_iso = torch.randn(n_null, X.shape[1], generator=gen)
     nulls = {}
     for name, R in (("variance_matched", R_var), ("isotropic", R_iso)):

@@ -40,12 +40,13 @@ import torch
 
 import mindscope as ms
 from ...runs import bootstrap_ci, save_figure, wilson, write_json, write_text
+from ...steering import covariance_directions
 from .._common import shipped_json
 from .._control import run_control
 from .control import configure_extraction, lexicon_ids, plant_feature
 
 log = logging.getLogger(__name__)
-__all__ = ["fear_logprob", "paired_effect", "random_directions", "steer_check", "causal_control"]
+__all__ = ["fear_logprob", "paired_effect", "steer_check", "causal_control"]
 
 
 def fear_logprob(lm, prompts, ids, site: Optional[str] = None, vector=None, scale: float = 0.0,
@@ -67,14 +68,6 @@ def paired_effect(diff, n_boot: int = 2000, seed: int = 0) -> dict:
     diff = np.asarray(diff, dtype=float)
     value, lo, hi = bootstrap_ci(lambda i: diff[i].mean(), len(diff), n_boot, seed)
     return {"value": value, "lo": lo, "hi": hi, "n": len(diff), "detected": lo > 0 or hi < 0}
-
-
-def random_directions(neutral: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """(k, d) unit directions drawn with the covariance of ``neutral`` activations (N, d)."""
-    g = torch.Generator().manual_seed(seed)
-    Nc = neutral.float() - neutral.float().mean(0)
-    R = torch.randn(k, Nc.shape[0], generator=g) @ Nc  # (k, d) ~ N(0, cov)
-    return R / R.norm(dim=1, keepdim=True)
 
 
 def _has_word(texts, words) -> list[bool]:
@@ -152,7 +145,7 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,), strength: floa
 
     d = planted_direction(lm.d_model)
     res["cos_vectors_d"] = {m: float(v @ d / v.norm()) for m, v in vecs.items()}
-    randoms = {s: random_directions(neutral, n_random, seed=1000 + s) for s in seeds}  # (k, d)
+    randoms = {s: covariance_directions(neutral, n_random, seed=1000 + s) for s in seeds}  # (k, d)
     for s in seeds:
         res["untouched"].append({"seed": s, **steer_check(
             lm, vecs["untouched"], site, scale, spec["prompts"], spec["lexicon"], randoms[s],
