@@ -160,6 +160,9 @@ def test_causal_half_steering_along_the_extracted_vector(lm, planted_setup, tmp_
     again = S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strengths=[16.0, 64.0],
                              n_random=4, max_new_tokens=2)
     assert again["planted"]["64"][0]["vector"] == p["vector"]
+    from mindscope.core import BadInputError
+    with pytest.raises(BadInputError, match="strengths > 0"):
+        S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strengths=[0.0])
 
 
 def test_paired_effect_and_reader_direction(lm):

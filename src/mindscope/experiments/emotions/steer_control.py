@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 import mindscope as ms
+from ...core import BadInputError
 from ...runs import (bootstrap_ci, mde_from_curve, mde_mean, save_figure, wilson, write_json,
                      write_text)
 from ...steering import covariance_directions
@@ -179,6 +180,9 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,),
     from .data import load_table
     from .vectors import neutral_acts
 
+    if not strengths or min(strengths) <= 0 or not seeds:
+        raise BadInputError(f"causal_control needs planted strengths > 0 and at least one seed; "
+                            f"got strengths={list(strengths)}, seeds={list(seeds)}")
     out = Path(out_dir)
     cfg = configure_extraction(cfg)
     spec = shipped_json("emotions", "control_steer.json")
