@@ -311,7 +311,8 @@ def markdown(r: dict) -> str:
                   un, "random_pooled", _gen(un, "random"))]
     for k in r["planted"]:
         rows, c = r["planted"][k], r["extraction"][k]
-        tag = f"planted x{k} (cos(vector, d) {r['cos_vectors_d'][k]:.2f})"
+        tag = (f"planted x{k} (cos(vector, d) {r['cos_vectors_d'][k]:.2f}"
+               + ("" if c["detected"] else ", the extraction does not detect it") + ")")
         lines += [_row(f"{tag}, its extracted vector", rows, "vector", _gen(rows, "steered")),
                   _row(f"{tag}, random directions (pooled)", rows, "random_pooled",
                        _gen(rows, "random")),
@@ -321,8 +322,6 @@ def markdown(r: dict) -> str:
         if nf >= 2:
             lines.append(_row(f"{tag}: planted minus untouched, the {nf} fresh prompts only",
                               rows, "minus_untouched_fresh"))
-        if not c["detected"]:
-            lines[-1] += " (extraction not detected at this strength)"
     lines += ["", "| reader (seed-independent) | " + " | ".join(f"x{k}" for k in r["planted"])
               + " |", "|---|" + "---|" * len(r["planted"])]
     D = r["diagnostics"]
@@ -382,7 +381,8 @@ def _plot(r: dict, path: Path) -> None:
             ax.errorbar(xs, v, yerr=[v - lo, hi - v], fmt="o", color=c, ms=3, capsize=2,
                         label=lab if i == 0 else None)
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(range(len(ks) + 1), ["untouched"] + [f"planted x{k}" for k in ks])
+    ax.set_xticks(range(len(ks) + 1), ["untouched"] + [f"x{k}" for k in ks])
+    ax.set_xlabel("model: untouched, or planted at strength x")
     ax.set_ylabel(f"Δ log P(fear word), {r['n_prompts']} prompts")
     ax.set_title(f"emotions control, causal half: steering at {r['site']} "
                  f"({r['steer_fraction']:g} × norm); 95% intervals, one point per seed",
