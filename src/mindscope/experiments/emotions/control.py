@@ -22,7 +22,7 @@ causal: a second one-neuron adapter one layer downstream (``read_site``) reads `
 measure's kind carries unsteered: ``temp_r`` = ``READ_TEMP`` x the writer's scale, ``tau_r`` = the
 largest projection on ``d`` of any token of ``control_steer.json``'s ``train_prompts`` (writer
 on, unsteered) + ``READ_MARGIN`` x ``temp_r``, so the reader is at most sigmoid(-2) = 0.12 on there
-and the planted model's unsteered fear rate stays near the untouched model's (the first reader,
+and adds almost nothing to the unsteered fear rate (measured: <= 0.1 nats; the first reader,
 half on at the fear texts' mean projection, was half on at the end of the measure's prompts:
 fear-prone before any steering); ``u`` (unit) is trained with the model frozen (``READ_STEPS`` Adam
 steps, ``train_reader_direction``) so that adding it raises log P(a fear word next) at the end of
