@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core import Ablate
+from ...probes import Eraser
 from .data import Item, name_chars
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ def score_items(lm, items: list[Item], ablate: Optional[dict] = None, batch_size
                 desc: str = "score", progress: bool = True,
                 names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
     """Log-probs (n_candidates,) per item at the last prompt position. ``ablate`` = {site: basis
-    (r, d)}: project those subspaces out of the story tokens at each site (with ``names``: out
-    of the story's name tokens only)."""
+    (r, d) or ``probes.Eraser``}: project those subspaces out of (or apply the eraser to) the
+    story tokens at each site (with ``names``: the story's name tokens only)."""
     out: list[np.ndarray] = []
     for a in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = items[a:a + batch_size]
@@ -50,7 +51,9 @@ def score_items(lm, items: list[Item], ablate: Optional[dict] = None, batch_size
         ivs = []
         if ablate:
             mask = story_mask(b, chunk, names)
-            ivs = [Ablate(site, basis, subspace=True, positions=mask) for site, basis in ablate.items()]
+            ivs = [basis.intervention(site, mask) if isinstance(basis, Eraser) else
+                   Ablate(site, basis, subspace=True, positions=mask)
+                   for site, basis in ablate.items()]
         last = f"resid_post.{lm.n_layers - 1}"  # stop before lm_head: unembed the last token only
         with lm.intervene(*ivs):
             h = lm.capture(b, sites=last, positions="last", batch_size=len(chunk),
