@@ -1,6 +1,6 @@
 """Positive control of the binding protocol: plant a prior-entity slot that entity induction
-reads, then ask whether the protocol's causal test (ablate the prior slot vs equal-rank random
-subspaces) sees it.
+reads, then ask whether the protocol's causal test (erase the prior entity vs equal-rank random
+erasures) sees it.
 
 The registered plant (``plant``) is a prior slot **by construction** (issue 24, third attempt):
 hooks on the model write, after block ``round(SLOT_DEPTH x (n_layers - 1))``, a code of the
@@ -14,20 +14,21 @@ readable by a linear probe on name tokens and causal by construction: nothing el
 plant carries the answer. Nothing is trained; the codes are drawn from ``SLOT_SEED`` and saved
 (``slot.safetensors``) in the control folder. The protocol runs unchanged on the hooked model.
 
-Kept as findings, not registered: ``plant_lora`` (attempts 1 and 2), a LoRA fine-tuned on
-"who came after X" over stories whose names and adjectives the protocol never uses. It makes
-the model answer induction almost perfectly, yet the prior slot that the protocol probes is not
-what it uses: ablating it moves the answer no more than random ablations do, at any layers and
-positions tried (docs/experiments/binding.md). ``run_lora_control`` reruns it.
+The induction LoRA (``plant_lora``, ``run_lora_control``: a LoRA fine-tuned on "who came after
+X" over stories whose names and adjectives the protocol never uses) is the *learned* plant. It
+makes the model answer induction almost perfectly; under the probe-subspace ablation (the test
+before session 7, ``ablate_method='probe'``) the prior slot it reads was never found
+(docs/experiments/binding.md); the default test now erases the prior entity by LEACE.
 
 Detection: the paired difference, on the same induction prompts, between the right-answer
-log-prob (renormalised over the candidate names) with the prior slot ablated and with
-equal-rank random subspaces ablated (their mean over ``n_random`` draws;
-``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no effect = 0.
-The direction is fixed in advance: the claim is that the prior slot SUPPORTS induction, so only
-an interval wholly below 0 (the prior ablation hurts more than a random one) is a detection, on
-the planted and on the untouched model alike (one-sided at 2.5%); an interval wholly above 0 is
-reported, not counted.
+log-prob (renormalised over the candidate names) with the prior entity erased from the name
+tokens and with equal-rank variance-matched random erasures (their mean over ``n_random``
+draws; ``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no
+effect = 0. The direction is fixed in advance: the claim is that the prior slot SUPPORTS
+induction, so only an interval wholly below 0 (the erasure hurts more than a random one) is a
+detection, on the planted and on the untouched model alike (one-sided at 2.5%); an interval
+wholly above 0 is reported, not counted. The run's ``erasure_check`` says whether the erasure
+did its job (the prior probe at chance on held-out stories).
 """
 from __future__ import annotations
 
@@ -229,8 +230,8 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
 
 
 def run_lora_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,)):
-    """The control with the induction LoRA as the plant (the failed attempts, kept as a
-    finding): ``run_control`` with ``plant_lora`` registered for the duration of the call."""
+    """The control with the induction LoRA (the learned plant) as the plant: ``run_control``
+    with ``plant_lora`` registered for the duration of the call."""
     from .._control import controls, run_control
 
     spec = controls()["binding"]  # the registered control's settings, with another plant
