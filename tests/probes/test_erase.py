@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from mindscope.probes import fit_leace, fit_probe, majority_rate, orth_eraser
+from mindscope.probes import eigen_bands, fit_leace, fit_probe, majority_rate, orth_eraser
 
 
 def _data(n=600, d=10, k=4, seed=0):
@@ -94,3 +94,27 @@ def test_bad_input_is_named():
         fit_leace(X, y, shrinkage=2.0)
     with pytest.raises(ValueError, match="d = 4"):
         fit_leace(X, y)(np.zeros((3, 5)))
+
+
+def test_eigen_bands_cover_the_spectrum_within_the_ratio():
+    lam = torch.tensor([1.0, 1.1, 1.2, 3.0, 3.1, 100.0, 101.0, 102.0, 103.0])
+    bands = eigen_bands(lam, band=3, ratio=1.5)
+    assert bands == [(0, 3), (3, 5), (5, 8), (8, 9)]
+    assert eigen_bands(lam, band=100, ratio=1e9) == [(0, 9)]
+
+
+@pytest.mark.parametrize("ratio", [1.25, 2.0])
+def test_random_eraser_edit_matches_within_the_band_ratio_on_a_heavy_tailed_spectrum(ratio):
+    rng = np.random.default_rng(5)
+    n, d, k = 3000, 40, 3
+    y = rng.integers(0, k, n)
+    scale = np.exp(np.linspace(0, 6, d))  # sd over 2.6 orders of magnitude
+    X = rng.normal(size=(n, d)) * scale  # the concept on the quietest dims of one band of 16:
+    X += np.eye(d)[[16, 17, 0]][y] * 2.0 * scale[16]
+    e = fit_leace(X, y)
+    for seed in range(3):
+        r = e.random_like(seed, band=16, ratio=ratio)
+        q = r.edit_norm(X) / e.edit_norm(X)  # sqrt of Σ λ |U|² ratio: within sqrt(ratio)
+        assert ratio ** -0.5 - 1e-9 <= q <= ratio ** 0.5 + 1e-9
+    fixed = [e.random_like(s, band=16, ratio=1e9).edit_norm(X) / e.edit_norm(X) for s in range(3)]
+    assert min(fixed) > 1.5  # plain bands of 16 on this spectrum: the edit is not matched

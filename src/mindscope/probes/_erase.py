@@ -87,23 +87,25 @@ class Eraser:
         X = torch.as_tensor(_np(X), dtype=torch.float64)
         return float((X - self(X)).pow(2).sum(-1).mean().sqrt())
 
-    def random_like(self, seed: int = 0, band: int = 16) -> "Eraser":
+    def random_like(self, seed: int = 0, band: int = 16, ratio: float = 1.5) -> "Eraser":
         """The same erasure machinery (same mean and whitening, same rank) on a RANDOM subspace
         whose variance profile matches this one's: the whitened basis ``U``, written in the
-        covariance's eigenbasis, is turned by an independent random rotation inside each band
-        of ``band`` consecutive eigenvalues, so each band keeps its share of ``U`` (and the
-        edit's size, up to the spread of eigenvalues inside a band) while the directions are
-        random. The baseline a concept erasure is compared with."""
+        covariance's eigenbasis, is turned by an independent Haar-random rotation inside each
+        band of at most ``band`` consecutive eigenvalues whose largest is at most ``ratio``
+        times its smallest. Each band keeps its share of ``U``, so the edit's mean squared size
+        (``Σ_i λ_i |U_i|²``) matches to within the factor ``ratio``, while the directions are
+        random: the baseline a concept erasure is compared with."""
         if self.vecs is None:
             raise ValueError("this eraser has no stored whitening (made by hand?); fit it "
                              "with fit_leace")
-        if band < 1:
-            raise ValueError(f"band must be >= 1; got {band}")
+        if band < 1 or not ratio >= 1:
+            raise ValueError(f"need band >= 1 and ratio >= 1; got {band}, {ratio}")
         V, lam, A = self.vecs, self.eig, self.coords  # (d, m), (m,), (m, r)
         g = torch.Generator().manual_seed(int(seed))
-        B = torch.empty_like(A)
-        for a in range(0, len(lam), band):
-            b = min(len(lam), a + band)
+        B = A.clone()
+        for a, b in eigen_bands(lam, band, ratio):
+            if b - a < 2:
+                continue  # a band of one: nothing to rotate
             q, r = torch.linalg.qr(torch.randn(b - a, b - a, generator=g, dtype=torch.float64))
             sg = torch.diagonal(r).sign()
             q = q * torch.where(sg == 0, torch.ones_like(sg), sg)  # Haar-random rotation
@@ -112,7 +114,18 @@ class Eraser:
         right = (V @ (B / lam.sqrt().unsqueeze(1))).T  # Uᵀ W (r, d)
         return Eraser(self.mean, left, right, self.eig, self.vecs, B,
                       {**self.meta, "method": "random (variance-matched)", "seed": int(seed),
-                       "band": band})
+                       "band": band, "ratio": ratio})
+
+
+def eigen_bands(lam: torch.Tensor, band: int, ratio: float) -> list[tuple[int, int]]:
+    """Half-open index ranges covering ``lam`` (ascending): consecutive runs of at most ``band``
+    eigenvalues whose largest is at most ``ratio`` times its smallest."""
+    out, a = [], 0
+    for i in range(1, len(lam) + 1):
+        if i == len(lam) or i - a >= band or float(lam[i]) > ratio * float(lam[a]):
+            out.append((a, i))
+            a = i
+    return out
 
 
 def _shrink(S: np.ndarray, X: np.ndarray, shrinkage: Shrinkage) -> tuple[np.ndarray, float]:
@@ -180,4 +193,4 @@ def orth_eraser(X, y) -> Eraser:
     return Eraser(torch.from_numpy(mu), t, t.T.contiguous(), meta={"method": "orth"})
 
 
-__all__ = ["Eraser", "fit_leace", "orth_eraser"]
+__all__ = ["Eraser", "fit_leace", "orth_eraser", "eigen_bands"]

@@ -64,7 +64,8 @@ def test_layer_by_layer_fit_erases_the_training_stories_at_every_layer(tiny, tin
     texts, mask, per = name_positions(lm, stories, nix, aix)
     test = np.arange(len(stories)) % 4 == 0
     E = fit_erasers(lm, texts, mask, per, [1, 2], test, shrinkage=None)
-    assert set(E) == {"current", "prior"} and set(E["prior"]) == {1, 2}
+    assert set(E) == {"current", "prior", "prior@untouched"} and set(E["prior"]) == {1, 2}
+    assert E["prior"][1] is E["prior@untouched"][1]  # nothing upstream of the first layer
     sites = ["resid_post.1", "resid_post.2"]
 
     def gap(erasers):
@@ -78,21 +79,25 @@ def test_layer_by_layer_fit_erases_the_training_stories_at_every_layer(tiny, tin
         return out
 
     assert max(gap(E["prior"])) < 1e-4  # exact up to float32 activations
-    clean = fit_erasers(lm, texts, mask, per, [1, 2], test, slots=("prior",), sequential=())
-    g = gap(clean["prior"])
+    g = gap(E["prior@untouched"])
     assert g[0] < 1e-4 < g[1]  # fitted on untouched activations: layer 2 is left readable
     X, lab, st = name_rows(lm, texts, mask, per, sites)
     tr = ~test[st]
     probes = {L: fit_probe(X[f"resid_post.{L}"][tr], lab["prior"][tr], kind="ridge", C=0.01)
               for L in (1, 2)}
     check = erasure_check(lm, texts, mask, per, E["prior"], probes, test,
-                          randoms=random_erasers(E["prior"], 2, 0, band=8))
+                          randoms=random_erasers(E["prior@untouched"], 2, 0, band=8))
     assert [r["layer"] for r in check] == [1, 2]
     for r in check:
         assert r["n_test"] > 0 and 0 < r["chance"] <= 1 and r["rank"] == E["prior"][r["layer"]].rank
         assert r["edit_rms"] > 0 and r["random_edit_rms"] > 0 and r["x_rms"] > 0
         assert r["probe_clean"] == pytest.approx(probes[r["layer"]].score(
             X[f"resid_post.{r['layer']}"][~tr], lab["prior"][~tr]))
+    # the first layer's edit, recorded in the forward, by hand (every name token of the stories)
+    h = lm.capture(texts, sites="resid_post.1", positions=mask, progress=False)["resid_post.1"]
+    h = h.double()
+    assert check[0]["edit_rms"] == pytest.approx(
+        float((h - E["prior"][1](h)).pow(2).sum(-1).mean().sqrt()), rel=1e-4)
 
 
 def test_run_reports_the_erasure_check_and_keeps_the_probe_ablation(tiny, tiny_data):

@@ -97,8 +97,11 @@ class Config:
     """Covariance shrinkage of the LEACE whitening: 'auto' (Ledoit-Wolf), 'none' (the sample
     covariance, pseudo-inverted) or a number in [0, 1]."""
     erase_band: int = 16
-    """Eigenvalue band inside which a random eraser's subspace is rotated (variance matching;
-    ``probes.Eraser.random_like``)."""
+    """Most eigenvalues in a band inside which a random eraser's subspace is rotated (variance
+    matching; ``probes.Eraser.random_like``)."""
+    erase_ratio: float = 1.5
+    """Largest / smallest eigenvalue inside one such band: the random erasers' mean squared
+    edit matches the prior eraser's within this factor (on the data it was fitted on)."""
     slot_rank: Optional[int] = None
     """Dimensions of each slot subspace to ablate with ``ablate_method='probe'`` (None = full
     probe rank, n_names - 1)."""
@@ -156,8 +159,9 @@ class Config:
             raise ValueError("ablate_method='leace' erases at the name tokens: set "
                              "ablate_positions='names' or use ablate_method='probe'")
         shrinkage(self.erase_shrinkage)  # validates
-        if self.erase_band < 1:
-            raise ValueError(f"erase_band must be >= 1; got {self.erase_band}")
+        if self.erase_band < 1 or not self.erase_ratio >= 1:
+            raise ValueError(f"need erase_band >= 1 and erase_ratio >= 1; got {self.erase_band}, "
+                             f"{self.erase_ratio}")
         if not 0 < self.ablate_top <= 1 or self.n_random < 1:
             raise ValueError(f"need 0 < ablate_top <= 1 and n_random >= 1; got {self.ablate_top}, "
                              f"{self.n_random}")
@@ -457,8 +461,9 @@ def _probe_subspaces(lm, cfg, abl, abl_fit, scale):
 
 def _erasers(lm, cfg, stories, name_ix, adj_ix, abl, abl_fit, groups_at):
     """``ablate_method='leace'``: per slot, LEACE erasers of the ablation layers fitted on the
-    training stories' name tokens (the probes' story split), ``n_random`` variance-matched
-    random erasers, and the held-out check (``erase.erasure_check``)."""
+    training stories' name tokens (the probes' story split; the prior entity's layer by layer,
+    ``erase.fit_erasers``), ``n_random`` variance-matched random erasers made from the prior
+    erasers fitted on untouched activations, and the held-out check (``erase.erasure_check``)."""
     from ...probes import group_split
     from .erase import erasure_check, fit_erasers, name_positions, random_erasers
 
@@ -468,8 +473,9 @@ def _erasers(lm, cfg, stories, name_ix, adj_ix, abl, abl_fit, groups_at):
     texts, mask, per = name_positions(lm, stories, name_ix, adj_ix)
     E = fit_erasers(lm, texts, mask, per, abl, test_st, shrinkage=shrinkage(cfg.erase_shrinkage),
                     batch_size=cfg.batch_size)
-    bases = {c: {f"resid_post.{L}": e for L, e in E[c].items()} for c in E}
-    randoms = random_erasers(E["prior"], cfg.n_random, cfg.seed, cfg.erase_band)
+    bases = {c: {f"resid_post.{L}": e for L, e in E[c].items()} for c in ("current", "prior")}
+    randoms = random_erasers(E["prior@untouched"], cfg.n_random, cfg.seed, cfg.erase_band,
+                             cfg.erase_ratio)
     check = erasure_check(lm, texts, mask, per, E["prior"],
                           {L: abl_fit[L].probe("prior") for L in abl}, test_st, "prior", randoms,
                           C=cfg.C, batch_size=cfg.batch_size)

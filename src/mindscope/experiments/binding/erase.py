@@ -52,34 +52,64 @@ def fit_erasers(lm, texts, mask, per, layers: Sequence[int], test_stories: np.nd
                 slots=("current", "prior"), shrinkage=None, batch_size: int = 16,
                 sequential: Sequence[str] = ("prior",)) -> dict:
     """``{slot: {layer: Eraser}}``: per slot, LEACE of that entity label on the name tokens of
-    the training stories (``~test_stories``, indexed by story). Slots in ``sequential`` are
-    fitted layer by layer in depth order with that slot's erasers of the earlier layers on
-    (one capture per layer); the others all from one capture of the untouched activations."""
-    out: dict = {s: {} for s in slots}
-    sites = [f"resid_post.{L}" for L in sorted(layers)]
-    plain = [s for s in slots if s not in sequential]
-    if plain:
-        X, lab, st = name_rows(lm, texts, mask, per, sites, None, batch_size)
-        tr = ~test_stories[st]
-        for s in plain:
-            out[s] = {L: fit_leace(X[f"resid_post.{L}"][tr], lab[s][tr], shrinkage=shrinkage)
-                      for L in sorted(layers)}
+    the training stories (``~test_stories``, indexed by story), all fitted from one capture of
+    the untouched activations. A slot in ``sequential`` is instead fitted layer by layer in depth
+    order with its erasers of the earlier layers on (one capture per layer after the first),
+    and its untouched-activation fit is kept as ``"<slot>@untouched"`` (what random erasers are
+    made from: a random erasure leaves the activations downstream close to untouched)."""
+    L0 = sorted(layers)
+    X, lab, st = name_rows(lm, texts, mask, per, [f"resid_post.{L}" for L in L0], None,
+                           batch_size)
+    tr = ~test_stories[st]
+    out: dict = {}
     for s in slots:
-        if s in plain:
-            continue
-        for L in sorted(layers):
+        key = f"{s}@untouched" if s in sequential else s
+        out[key] = {L: fit_leace(X[f"resid_post.{L}"][tr], lab[s][tr], shrinkage=shrinkage)
+                    for L in L0}
+    for s in sequential:
+        out[s] = {L0[0]: out[f"{s}@untouched"][L0[0]]}  # nothing upstream: the same fit
+        for L in L0[1:]:
             on = {f"resid_post.{M}": e for M, e in out[s].items()}
-            X, lab, st = name_rows(lm, texts, mask, per, f"resid_post.{L}", on, batch_size)
-            tr = ~test_stories[st]
-            out[s][L] = fit_leace(X[f"resid_post.{L}"][tr], lab[s][tr], shrinkage=shrinkage)
+            Xs, ls, ss = name_rows(lm, texts, mask, per, f"resid_post.{L}", on, batch_size)
+            t = ~test_stories[ss]
+            out[s][L] = fit_leace(Xs[f"resid_post.{L}"][t], ls[s][t], shrinkage=shrinkage)
     return out
 
 
-def random_erasers(erasers: dict, n: int, seed: int, band: int = 16) -> list[dict]:
+def random_erasers(erasers: dict, n: int, seed: int, band: int = 16,
+                   ratio: float = 1.5) -> list[dict]:
     """``n`` draws of ``{site: Eraser}``: each layer's eraser turned into a variance-matched
     random one of the same rank and whitening (``Eraser.random_like``)."""
-    return [{f"resid_post.{L}": e.random_like(seed + 7 + j + 1000 * r, band)
+    return [{f"resid_post.{L}": e.random_like(seed + 7 + j + 1000 * r, band, ratio)
              for j, (L, e) in enumerate(sorted(erasers.items()))} for r in range(n)]
+
+
+class _Recorded:
+    """An eraser that adds up the squared size of the edits it makes (the edit it makes in the
+    forward it is used in, upstream erasures included)."""
+
+    def __init__(self, e):
+        self.e, self.sq, self.n = e, 0.0, 0
+
+    def __call__(self, h):
+        out = self.e(h)
+        self.sq += float((h.double() - out.double()).pow(2).sum())
+        self.n += int(h.shape[0])
+        return out
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.sq / max(self.n, 1)))
+
+
+def _recorded_rows(lm, texts, mask, per, sites, erasers, batch_size):
+    """``name_rows`` with ``erasers`` on, plus {site: rms edit each eraser made there}."""
+    from ...core import Replace
+
+    rec = {s: _Recorded(e) for s, e in erasers.items()}
+    with lm.intervene(*[Replace(s, r, positions=mask) for s, r in rec.items()]):
+        X, lab, st = name_rows(lm, texts, mask, per, sites, None, batch_size)
+    return X, lab, st, {s: r.rms for s, r in rec.items()}
 
 
 def erasure_check(lm, texts, mask, per, erasers: dict, probes: dict, test_stories: np.ndarray,
@@ -89,13 +119,15 @@ def erasure_check(lm, texts, mask, per, erasers: dict, probes: dict, test_storie
     (``probes[L]``, fitted on clean training rows) on clean and on erased activations (all of the
     slot's erasers on), a ridge probe refitted on the held-out rows by 4-fold cross-validation
     over stories, erased and clean, the majority-class chance, and with ``randoms`` the probe
-    under the first random erasure; plus the root-mean-square edit of the concept eraser and
-    of the random ones (mean over draws) on the clean name-token activations."""
+    under the first random erasure; plus the root-mean-square edit each eraser made in that
+    forward (the concept erasers', and the first random draw's) on all the stories' name
+    tokens."""
     sites = {f"resid_post.{L}": e for L, e in sorted(erasers.items())}
     X0, lab0, st0 = name_rows(lm, texts, mask, per, list(sites), None, batch_size)
-    X1, lab1, st1 = name_rows(lm, texts, mask, per, list(sites), sites, batch_size)
+    X1, lab1, st1, ed1 = _recorded_rows(lm, texts, mask, per, list(sites), sites, batch_size)
     if randoms:
-        X2, lab2, st2 = name_rows(lm, texts, mask, per, list(sites), randoms[0], batch_size)
+        X2, lab2, st2, ed2 = _recorded_rows(lm, texts, mask, per, list(sites), randoms[0],
+                                            batch_size)
     te0, te1 = test_stories[st0], test_stories[st1]
     y0, y1 = lab0[slot][te0], lab1[slot][te1]
     out = []
@@ -105,7 +137,7 @@ def erasure_check(lm, texts, mask, per, erasers: dict, probes: dict, test_storie
         row = {"layer": L, "slot": slot, "n_test": int(te1.sum()), "chance": majority_rate(y1),
                "probe_clean": p.score(X0[site][te0], y0),
                "probe_erased": p.score(X1[site][te1], y1), "rank": e.rank,
-               "shrinkage": e.meta.get("shrinkage"), "edit_rms": e.edit_norm(X0[site]),
+               "shrinkage": e.meta.get("shrinkage"), "edit_rms": ed1[site],
                "x_rms": float(np.sqrt((X0[site].astype(np.float64) ** 2).sum(1).mean()))}
         if len(np.unique(st1[te1])) >= 4 and len(np.unique(y1)) > 1:
             row["refit_clean"] = cross_validate(X0[site][te0], y0, st0[te0], kind="ridge", C=C,
@@ -113,7 +145,7 @@ def erasure_check(lm, texts, mask, per, erasers: dict, probes: dict, test_storie
             row["refit_erased"] = cross_validate(X1[site][te1], y1, st1[te1], kind="ridge", C=C,
                                                  n_folds=4).mean
         if randoms:
-            row["random_edit_rms"] = float(np.mean([r[site].edit_norm(X0[site]) for r in randoms]))
+            row["random_edit_rms"] = ed2[site]
             te2 = test_stories[st2]
             row["probe_random"] = p.score(X2[site][te2], lab2[slot][te2])
         out.append(row)
