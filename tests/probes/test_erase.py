@@ -82,6 +82,7 @@ def test_random_eraser_has_the_same_rank_and_size_but_keeps_the_concept():
     assert 0.7 < r.edit_norm(X) / e.edit_norm(X) < 1.4  # variance-matched
     probe = fit_probe(X, y, kind="logistic", C=1.0)
     assert probe.score(r(X), y) > probe.score(e(X), y) + 0.3
+    assert e.overlap(e) == pytest.approx(1.0) and r.overlap(e) < 0.25  # bands of 8: ~1/8
     torch.testing.assert_close(r.P, e.random_like(seed=3, band=8).P)  # deterministic per seed
     assert not torch.allclose(r.P, e.random_like(seed=4, band=8).P)
 

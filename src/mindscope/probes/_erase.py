@@ -82,23 +82,33 @@ class Eraser:
         from ..core import Replace
         return Replace(site, self, positions=positions)
 
+    def overlap(self, other: "Eraser") -> float:
+        """Mean squared cosine between the two erasers' whitened subspaces ``U`` (same
+        whitening): 1 = the same erasure, about rank/m for unrelated random ones."""
+        if self.coords is None or other.coords is None:
+            raise ValueError("overlap needs erasers from fit_leace / random_like")
+        return float((self.coords.T @ other.coords).pow(2).sum() / self.rank)
+
     def edit_norm(self, X) -> float:
         """Root mean squared norm of the edit on the rows of ``X`` (N, d)."""
         X = torch.as_tensor(_np(X), dtype=torch.float64)
         return float((X - self(X)).pow(2).sum(-1).mean().sqrt())
 
-    def random_like(self, seed: int = 0, band: int = 16, ratio: float = 1.5) -> "Eraser":
+    def random_like(self, seed: int = 0, band: int = 16,
+                    ratio: Optional[float] = None) -> "Eraser":
         """The same erasure machinery (same mean and whitening, same rank) on a RANDOM subspace
         whose variance profile matches this one's: the whitened basis ``U``, written in the
         covariance's eigenbasis, is turned by an independent Haar-random rotation inside each
-        band of at most ``band`` consecutive eigenvalues whose largest is at most ``ratio``
-        times its smallest. Each band keeps its share of ``U``, so the edit's mean squared size
-        (``Σ_i λ_i |U_i|²``) matches to within the factor ``ratio``, while the directions are
-        random: the baseline a concept erasure is compared with."""
+        band of ``band`` consecutive eigenvalues (with ``ratio``: also cut where the band's
+        largest eigenvalue would exceed ``ratio`` times its smallest). Each band keeps its share
+        of ``U``, so the edit's mean squared size (``Σ_i λ_i |U_i|²``) stays close to this
+        eraser's (within the factor ``ratio`` when given), while the directions are random
+        (expected overlap with ``U`` about 1/band per direction; ``overlap`` measures it): the
+        baseline a concept erasure is compared with."""
         if self.vecs is None:
             raise ValueError("this eraser has no stored whitening (made by hand?); fit it "
                              "with fit_leace")
-        if band < 1 or not ratio >= 1:
+        if band < 1 or (ratio is not None and not ratio >= 1):
             raise ValueError(f"need band >= 1 and ratio >= 1; got {band}, {ratio}")
         V, lam, A = self.vecs, self.eig, self.coords  # (d, m), (m,), (m, r)
         g = torch.Generator().manual_seed(int(seed))
@@ -117,12 +127,13 @@ class Eraser:
                        "band": band, "ratio": ratio})
 
 
-def eigen_bands(lam: torch.Tensor, band: int, ratio: float) -> list[tuple[int, int]]:
+def eigen_bands(lam: torch.Tensor, band: int, ratio: Optional[float] = None) -> list:
     """Half-open index ranges covering ``lam`` (ascending): consecutive runs of at most ``band``
-    eigenvalues whose largest is at most ``ratio`` times its smallest."""
+    eigenvalues (with ``ratio``: whose largest is at most ``ratio`` times its smallest)."""
     out, a = [], 0
     for i in range(1, len(lam) + 1):
-        if i == len(lam) or i - a >= band or float(lam[i]) > ratio * float(lam[a]):
+        if (i == len(lam) or i - a >= band
+                or (ratio is not None and float(lam[i]) > ratio * float(lam[a]))):
             out.append((a, i))
             a = i
     return out

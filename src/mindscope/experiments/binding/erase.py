@@ -77,7 +77,7 @@ def fit_erasers(lm, texts, mask, per, layers: Sequence[int], test_stories: np.nd
 
 
 def random_erasers(erasers: dict, n: int, seed: int, band: int = 16,
-                   ratio: float = 1.5) -> list[dict]:
+                   ratio: Optional[float] = None) -> list[dict]:
     """``n`` draws of ``{site: Eraser}``: each layer's eraser turned into a variance-matched
     random one of the same rank and whitening (``Eraser.random_like``)."""
     return [{f"resid_post.{L}": e.random_like(seed + 7 + j + 1000 * r, band, ratio)
