@@ -10,7 +10,7 @@ from mindscope.experiments import binding
 from mindscope.experiments.binding.data import BindingData, Item, generate_stories
 from mindscope.experiments.binding.erase import (erasure_check, fit_erasers, name_positions,
                                                   name_rows, random_erasers)
-from mindscope.experiments.binding.tasks import score_items
+from mindscope.experiments.binding.tasks import score_items, story_mask
 from mindscope.probes import fit_leace, fit_probe
 
 
@@ -56,6 +56,14 @@ def test_scoring_with_erasers_touches_only_the_story_name_tokens(tiny):
     assert not np.allclose(base[0], erased[0])
     no_names = score_items(lm, its, {"resid_post.1": e}, progress=False, names=["Zed"])
     np.testing.assert_allclose(no_names[0], base[0], atol=1e-5)
+    # erasers act where they were fitted: names with a prior entity, not the first mention
+    first_only = score_items(lm, its, {"resid_post.1": e}, progress=False, names=["Alice"])
+    np.testing.assert_allclose(first_only[0], base[0], atol=1e-5)
+    b = lm.tokenize([its[0].prompt])
+    every = story_mask(b, its, ["Alice", "Bob"])[0]
+    later = story_mask(b, its, ["Alice", "Bob"], first_name=False)[0]
+    bob = story_mask(b, its, ["Bob"])[0]
+    assert torch.equal(later, bob) and int(every.sum()) > int(later.sum()) > 0
 
 
 def test_layer_by_layer_fit_erases_the_training_stories_at_every_layer(tiny, tiny_data):

@@ -93,9 +93,10 @@ class Config:
     same erasure of variance-matched random subspaces of equal rank) or 'probe' (project the
     probe's row space out; baseline: random probe-shaped subspaces; the test before session 7).
     'leace' needs ``ablate_positions='names'``."""
-    erase_shrinkage: str = "none"
+    erase_shrinkage: str = "auto"
     """Covariance shrinkage of the LEACE whitening: 'auto' (Ledoit-Wolf), 'none' (the sample
-    covariance, pseudo-inverted) or a number in [0, 1]."""
+    covariance, pseudo-inverted: with fewer training rows than dimensions it erases only inside
+    their span, and held-out rows stay readable on a tiny model) or a number in [0, 1]."""
     erase_band: int = 16
     """Most eigenvalues in a band inside which a random eraser's subspace is rotated (variance
     matching; ``probes.Eraser.random_like``)."""

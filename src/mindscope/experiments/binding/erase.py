@@ -21,13 +21,16 @@ from .data import token_labels
 
 
 def name_positions(lm, stories, name_ix: dict, adj_ix: dict):
-    """(texts, mask (N, T_unpadded) True on every entity-name token, per-story token labels)."""
+    """(texts, mask (N, T_unpadded) True on the entity-name tokens that have a prior entity
+    (every mention but the story's first: where the erasers are fitted and applied), per-story
+    token labels)."""
     texts = [s.text for s in stories]
     b = lm.tokenize(texts)
     per = [token_labels(s, m.offsets, name_ix, adj_ix) for s, m in zip(stories, b.meta)]
     mask = torch.zeros(len(texts), max(len(m.offsets) for m in b.meta), dtype=torch.bool)
     for i, p in enumerate(per):
-        mask[i, :len(p["mention"])] = torch.as_tensor(np.asarray(p["mention"]) == 1)
+        mask[i, :len(p["mention"])] = torch.as_tensor((np.asarray(p["mention"]) == 1)
+                                                      & (np.asarray(p["prior"]) >= 0))
     return texts, mask, per
 
 
