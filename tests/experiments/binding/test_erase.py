@@ -71,7 +71,7 @@ def test_layer_by_layer_fit_erases_the_training_stories_at_every_layer(tiny, tin
     stories, nix, aix = _stories(lm, tiny_data)
     texts, mask, per = name_positions(lm, stories, nix, aix)
     test = np.arange(len(stories)) % 4 == 0
-    E = fit_erasers(lm, texts, mask, per, [1, 2], test, shrinkage=None)
+    E = fit_erasers(lm, texts, mask, per, [1, 2], test, shrinkage=None, sequential=("prior",))
     assert set(E) == {"current", "prior", "prior@untouched"} and set(E["prior"]) == {1, 2}
     assert E["prior"][1] is E["prior@untouched"][1]  # nothing upstream of the first layer
     sites = ["resid_post.1", "resid_post.2"]

@@ -1,8 +1,8 @@
 """Concept erasure for the binding causal test (issue 24): LEACE erasers of the current / prior
-entity on the story's name tokens, fitted on the training stories; the prior entity's layer by
-layer with the erasers of the earlier layers already on (concept scrubbing: each layer's eraser
-sees the activations it will meet in the ablated forward), the current entity's (a contrast,
-not the detected measure) from one untouched capture; their variance-matched random counterparts,
+entity on the story's name tokens, fitted on the training stories from one untouched capture
+(or, ``sequential``, layer by layer with the erasers of the earlier layers already on: concept
+scrubbing; the protocol does not use it, see ``binding._erasers``); their variance-matched
+random counterparts,
 and the check that makes the measurement valid: on held-out stories, with the erasers on, the
 probe must read the erased entity at chance.
 
@@ -53,7 +53,7 @@ def name_rows(lm, texts, mask, per, sites, erasers: Optional[dict] = None,
 
 def fit_erasers(lm, texts, mask, per, layers: Sequence[int], test_stories: np.ndarray,
                 slots=("current", "prior"), shrinkage=None, batch_size: int = 16,
-                sequential: Sequence[str] = ("prior",)) -> dict:
+                sequential: Sequence[str] = ()) -> dict:
     """``{slot: {layer: Eraser}}``: per slot, LEACE of that entity label on the name tokens of
     the training stories (``~test_stories``, indexed by story), all fitted from one capture of
     the untouched activations. A slot in ``sequential`` is instead fitted layer by layer in depth
