@@ -112,12 +112,12 @@ def test_run_reports_the_erasure_check_and_keeps_the_probe_ablation(tiny, tiny_d
     lm = tiny("llama")
     cfg = dict(n_stories=16, layers="1,2", n_items=2, n_names=5, n_adjectives=6,
                data_dir=str(tiny_data), progress=False, n_null=2, n_boot=0, n_random=2)
-    res = binding.run(lm, binding.Config(**cfg))
-    assert res.config["ablate_method"] == "leace"
+    res = binding.run(lm, binding.Config(**cfg, ablate_method="leace"))
+    assert binding.Config().ablate_method == "probe"  # the default (docs: why)
     assert [r["layer"] for r in res.erasure_check] == res.ablate_layers
     r = res.erasure_check[0]
     assert r["slot"] == "prior" and r["rank"] == 4 and "probe_erased" in r
-    old = binding.run(lm, binding.Config(**cfg, ablate_method="probe"))
+    old = binding.run(lm, binding.Config(**cfg))
     assert old.erasure_check == [] and old.ablate_layers == res.ablate_layers
     for t in ("induction", "conflict"):  # only the ablations differ
         assert old.causal["none"][t] == res.causal["none"][t]
@@ -126,8 +126,8 @@ def test_run_reports_the_erasure_check_and_keeps_the_probe_ablation(tiny, tiny_d
 
 def test_config_rules_for_erasure():
     with pytest.raises(ValueError, match="ablate_positions='names'"):
-        binding.Config(ablate_positions="story")
-    binding.Config(ablate_positions="story", ablate_method="probe")
+        binding.Config(ablate_positions="story", ablate_method="leace")
+    binding.Config(ablate_positions="story")
     with pytest.raises(ValueError, match="erase_shrinkage"):
         binding.Config(erase_shrinkage="lots")
     with pytest.raises(ValueError, match="ablate_method"):

@@ -86,13 +86,15 @@ class Config:
     layers."""
     ablate_top: float = 0.5
     """Share of the swept layers that ``ablate_layers='probe'`` ablates (at least one)."""
-    ablate_method: str = "leace"
-    """How a slot is removed in the causal tests: 'leace' (concept erasure, Belrose et al.
-    2023: the smallest affine edit after which no linear probe reads the entity; fitted on the
-    training stories' name tokens layer by layer, checked on held-out stories; baseline: the
-    same erasure of variance-matched random subspaces of equal rank) or 'probe' (project the
-    probe's row space out; baseline: random probe-shaped subspaces; the test before session 7).
-    'leace' needs ``ablate_positions='names'``."""
+    ablate_method: str = "probe"
+    """How a slot is removed in the causal tests: 'probe' (project the probe's row space out;
+    baseline: random probe-shaped subspaces) or 'leace' (concept erasure, Belrose et al. 2023:
+    the smallest affine edit after which no linear probe reads the entity; fitted on the
+    training stories' name tokens, checked on held-out stories; baseline: the same erasure of
+    variance-matched random subspaces of equal rank). 'probe' leaves most of the entity
+    readable by a refitted probe; 'leace' removes it, but its random baseline edits more in the
+    forward and overlaps a dominant concept (docs/experiments/binding.md, session 7), so it is
+    not the default. 'leace' needs ``ablate_positions='names'``."""
     erase_shrinkage: str = "auto"
     """Covariance shrinkage of the LEACE whitening: 'auto' (Ledoit-Wolf), 'none' (the sample
     covariance, pseudo-inverted: with fewer training rows than dimensions it erases only inside

@@ -1,6 +1,6 @@
 """Positive control of the binding protocol: plant a prior-entity slot that entity induction
-reads, then ask whether the protocol's causal test (erase the prior entity vs equal-rank random
-erasures) sees it.
+reads, then ask whether the protocol's causal test (ablate the prior slot vs equal-rank random
+subspaces) sees it.
 
 The registered plant (``plant``) is a prior slot **by construction** (issue 24, third attempt):
 hooks on the model write, after block ``round(SLOT_DEPTH x (n_layers - 1))``, a code of the
@@ -16,14 +16,15 @@ plant carries the answer. Nothing is trained; the codes are drawn from ``SLOT_SE
 
 The induction LoRA (``plant_lora``, ``run_lora_control``: a LoRA fine-tuned on "who came after
 X" over stories whose names and adjectives the protocol never uses) is the *learned* plant. It
-makes the model answer induction almost perfectly; under the probe-subspace ablation (the test
-before session 7, ``ablate_method='probe'``) the prior slot it reads was never found
-(docs/experiments/binding.md); the default test now erases the prior entity by LEACE.
+makes the model answer induction almost perfectly, yet neither the probe-subspace ablation
+(the default test) nor LEACE concept erasure (``ablate_method='leace'``, session 7: the prior
+entity erased to chance) makes its prior slot causal; erasing the current entity does
+(docs/experiments/binding.md).
 
 Detection: the paired difference, on the same induction prompts, between the right-answer
-log-prob (renormalised over the candidate names) with the prior entity erased from the name
-tokens and with equal-rank variance-matched random erasures (their mean over ``n_random``
-draws; ``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no
+log-prob (renormalised over the candidate names) with the prior slot ablated (or erased) on
+the name tokens and with equal-rank random ablations (their mean over ``n_random`` draws;
+``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no
 effect = 0. The direction is fixed in advance: the claim is that the prior slot SUPPORTS
 induction, so only an interval wholly below 0 (the erasure hurts more than a random one) is a
 detection, on the planted and on the untouched model alike (one-sided at 2.5%); an interval
