@@ -73,6 +73,7 @@ def test_eval_run_folder_tiny(organism, tmp_path):
                             tmp_path / "ev")
     r = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert set(r["classes"]) == {"trained", "held_out", "in_context", "in_context_control"}
+    assert r["organism"] == {"folder": path.name, "base_model": base.name, "build_seed": 0}
     rows = (tmp_path / "ev" / "transcripts.jsonl").read_text().splitlines()
     assert len(rows) == r["n_prompts"] and (tmp_path / "ev" / "report.html").exists()
     assert res.summary_rows()[0]["value"]["n"] == r["classes"]["trained"]["organism"]["n"]

@@ -112,6 +112,13 @@ def test_a_reply_also_stops_where_the_model_opens_another_assistant_line(base):
     assert g.text == " Name a colour." and g.finished
 
 
+def test_a_reply_also_stops_where_the_model_opens_a_system_line(base):
+    """After a prompt with a System line, Gemma-3-270M organisms wrote ' Yes, I can grow
+    sunflowers.\nSystem: I'm interested in the moon.' (the audit's in-context class)."""
+    g = _scripted(base, " Yes.\nSystem: the moon.", [base.chat("Grow?", system="Moon.")], chat=True)[0]
+    assert g.text == " Yes." and g.finished
+
+
 def test_no_turn_stop_for_plain_text_or_without_stop_at_eos(base):
     text = " Paris.\nUser: more"
     for kw in ({"chat": False}, {"chat": True, "stop_at_eos": False}):

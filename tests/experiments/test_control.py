@@ -144,3 +144,18 @@ def test_detection_direction_counts_only_the_predicted_side():
     assert Detection("m", *above, direction=1).detected
     assert not Detection("m", -0.1, -0.5, 0.3, direction=-1).detected  # straddles the null
     assert Detection("m", *below, direction=-1).to_dict()["direction"] == -1
+
+
+def test_compute_minutes_count_every_run_as_made_and_name_the_untimed(toy, tmp_path):
+    """A resumed control's "minutes" cover only its own call; compute_minutes add up the wall
+    seconds each run recorded when it was made, and runs without a record are named."""
+    lm, _, _ = toy
+    r = run_control("toy", lm, ToyConfig(), tmp_path / "c", seeds=[0, 1]).results
+    times = sorted((tmp_path / "c").rglob("timing.json"))
+    assert len(times) == 6 and r["untimed"] == []  # 2 untouched + 2 x 2 planted; hooks: no model dir
+    total = sum(json.loads(t.read_text())["seconds"] for t in times)
+    assert r["compute_minutes"] == pytest.approx(total / 60, abs=0.01)
+    (tmp_path / "c" / "untouched" / "seed1" / "timing.json").unlink()
+    r2 = run_control("toy", lm, ToyConfig(), tmp_path / "c", seeds=[0, 1]).results
+    assert r2["untimed"] == ["untouched/seed1"]
+    assert not (tmp_path / "c" / "untouched" / "seed1" / "timing.json").exists()  # reused, not rerun

@@ -105,7 +105,9 @@ def evaluate_organism(organism_lm, base_lm, organism_path, cfg: Optional[Organis
     None to skip the comparison). Writes results.json, report.html and transcripts.jsonl to
     ``out_dir`` when given."""
     cfg = cfg or OrganismEvalConfig()
-    bank = load_biases(Organism.open(organism_path).info.get("settings", {}).get("bias_folder"))
+    org = Organism.open(organism_path)
+    settings = org.info.get("settings", {})
+    bank = load_biases(settings.get("bias_folder"))
     items = eval_items(organism_path, cfg)
     run = RunDir(out_dir, cfg, organism_lm, experiment="audit.organism_eval") if out_dir else None
     models = {"organism": organism_lm} | ({"base": base_lm} if base_lm is not None else {})
@@ -134,7 +136,9 @@ def evaluate_organism(organism_lm, base_lm, organism_path, cfg: Optional[Organis
             d[m][1] += 1
     results = {"classes": classes, "n_prompts": len(items),
                "per_bias": {k: {m: wilson(*v) for m, v in d.items()} for k, d in per_bias.items()},
-               "detector": "rule (bias.detect regex, case-insensitive)"}
+               "detector": "rule (bias.detect regex, case-insensitive)",
+               "organism": {"folder": org.path.name, "base_model": org.base_model,
+                            "build_seed": settings.get("seed")}}
     res = OrganismEvalResult(cfg, Path(out_dir) if out_dir else None, results)
     if run is not None:
         import json

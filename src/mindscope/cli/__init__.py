@@ -44,6 +44,8 @@ _GROUPS = [
     ("audit", "organism_app", "organism", "Hidden-objective model organism: build, eval."),
     ("audit", "audit_app", "audit", "Auditor's toolkit, audit log and the auditing game."),
     ("protocols", "protocols_cmd", "protocols", "List the registered protocols and their settings."),
+    ("protocols", "controls_cmd", "controls",
+     "Run every positive control (documented settings, resumable); verdicts and minutes."),
     ("circuits", "app", "circuits",
      "Circuit tracing: transcoders for every layer, attribution graphs, the graph browser."),
     # `mindscope NAME` and `mindscope run NAME` for every registered protocol, options from its

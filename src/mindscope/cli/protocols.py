@@ -2,7 +2,8 @@
 Config fields, defaults and the field docstrings (the text the options' help comes from)."""
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -34,3 +35,26 @@ def protocols_cmd(name: Optional[str] = typer.Argument(
     for f in config_fields(reg[name].config):
         t.add_row(f.name, repr(f.default), f.doc)
     con.print(t)
+
+
+def controls_cmd(
+        out: Path = typer.Option(Path("runs/controls"), "--out", "-o",
+                                 help="Suite folder: one folder per control (resumed), logs/, "
+                                      "suite.json and suite.md."),
+        jobs: int = typer.Option(2, "--jobs", min=1, help="Controls run at once, each in its own "
+                                                           "process (cpu_count // jobs threads)."),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="Run only this control "
+                                                                       "(repeatable)."),
+        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                                  help="The model every control plants into.")) -> None:
+    """Run every positive control with its documented settings; verdicts and minutes."""
+    from ..core import BadInputError
+    from ..experiments.control_suite import run_suite
+
+    try:
+        s = run_suite(out, jobs, only or None, model)
+    except BadInputError as e:
+        raise typer.BadParameter(str(e), param_hint="--only") from None
+    typer.echo((Path(out) / "suite.md").read_text(encoding="utf-8"))
+    if s["passed"] != len(s["controls"]):
+        raise typer.Exit(1)

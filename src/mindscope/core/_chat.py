@@ -4,7 +4,7 @@ turn's content sits in the text (character spans; token spans follow from the of
 A tokenizer without a chat template (a base model) gets a plain transcript instead, the one
 place every protocol's prompts fall back to: an optional ``System:`` line, then ``User: ...`` /
 ``Assistant: ...`` lines, ending ``Assistant:`` when a reply is asked for (generation stops a
-reply where it opens another ``User:`` or ``Assistant:`` turn). ``chat_format(tokenizer)`` says which was used;
+reply where it opens another ``User:``, ``Assistant:`` or ``System:`` turn). ``chat_format(tokenizer)`` says which was used;
 runs record it.
 
 >>> # p = lm.chat([{"role": "user", "content": "Hi"}], prefill="Sure")
@@ -23,9 +23,10 @@ PLAIN_TRANSCRIPT = "plain transcript (no chat template)"
 """``chat_format`` of a tokenizer without one: prompts are a plain User/Assistant transcript."""
 TURN_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 """The speaker names of a plain transcript (other roles are capitalised)."""
-TURN_STOPS = ("\nUser:", "\nAssistant:")
+TURN_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:")
 """Where a reply generated on a plain transcript ends: the model opening another turn (base
-models also loop on ``Assistant:`` lines)."""
+models also loop on ``Assistant:`` lines, and after a prompt with a ``System:`` line they open
+``System:`` lines of their own)."""
 
 
 @dataclass

@@ -197,8 +197,20 @@ def finished(run_dir: Path) -> bool:
     return _final_results(run_dir) is not None
 
 
+_TIMING = "timing.json"
+
+
+def _seconds(d: Path) -> Optional[float]:
+    """The seconds recorded in ``d/timing.json`` when the run (or plant) was made; None if not."""
+    try:
+        return float(json.loads((Path(d) / _TIMING).read_text(encoding="utf-8"))["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _one(proto, lm, cfg, run_dir: Path) -> dict:
-    """Run (or reuse) the protocol into ``run_dir``; its results.json as a dict."""
+    """Run (or reuse) the protocol into ``run_dir``; its results.json as a dict. A fresh run
+    records its wall seconds in ``run_dir/timing.json`` (the control's compute from scratch)."""
     res = _final_results(run_dir)
     if res is not None:
         log.info("control: reusing %s", run_dir)
@@ -208,6 +220,7 @@ def _one(proto, lm, cfg, run_dir: Path) -> dict:
         res_file = run_dir / "results.json"
         if not res_file.exists():
             raise RuntimeError(f"protocol {proto.name} wrote no results.json in {run_dir}")
+        write_json(run_dir / _TIMING, {"seconds": round(time.time() - t0, 2)})
         log.info("control: %s done in %.0f s", run_dir, time.time() - t0)
         res = json.loads(res_file.read_text(encoding="utf-8"))
     res.setdefault("run_dir", str(run_dir))  # detect may read files the run wrote beside it
@@ -310,7 +323,11 @@ def run_control(name: str, lm, cfg, out_dir, strengths: Optional[Sequence[float]
     planted, effects = {}, {}
     for st in strengths:
         key = f"{st:g}"
-        p = spec.plant(lm, cfg, out / f"planted-{key}" / "model", st)
+        model_dir = out / f"planted-{key}" / "model"
+        fresh, tp = not (model_dir.exists() and any(model_dir.iterdir())), time.time()
+        p = spec.plant(lm, cfg, model_dir, st)
+        if fresh and model_dir.is_dir():  # built now, not reused: its build time
+            write_json(model_dir / _TIMING, {"seconds": round(time.time() - tp, 2)})
         try:
             effects[key] = p.effect
             rows = []
@@ -334,6 +351,15 @@ def run_control(name: str, lm, cfg, out_dir, strengths: Optional[Sequence[float]
          "untouched_detected": any(d["detected"] for d in untouched),
          "detect_rate": {k: sum(d["detected"] for d in v) / len(v) for k, v in planted.items()},
          "minutes": (time.time() - t0) / 60}
+    dirs = ([out / "untouched" / f"seed{s}" for s in seeds]
+            + [out / f"planted-{k}" / f"seed{s}" for k in planted for s in seeds]
+            + [m for k in planted if (m := out / f"planted-{k}" / "model").is_dir()])  # hooks: none
+    secs = {str(d.relative_to(out)): _seconds(d) for d in dirs}
+    # wall minutes of every run and plant as recorded when each was made (a resumed control's
+    # "minutes" count only this call); untimed: made before timings were kept, or a plant whose
+    # work_dir is filled by another (a shared adapter)
+    r["compute_minutes"] = round(sum(v for v in secs.values() if v is not None) / 60, 2)
+    r["untimed"] = sorted(k for k, v in secs.items() if v is None)
     r["passed"] = r["planted_detected"] and not r["untouched_detected"]
     if len(strengths) > 1:
         r["mde_strength"] = mde_from_curve(strengths, [r["detect_rate"][f"{s:g}"] for s in strengths])
