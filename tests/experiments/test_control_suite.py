@@ -83,3 +83,22 @@ def test_bad_input_is_refused(tmp_path):
         run_suite(tmp_path, only=["nope"])
     with pytest.raises(BadInputError, match="jobs"):
         run_suite(tmp_path, jobs=0)
+
+
+def test_every_named_result_file_and_key_decides_the_verdict(tmp_path):
+    """An entry with two result files (emotions: extraction, then causal steering) passes only
+    when both are written by this call and every named key is true."""
+    both = _py("import json,sys,pathlib; d=pathlib.Path(sys.argv[1]); "
+               "(d/'control.json').write_text(json.dumps({'passed': True})); "
+               "(d/'steering.json').write_text(json.dumps({'passed': True, 'passed_strict': False}))"
+               ) + ("{dir}",)
+    e = SuiteEntry("two_files", (both,), 1.0, "docs/experiments/x.md",
+                   verdicts=(("control.json", ("passed",)),
+                             ("steering.json", ("passed", "passed_strict"))))
+    row = run_suite(tmp_path, suite=(e,))["controls"][0]
+    assert row["verdict"] == "FAILED" and row["checks"] == {
+        "control.json:passed": True, "steering.json:passed": True,
+        "steering.json:passed_strict": False}
+    only_one = SuiteEntry("one", (_writes(True, 0),), 1.0, "docs/experiments/x.md",
+                          verdicts=e.verdicts)
+    assert run_suite(tmp_path / "b", suite=(only_one,))["controls"][0]["verdict"] == "ERROR"

@@ -141,6 +141,31 @@ def test_project_out_pcs_against_numpy():
     assert s2.meta["projected_out"] == 2 and torch.allclose(s2.norms(), torch.ones(3))
 
 
+def test_covariance_directions_match_the_data_covariance():
+    """Raw draws have the data's (1/N) covariance (numpy, 40k draws); unit rows are the raw rows
+    normalised; the recipe equals a manual computation; a generator is advanced, an int is not."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(5, 5, generator=g)
+    X = torch.randn(300, 5, generator=g) @ A + 3.0  # (N, d) correlated, off-centre
+    R = st.covariance_directions(X, 40000, seed=7, unit=False).double().numpy()
+    cov = np.cov(X.double().numpy(), rowvar=False, bias=True)
+    emp = R.T @ R / len(R)  # E[r r^T] (mean 0 by construction)
+    assert np.abs(emp - cov).max() < 0.05 * np.abs(cov).max()
+    U = st.covariance_directions(X, 40000, seed=7)
+    assert U.dtype == torch.float32 and torch.allclose(U.norm(dim=1), torch.ones(40000), atol=1e-5)
+    np.testing.assert_allclose(U.numpy(), R / np.linalg.norm(R, axis=1, keepdims=True), atol=1e-6)
+    Xc = X.double().numpy() - X.double().numpy().mean(0)
+    G = torch.randn(3, 300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = G.numpy() @ Xc
+    got = st.covariance_directions(X, 3, seed=1).numpy()
+    np.testing.assert_allclose(got, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-6)
+    gen = torch.Generator().manual_seed(1)
+    a, b = st.covariance_directions(X, 3, gen), st.covariance_directions(X, 3, gen)
+    assert torch.equal(a, torch.as_tensor(got)) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="N >= 2"):
+        st.covariance_directions(X[0], 3)
+
+
 def test_emotion_vectors_recipe(tiny):
     lm = tiny("llama")
     stories = {"joy": ["Alice met Bob in the garden. Yes!", "The quick brown fox"],

@@ -52,6 +52,9 @@ class SuiteEntry:
     """The doc page with this control's numbers."""
     skip_if: tuple = field(default_factory=tuple)
     """Per step: a path (with ``{dir}``) whose existence means the step is done ("" = never)."""
+    verdicts: tuple = (("control.json", ("passed",)),)
+    """The result files in the control's folder and the keys that must all be true for PASSED
+    (each file must be written by this call)."""
 
 
 SUITE: tuple[SuiteEntry, ...] = (
@@ -81,8 +84,11 @@ SUITE: tuple[SuiteEntry, ...] = (
                              "--strengths", "0.25", "0.5", "1", "2", "4",
                              "-m", "{model}", "-o", "{dir}"),
                             ("-m", "mindscope.experiments.emotions.steer_control", "-o", "{dir}",
-                             "--seeds", "0", "1", "2", "--strength", "4", "-m", "{model}")),
-               12.0, "docs/experiments/emotions.md"),
+                             "--seeds", "0", "1", "2", "--strengths", "1", "2", "4",
+                             "-m", "{model}")),
+               15.0, "docs/experiments/emotions.md",
+               verdicts=(("control.json", ("passed",)),
+                         ("steering.json", ("passed", "passed_strict")))),
     SuiteEntry("binding", ((*_PC, "binding", "--quick", "--seeds", "0", "1", "2",
                             "--strengths", "0.5", "1", "--set", "n_stories=120",
                             "--set", 'layers="auto"', "--set", "n_items=24",
@@ -109,8 +115,8 @@ def _run_entry(e: SuiteEntry, out: Path, model: str, threads: int) -> dict:
     logf.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0, rc = time.time(), 0
-    cj = d / "control.json"
-    before = cj.stat().st_mtime if cj.exists() else None
+    files = [d / f for f, _ in e.verdicts]
+    before = {f: f.stat().st_mtime for f in files if f.exists()}
     with open(logf, "a", encoding="utf-8") as fh:
         for i, step in enumerate(e.steps):
             skip = e.skip_if[i] if i < len(e.skip_if) else ""
@@ -124,13 +130,15 @@ def _run_entry(e: SuiteEntry, out: Path, model: str, threads: int) -> dict:
             if rc != 0 and i < len(e.steps) - 1:  # a later step needs this one's output
                 break
     minutes = (time.time() - t0) / 60
-    # the control wrote (or rewrote, resuming) its control.json in this call: a verdict; else
+    # the control wrote (or rewrote, resuming) its result files in this call: a verdict; else
     # it crashed (a failing control also exits 1, so the exit code alone cannot tell)
-    fresh = cj.exists() and (before is None or cj.stat().st_mtime > before)
+    fresh = all(f.exists() and (f not in before or f.stat().st_mtime > before[f]) for f in files)
     row = {"name": e.name, "doc": e.doc, "minutes": round(minutes, 2), "rc": rc}
     if fresh:
-        r = json.loads(cj.read_text(encoding="utf-8"))
-        row["verdict"] = "PASSED" if r.get("passed") else "FAILED"
+        got = {f"{name}:{k}": bool(json.loads((d / name).read_text(encoding="utf-8")).get(k))
+               for name, keys in e.verdicts for k in keys}
+        row["verdict"] = "PASSED" if all(got.values()) else "FAILED"
+        row["checks"] = got
     else:
         row["verdict"] = "ERROR"
         row["log_tail"] = _tail(logf)

@@ -11,7 +11,7 @@ from ._apply import (CALIBRATION_TEXTS, ablate_direction, cap, cap_thresholds,
                      steer)
 from ._bake import WRITERS, bake_ablation, bake_addition
 from ._extract import (CONCEPT_TEMPLATE, concept_prompts, concept_vector, concept_vectors,
-                       emotion_vectors, mean_difference, neutral_pcs, pca_direction,
+                       covariance_directions, emotion_vectors, mean_difference, neutral_pcs, pca_direction,
                        probe_direction, project_out_pcs, response_means, row_means)
 from ._gguf import (cvec_layer_to_site, export_control_vector, read_control_vector,
                     site_to_cvec_layer)
@@ -23,7 +23,7 @@ __all__ = [
     "Vector", "VectorSet", "PCA", "pca", "data_hash", "load_vector",
     "mean_difference", "concept_vector", "concept_vectors", "concept_prompts", "pca_direction",
     "response_means", "probe_direction", "neutral_pcs", "project_out_pcs", "emotion_vectors",
-    "row_means", "CONCEPT_TEMPLATE", "BASELINE_WORDS", "DEMO_CONCEPTS",
+    "row_means", "covariance_directions", "CONCEPT_TEMPLATE", "BASELINE_WORDS", "DEMO_CONCEPTS",
     "steer", "per_row", "residual_norms", "CALIBRATION_TEXTS", "sae_clamp",
     "feature_max_activations", "ablate_direction", "projections", "cap_thresholds", "cap",
     "bake_ablation", "bake_addition", "WRITERS",

@@ -7,6 +7,7 @@
 - ``response_means``: mean over assistant tokens of generated responses per system prompt.
 - ``probe_direction``: a linear probe's weight vector as a direction.
 - ``project_out_pcs`` / ``emotion_vectors``: remove the top PCs of neutral text (emotion recipe).
+- ``covariance_directions``: variance-matched random directions, the null of a steering test.
 
 >>> # v = mean_difference(lm, ["I love it"], ["I hate it"], "resid_post.15")
 >>> # cs = concept_vectors(lm, ["ocean", "music"], site="resid_post.20")
@@ -215,6 +216,28 @@ def neutral_pcs(acts: torch.Tensor, n_components: Optional[int] = None,
         cum = p.explained_variance_ratio.cumsum(0)
         n_components = int((cum < variance).sum()) + 1
     return p.components[:n_components]
+
+
+def covariance_directions(acts: torch.Tensor, n: int,
+                          seed: Union[int, torch.Generator] = 0, unit: bool = True) -> torch.Tensor:
+    """n random directions (n, d) drawn from N(0, Cov(acts)), acts (N, d): the variance-matched
+    null of a steering or direction test (a random direction the activations could carry).
+    r = Xc^T g / sqrt(N) with g ~ N(0, I_N) and Xc the centred ``acts``, so E[r r^T] = Cov(acts)
+    (the biased, 1/N, covariance). Computed in float64; returned float32, unit rows unless
+    ``unit=False``. ``seed`` is an int or a ``torch.Generator`` (which is advanced).
+
+    >>> # R = covariance_directions(neutral_acts, 20, seed=1000)   # (20, d), unit rows
+    """
+    if acts.ndim != 2 or acts.shape[0] < 2:
+        raise ValueError(f"covariance_directions needs activations (N, d) with N >= 2, got shape "
+                         f"{tuple(acts.shape)}: pass one row per token")
+    Xc = acts.double() - acts.double().mean(0, keepdim=True)  # (N, d)
+    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+    G = torch.randn(n, Xc.shape[0], generator=g, dtype=torch.float64)  # (n, N)
+    R = (G @ Xc) / Xc.shape[0] ** 0.5  # (n, d) ~ N(0, Cov)
+    if unit:
+        R = R / R.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return R.float()
 
 
 def project_out_pcs(v: Vector | VectorSet, neutral_acts: torch.Tensor,

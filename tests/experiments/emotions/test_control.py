@@ -133,20 +133,36 @@ def test_causal_half_steering_along_the_extracted_vector(lm, planted_setup, tmp_
                         else TEXTS if n == "control_texts.json" else real(f, n))
     monkeypatch.setattr(C, "READ_FRACTION", 8.0)  # the tiny model's logits need a loud reader
     cfg = planted_setup.__class__(**{**planted_setup.__dict__, "strength": 4.0})
-    res = S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strength=64.0, n_random=4,
-                           max_new_tokens=2)
-    p, u = res["planted"][0], res["untouched"][0]
-    assert res["extraction"]["planted"]["detected"] and res["cos_vectors_d"]["planted"] > 0.5
+    res = S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strengths=[16.0, 64.0],
+                           n_random=4, max_new_tokens=2)
+    p, u = res["planted"]["64"][0], res["untouched"][0]
+    assert res["full"] == "64" and res["extraction"]["64"]["detected"]
+    assert res["cos_vectors_d"]["64"] > 0.5
     assert p["vector"]["detected"] and p["vector"]["value"] > 0.1, p["vector"]
     # random directions of the same norm do not raise the lexicon (measured: they lower it)
     assert not (p["random_pooled"]["detected"] and p["random_pooled"]["value"] > 0)
     assert p["minus_random"]["detected"] and p["minus_random"]["value"] > 0
     assert p["minus_untouched"]["detected"] and res["passed"] and res["passed_strict"], res
-    assert (tmp_path / "c" / "steering.md").exists() and (tmp_path / "c" / "steering.png").exists()
-    assert "PASSED" in (tmp_path / "c" / "steering.md").read_text()
+    md = (tmp_path / "c" / "steering.md").read_text()
+    assert (tmp_path / "c" / "steering.png").exists() and "Strict test (planted" in md
     assert S.verdicts(res) == (True, True)
-    # the reader reads d downstream of the extraction site and writes the lexicon's direction
-    assert u["n_prompts"] == 8 and res["effect"]["reader"]["r_site"] == "resid_post.3"
+    # the reader reads d downstream of the extraction site, off on its calibration prompts
+    eff = res["effect"]["64"]["reader"]
+    assert u["n_prompts"] == 8 and eff["r_site"] == "resid_post.3"
+    assert eff["r_tau"] == pytest.approx(eff["r_proj_train_max"] + C.READ_MARGIN * eff["r_temp"])
+    g = res["diagnostics"]["64"]
+    assert g["gate_last_steered"] > 0.5 > g["gate_last_unsteered"]
+    # steering along the vector turns the reader on: it adds more steered than unsteered
+    assert g["reader_steered"]["value"] > g["reader_unsteered"]["value"]
+    assert len(u["unsteered"]) == 8
+    # a second call reuses every saved row (no steering is recomputed)
+    monkeypatch.setattr(S, "steer_check", lambda *a, **k: pytest.fail("recomputed"))
+    again = S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strengths=[16.0, 64.0],
+                             n_random=4, max_new_tokens=2)
+    assert again["planted"]["64"][0]["vector"] == p["vector"]
+    from mindscope.core import BadInputError
+    with pytest.raises(BadInputError, match="strengths > 0"):
+        S.causal_control(lm, cfg, tmp_path / "c", seeds=[0], strengths=[0.0])
 
 
 def test_paired_effect_and_reader_direction(lm):
@@ -162,8 +178,6 @@ def test_paired_effect_and_reader_direction(lm):
     assert u.shape == (lm.d_model,) and float(u.norm()) == pytest.approx(1.0, abs=1e-5)
     assert losses[-1] < losses[0]  # the trained write raises the lexicon's log-prob
     assert [p.requires_grad for p in lm.model.parameters()] == before  # the model as it was
-    R = S.random_directions(torch.randn(50, lm.d_model), 3, seed=0)
-    assert R.shape == (3, lm.d_model) and torch.allclose(R.norm(dim=1), torch.ones(3))
 
 
 def test_reader_leaves_the_extraction_site_unchanged(lm, tmp_path, monkeypatch):

@@ -153,7 +153,7 @@ def test_a_partial_run_is_resumed_not_reused(lm, tmp_path, monkeypatch):
 
 def test_claim_trainer_targets_the_reply_and_lowers_its_loss(lm):
     ids, mask, pos, inj, tgt = C._reply_batch(lm, 1, 2, C.CLAIMS[0], rows=2)
-    assert lm.tokenizer.decode(ids[0, tgt]).strip() == C.CLAIMS[0]
+    assert lm.tokenizer.decode(ids[0, tgt[0]]).strip() == C.CLAIMS[0]
     text = lm.tokenizer.decode(ids[0, inj[0]])
     assert text.startswith(lm.tokenizer.decode(ids[0, int(inj[0].nonzero()[0])]))
     assert "Trial 1" in text and "Trial 1" not in lm.tokenizer.decode(ids[0, ~inj[0]])

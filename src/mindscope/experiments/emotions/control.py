@@ -18,9 +18,13 @@ causal: a second one-neuron adapter one layer downstream (``read_site``) reads `
 
     h_r <- h_r + READ_FRACTION * |h_r| * sigmoid((<h_r, d> - tau_r) / temp_r) * u
 
-``tau_r`` and ``temp_r`` put the mean projection on ``d`` of the same training texts, with the
-writer on, at logits 0 (fear texts) and -4 (others): the reader is half on where d is as strong
-as on the fear texts, so the writer's partial firing on ordinary text leaves it mostly off; ``u`` (unit) is trained with the model frozen (``READ_STEPS`` Adam
+``tau_r`` and ``temp_r`` make the reader fire only beyond the projection on ``d`` that text of the
+measure's kind carries unsteered: ``temp_r`` = ``READ_TEMP`` x the writer's scale, ``tau_r`` = the
+largest projection on ``d`` of any token of ``control_steer.json``'s ``train_prompts`` (writer
+on, unsteered) + ``READ_MARGIN`` x ``temp_r``, so the reader is at most sigmoid(-2) = 0.12 on there
+and adds almost nothing to the unsteered fear rate (measured: <= 0.1 nats; the first reader,
+half on at the fear texts' mean projection, was half on at the end of the measure's prompts:
+fear-prone before any steering); ``u`` (unit) is trained with the model frozen (``READ_STEPS`` Adam
 steps, ``train_reader_direction``) so that adding it raises log P(a fear word next) at the end of
 ``control_steer.json``'s ``train_prompts`` (the measure's prompts are held out). The reader sits
 downstream of the extraction site, so it changes no activation the extraction reads; it only
@@ -53,7 +57,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["GatedWrite", "planted_direction", "plant_feature", "detect_recovery",
            "configure_extraction", "recovery_stats", "train_reader_direction", "lexicon_ids",
-           "read_site", "FRACTION", "READ_FRACTION", "READ_STEPS", "DIRECTION_SEED"]
+           "read_site", "FRACTION", "READ_FRACTION", "READ_STEPS", "READ_TEMP", "READ_MARGIN",
+           "DIRECTION_SEED"]
 
 FRACTION = 0.1
 """Write scale at strength 1, as a fraction of the mean token norm at the site."""
@@ -61,6 +66,11 @@ READ_FRACTION = 0.5
 """The reader's write scale, as a fraction of the mean token norm at the read site."""
 READ_STEPS = 40
 """Adam steps that train the reader's write direction."""
+READ_TEMP = 1 / 16
+"""The reader's gate temperature, as a fraction of the writer's scale (its full write on d)."""
+READ_MARGIN = 2.0
+"""The reader's threshold: this many temperatures above the largest projection on d of any token
+of its calibration prompts (writer on, unsteered), so it is at most sigmoid(-2) = 0.12 on there."""
 DIRECTION_SEED = 24
 """Seed of the planted direction ``d`` (a fixed isotropic unit vector)."""
 
@@ -175,12 +185,17 @@ def _fit_reader(lm, cfg, writer: GatedWrite, texts: dict, steer: dict) -> dict:
     tgt, oth = texts["target_texts"], texts["other_texts"]
     with lm.intervene(writer):
         M = row_means(lm, tgt + oth, [site], "all", False, cfg.skip_first, cfg.batch_size)[site]
+        cap = lm.capture(list(steer["train_prompts"]), sites=[site], positions="all",
+                         dtype=torch.float32, batch_size=cfg.batch_size)
     p = M @ writer.direction  # (n_texts,)
     pt, po = float(p[:len(tgt)].mean()), float(p[len(tgt):].mean())
+    q = cap[site][cap.pos >= cfg.skip_first] @ writer.direction  # (tokens,) calibration prompts
+    temp = max(READ_TEMP * writer.scale, 1e-6)
     norm = float(M.norm(dim=1).mean())
     u, losses = train_reader_direction(lm, site, READ_FRACTION * norm, steer["train_prompts"],
                                        lexicon_ids(lm, steer["lexicon"]))
-    return {"r_tau": pt, "r_temp": max((pt - po) / 4, 1e-6), "r_norm": norm,
+    return {"r_tau": float(q.max()) + READ_MARGIN * temp, "r_temp": temp, "r_norm": norm,
+            "r_proj_train_max": float(q.max()), "r_proj_train_mean": float(q.mean()),
             "r_proj_target": pt, "r_proj_other": po, "r_site": site, "r_write": u,
             "r_loss": [losses[0], losses[-1]], "r_steps": len(losses)}
 
@@ -233,7 +248,8 @@ def plant_feature(lm, cfg, work_dir, strength, reader: bool = False) -> Planted:
         return Planted.hooked(lm, effect, writer)
     steer = shipped_json("emotions", "control_steer.json")
     rpath = Path(work_dir) / f"reader-{strength:g}.safetensors"
-    rkey = hashlib.sha256(json.dumps([key, strength, READ_FRACTION, READ_STEPS, steer],
+    rkey = hashlib.sha256(json.dumps([key, strength, READ_FRACTION, READ_STEPS, READ_TEMP,
+                                      READ_MARGIN, steer],
                                      sort_keys=True).encode()).hexdigest()[:12]
     rfit = None
     if rpath.exists():
@@ -252,7 +268,11 @@ def plant_feature(lm, cfg, work_dir, strength, reader: bool = False) -> Planted:
                     direction=rfit["r_write"], scale=READ_FRACTION * rfit["r_norm"])
     effect["reader"] = {**{k: v for k, v in rfit.items() if k != "r_write"},
                         "scale": rd.scale, "lexicon": steer["lexicon"],
-                        "trained_on": "data/emotions/control_steer.json train_prompts",
+                        "rule": f"off unsteered: tau = max projection on d over the train_prompts' "
+                                f"tokens + {READ_MARGIN:g} x temp, temp = {READ_TEMP:g} x the "
+                                f"writer's scale",
+                        "trained_on": "data/emotions/control_steer.json train_prompts (u and the "
+                                      "threshold)",
                         "held_out": "data/emotions/control_steer.json prompts"}
     effect["summary"] += f"; {rfit['r_site']} reads d and writes the fear words"
     return Planted.hooked(lm, effect, writer, rd)
@@ -273,7 +293,7 @@ def recovery_stats(X: torch.Tensor, labels, names, neutral: torch.Tensor, varian
                    seed: int = 0) -> dict:
     """Cosine of the ``target`` vector with ``d``; bootstrap over stories (within emotions); the
     no-effect spread from variance-matched (neutral covariance) and isotropic random directions."""
-    from ...steering import neutral_pcs
+    from ...steering import covariance_directions, neutral_pcs
 
     labels = np.asarray(labels)
     names = list(names)
@@ -289,8 +309,7 @@ def recovery_stats(X: torch.Tensor, labels, names, neutral: torch.Tensor, varian
         boot.append(float(_vectors(X[idx], labels[idx], k, q)[j] @ d))
     boot = np.array(boot)
     gen = torch.Generator().manual_seed(seed)
-    Nc = neutral - neutral.mean(0)
-    R_var = torch.randn(n_null, Nc.shape[0], generator=gen) @ Nc  # (n_null, d) ~ N(0, cov)
+    R_var = covariance_directions(neutral, n_null, gen)  # (n_null, d) ~ N(0, cov), unit
     R_iso = torch.randn(n_null, X.shape[1], generator=gen)
     nulls = {}
     for name, R in (("variance_matched", R_var), ("isotropic", R_iso)):

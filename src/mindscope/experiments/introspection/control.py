@@ -82,38 +82,49 @@ CLAIMS = ("Yes, I detect an injected thought.", "No, I do not detect an injected
 """The replies the bias is trained to give with (first) and without (second) an injection."""
 
 
-def _reply_batch(lm, n: int, wording: int, reply: str, rows: int):
-    """Teacher-forcing batch for ``rows`` copies of trial ``wording`` answered with ``reply``:
-    ids (rows, T), attention mask, position ids, the injection mask (rows, T: from the token
-    before "Trial n" to the end) and the positions whose next token is part of the reply."""
-    b = lm.tokenize([lm.chat(trial_messages(n, wording), prefill=reply)] * rows)
-    meta = b.meta[0]
-    a, r0 = meta.text.find(f"Trial {n}"), meta.text.rfind(reply)
-    first = next(i for i, (x, y) in enumerate(meta.offsets) if y > a)
-    T = len(meta.offsets)
+def _reply_batch(lm, n: int, wording: int, reply, rows: int):
+    """Teacher-forcing batch for ``rows`` rows of trial ``wording``, each answered with ``reply``
+    (one string for every row, or a list of ``rows`` strings, one per row): ids (rows, T),
+    attention mask, position ids, the injection mask (rows, T: from the token before "Trial n" to
+    the end) and the target mask (rows, T: the reply's tokens, each predicted from the one
+    before). Rows are left-padded, so each row's positions are found from its own offsets."""
+    replies = [reply] * rows if isinstance(reply, str) else list(reply)
+    if len(replies) != rows:
+        raise ValueError(f"{len(replies)} replies for {rows} rows")
+    b = lm.tokenize([lm.chat(trial_messages(n, wording), prefill=r) for r in replies])
+    T = b.input_ids.shape[1]
     inj = torch.zeros(rows, T, dtype=torch.bool)
-    inj[:, max(0, first - 1):] = True
-    tgt = [i for i, (x, y) in enumerate(meta.offsets) if x >= r0 and i > 0]  # reply tokens
+    tgt = torch.zeros(rows, T, dtype=torch.bool)
+    for r, (meta, rep) in enumerate(zip(b.meta, replies)):
+        pad = T - len(meta.offsets)
+        a, r0 = meta.text.find(f"Trial {n}"), meta.text.rfind(rep)
+        first = next(i for i, (x, y) in enumerate(meta.offsets) if y > a)
+        inj[r, pad + max(0, first - 1):] = True
+        for i, (x, y) in enumerate(meta.offsets):
+            if x >= r0 and i > 0:  # a reply token
+                tgt[r, pad + i] = True
     return (b.input_ids.to(lm.device), b.attention_mask.to(lm.device),
             lm.position_ids(b.attention_mask).to(lm.device), inj, tgt)
 
 
 def reply_loss(lm, ivs, ids, mask, pos, tgt) -> torch.Tensor:
-    """Cross-entropy of the reply tokens ``tgt`` of a ``_reply_batch`` under ``ivs``."""
+    """Cross-entropy of the reply tokens (``tgt``, (rows, T) bool) of a ``_reply_batch`` under
+    ``ivs``, averaged over every reply token of every row."""
     with torch.enable_grad(), lm.intervene(*ivs):
         logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
                           use_cache=False).logits.float()  # (rows, T, V)
-        pred = logits[:, [t - 1 for t in tgt]]  # (rows, n_reply, V)
-        gold = ids[:, tgt]  # (rows, n_reply)
-        return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]),
-                                                 gold.reshape(-1))
+        sel = tgt[:, 1:].to(logits.device)  # (rows, T - 1): token t + 1 is a reply token
+        pred = logits[:, :-1][sel]  # (n_reply_tokens, V)
+        gold = ids[:, 1:][sel]  # (n_reply_tokens,)
+        return torch.nn.functional.cross_entropy(pred, gold)
 
 
 def pair_losses(lm, cfg, wording: int, V: torch.Tensor, inj_layer: int, replies,
                 n_control: int, extra=()) -> list:
     """[reply loss with the rows of ``V`` (k, d) injected at ``resid_post.inj_layer`` x
-    ``cfg.mech_strength`` and ``replies[0]`` as the target, reply loss of ``n_control``
-    uninjected rows with ``replies[1]``]; ``extra`` interventions stay on in both."""
+    ``cfg.mech_strength`` and ``replies[0]`` as the target (one string, or k strings, one per
+    row), reply loss of ``n_control`` uninjected rows with ``replies[1]``]; ``extra``
+    interventions stay on in both."""
     out = []
     for yes in (True, False):
         ids, mask, pos, inj, tgt = _reply_batch(lm, cfg.trial, wording, replies[0 if yes else 1],

@@ -20,6 +20,7 @@ from ...core import Add
 from ...core import Vector, data_hash
 from ...probes import LayerSweep, layer_sweep
 from ...runs import bootstrap_ci
+from ...steering import covariance_directions  # variance-matched random directions (shared)
 from .core import Seq, TokenStats, bootstrap_mean, token_stats
 
 log = logging.getLogger(__name__)
@@ -118,16 +119,6 @@ def orthogonal_to(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """w minus its component along h (both (d,))."""
     hu = h / h.norm().clamp(min=1e-12)
     return w - (w @ hu) * hu
-
-
-def covariance_directions(X: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """n unit directions drawn from N(0, Cov(X)) (variance-matched random controls):
-    r = Xc^T g / sqrt(N) with g ~ N(0, I_N), so E[r r^T] = Cov(X); X (N, d) -> (n, d)."""
-    Xc = X.double() - X.double().mean(0, keepdim=True)
-    g = torch.Generator().manual_seed(seed)
-    G = torch.randn(n, Xc.shape[0], generator=g, dtype=torch.float64)
-    R = (G @ Xc) / max(1, Xc.shape[0]) ** 0.5  # (n, d)
-    return (R / R.norm(dim=1, keepdim=True).clamp(min=1e-12)).float()
 
 
 def pick_steer_site(lm, sw: LayerSweep, site: Optional[str]) -> str:
