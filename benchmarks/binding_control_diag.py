@@ -6,9 +6,14 @@ segment's last token, other tokens), 160 stories split by story, on the untouche
 induction LoRA x1 (trained into runs/controls/binding/lora if absent).
 `causal`: on the LoRA x1 and the untouched model, prior-probe (fitted on name tokens) ablation vs 5
 random probe-shaped subspaces, paired over 48 induction prompts, at name tokens vs every story token.
+`erasure OUT.json`: does a removal take the prior entity out of the name tokens? On the untouched
+model (120 stories per seed, seeds 0 and 1, the protocol's story split), per layer: a ridge probe
+REFITTED on the training rows after (a) the old probe-subspace projection, (b) LEACE, and tested on
+the held-out rows after the same removal (Wilson 95%), with the edit sizes.
 
     /work/wt/heavy python benchmarks/binding_control_diag.py where runs/where.json
     /work/wt/heavy python benchmarks/binding_control_diag.py causal
+    /work/wt/heavy python benchmarks/binding_control_diag.py erasure runs/erasure.json
 """
 import json
 import logging
@@ -174,6 +179,43 @@ def causal():
         print(tag, f"{time.time()-t0:.0f}s", flush=True)
 
 
+def erasure(out):
+    from mindscope.experiments.binding.erase import name_positions, name_rows
+    from mindscope.probes import fit_leace, majority_rate
+
+    lm = ms.load()
+    full = BindingData.load()
+    d = full.subset(binding.pick_names(lm, full.names, 8), full.adjectives[:8])
+    nix, aix = ({x: i for i, x in enumerate(v)} for v in (d.names, d.adjectives))
+    res = {}
+    for seed in (0, 1):
+        texts, mask, per = name_positions(lm, generate_stories(d, 120, (3, 5), seed), nix, aix)
+        LAY = [12, 15, 18, 24, 27]
+        X, lab, st = name_rows(lm, texts, mask, per, [f"resid_post.{L}" for L in LAY])
+        y = lab["prior"]
+        te = group_split(st, 0.25, seed, n=len(st))
+        for L in LAY:
+            A = X[f"resid_post.{L}"].astype(np.float64)
+            p = fit_probe(A[~te], y[~te], kind="ridge", C=0.01)
+            B = orthonormal_basis(p.weight, center=True).double().numpy()  # (7, d) probe rows
+            e = fit_leace(A[~te], y[~te])
+
+            def refit(Z):
+                a = fit_probe(Z[~te], y[~te], kind="ridge", C=0.01).score(Z[te], y[te])
+                w = wilson(int(round(a * te.sum())), int(te.sum()))
+                return [round(a, 3), round(w["lo"], 3), round(w["hi"], 3)]
+            r = {"clean_refit": refit(A), "probe_ablated_refit": refit(A - (A @ B.T) @ B),
+                 "leace_refit": refit(e(A)), "chance": round(majority_rate(y[te]), 3),
+                 "n_test": int(te.sum()),
+                 "edit_probe_ablation": round(float(np.sqrt(((A @ B.T) ** 2).sum(1).mean())), 1),
+                 "edit_leace": round(e.edit_norm(A), 1)}
+            res[f"s{seed}_L{L}"] = r
+            print(seed, L, json.dumps(r), flush=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    where(sys.argv[2]) if sys.argv[1] == "where" else causal()
+    {"where": lambda: where(sys.argv[2]), "erasure": lambda: erasure(sys.argv[2])}.get(
+        sys.argv[1], causal)()

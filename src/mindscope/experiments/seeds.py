@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..runs import seed_spread, weights_note, write_json, write_text
+from ..runs import seed_spread, weights_note, wilson, write_json, write_text
 from ._control import finished
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,14 @@ def binding_rows(r: dict) -> list[dict]:
                          "value": v["test"], "lo": v.get("lo"), "hi": v.get("hi"),
                          "n": f"{v['n_test']} name tokens", "grader": f"chance {v['chance']:.3f}"
                          f"; control task {v.get('control', float('nan')):.3f}"})
+    chk = r.get("erasure_check") or []
+    if chk:  # the LEACE erasure's validity: the prior probe on erased held-out name tokens
+        e = max(chk, key=lambda x: x["probe_clean"])
+        w = wilson(int(round(e["probe_erased"] * e["n_test"])), e["n_test"])
+        rows.append({"measure": f"prior-entity probe on LEACE-erased held-out name tokens (layer "
+                     f"{e['layer']})", "paper": "erasure check: at chance", "value":
+                     e["probe_erased"], "lo": w["lo"], "hi": w["hi"], "n": f"{e['n_test']} name "
+                     "tokens", "grader": f"chance {e['chance']:.3f}; clean {e['probe_clean']:.3f}"})
     for c, tasks in r.get("causal", {}).items():
         for t in ("induction", "conflict"):
             if t in tasks:

@@ -9,6 +9,7 @@ layers, checked against control tasks, and exported as direction files.
 True
 """
 from ._control import control_task, selectivity, shuffled_labels
+from ._erase import Eraser, eigen_bands, fit_leace, orth_eraser
 from ._export import load_probe, probe_to_vectors, save_probe, vectors_to_probe
 from ._geometry import (max_cosine, orthonormal_basis, principal_angles, random_basis,
                         random_overlap, subspace_overlap)
@@ -23,4 +24,5 @@ __all__ = ["LinearProbe", "KINDS", "fit_probe", "evaluate_probe", "ProbeEval", "
            "majority_rate", "control_task", "shuffled_labels", "selectivity", "control_labels",
            "layer_sweep", "LayerSweep", "MultiSlotProbe", "fit_multislot", "orthonormal_basis",
            "principal_angles", "subspace_overlap", "random_overlap", "max_cosine", "random_basis",
-           "probe_to_vectors", "vectors_to_probe", "save_probe", "load_probe"]
+           "probe_to_vectors", "vectors_to_probe", "save_probe", "load_probe", "Eraser",
+           "fit_leace", "orth_eraser", "eigen_bands"]

@@ -110,6 +110,11 @@ def test_seed_table_carries_the_paired_contrasts():
     rows = binding_rows({"config": {"ablate_positions": "names"}, "ablation_probes": probes})
     assert [(r["measure"], r["value"]) for r in rows][1] == \
         ("prior-entity probe held-out accuracy at name tokens (layer 24)", 0.8)
+    chk = [{"layer": 12, "probe_clean": 0.6, "probe_erased": 0.1, "n_test": 90, "chance": 0.09},
+           {"layer": 24, "probe_clean": 0.75, "probe_erased": 0.2, "n_test": 90, "chance": 0.09}]
+    (row,) = binding_rows({"erasure_check": chk})
+    assert row["measure"].endswith("(layer 24)") and row["value"] == 0.2
+    assert row["lo"] < 0.2 < row["hi"] and "clean 0.750" in row["grader"]
 
 
 def test_mde_of_the_contrast_matches_the_noncentral_t():

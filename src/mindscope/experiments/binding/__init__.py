@@ -14,10 +14,12 @@ Protocol (see docs/experiments/binding.md):
    for the four slots, each next to a Hewitt-Liang control task.
 3. Slot geometry: principal angles between the current- and prior-entity probe subspaces vs
    random subspaces of the same rank.
-4. Causal: project each slot subspace (or random ones of equal rank; their mean is the
-   baseline) out of the story's name tokens, with probes fitted on those tokens, at the layers
-   where the held-out prior-entity probe reads best (``ablate_positions`` / ``ablate_layers``);
-   score induction, conflict and retrieval by answer-token log-probs, paired slot - random.
+4. Causal: erase each slot from the story's name tokens (LEACE concept erasure fitted on the
+   training stories, checked on held-out ones; or, ``ablate_method='probe'``, project out the
+   probe's subspace), at the layers where the held-out prior-entity probe reads best
+   (``ablate_positions`` / ``ablate_layers``), against the same edit of equal-rank random
+   subspaces (their mean is the baseline); score induction, conflict and retrieval by
+   answer-token log-probs, paired slot - random.
 5. Behaviour: double binding on one token vs single-binding controls.
 """
 from __future__ import annotations
@@ -84,8 +86,30 @@ class Config:
     layers."""
     ablate_top: float = 0.5
     """Share of the swept layers that ``ablate_layers='probe'`` ablates (at least one)."""
+    ablate_method: str = "probe"
+    """How a slot is removed in the causal tests: 'probe' (project the probe's row space out;
+    baseline: random probe-shaped subspaces) or 'leace' (concept erasure, Belrose et al. 2023:
+    the smallest affine edit after which no linear probe reads the entity; fitted on the
+    training stories' name tokens, checked on held-out stories; baseline: the same erasure of
+    variance-matched random subspaces of equal rank). 'probe' leaves most of the entity
+    readable by a refitted probe; 'leace' removes it, but its random baseline edits more in the
+    forward and overlaps a dominant concept (docs/experiments/binding.md, session 7), so it is
+    not the default. 'leace' needs ``ablate_positions='names'``."""
+    erase_shrinkage: str = "auto"
+    """Covariance shrinkage of the LEACE whitening: 'auto' (Ledoit-Wolf), 'none' (the sample
+    covariance, pseudo-inverted: with fewer training rows than dimensions it erases only inside
+    their span, and held-out rows stay readable on a tiny model) or a number in [0, 1]."""
+    erase_band: int = 16
+    """Most eigenvalues in a band inside which a random eraser's subspace is rotated (variance
+    matching; ``probes.Eraser.random_like``)."""
+    erase_ratio: float = 0.0
+    """If > 0, also cut those bands where their largest / smallest eigenvalue would exceed it:
+    the random erasers' mean squared edit then matches within this factor, but on a spread
+    spectrum the bands shrink and the random subspace comes close to the concept's (0 = bands
+    of ``erase_band``; on SmolLM2 they match the edit within 0.99-1.2x, docs)."""
     slot_rank: Optional[int] = None
-    """Dimensions of each slot subspace to ablate (None = full probe rank, n_names - 1)."""
+    """Dimensions of each slot subspace to ablate with ``ablate_method='probe'`` (None = full
+    probe rank, n_names - 1)."""
     n_random: int = 5
     """Random subspaces (equal rank, probe-shaped) per ablation: the baseline of the paired
     slot-vs-random contrasts is their mean, so one unlucky draw cannot make or hide an effect."""
@@ -134,9 +158,34 @@ class Config:
             raise ValueError(f"n_items must be >= 2; got {self.n_items}")
         if self.ablate_positions not in ("names", "story"):
             raise ValueError(f"ablate_positions {self.ablate_positions!r}: use 'names' or 'story'")
+        if self.ablate_method not in ("leace", "probe"):
+            raise ValueError(f"ablate_method {self.ablate_method!r}: use 'leace' or 'probe'")
+        if self.ablate_method == "leace" and self.ablate_positions != "names":
+            raise ValueError("ablate_method='leace' erases at the name tokens: set "
+                             "ablate_positions='names' or use ablate_method='probe'")
+        shrinkage(self.erase_shrinkage)  # validates
+        if self.erase_band < 1 or not (self.erase_ratio == 0 or self.erase_ratio >= 1):
+            raise ValueError(f"need erase_band >= 1 and erase_ratio 0 or >= 1; got "
+                             f"{self.erase_band}, {self.erase_ratio}")
         if not 0 < self.ablate_top <= 1 or self.n_random < 1:
             raise ValueError(f"need 0 < ablate_top <= 1 and n_random >= 1; got {self.ablate_top}, "
                              f"{self.n_random}")
+
+
+def shrinkage(spec):
+    """``Config.erase_shrinkage`` -> ``probes.fit_leace``'s ``shrinkage`` (None, 'auto', float)."""
+    if spec in ("auto", None):
+        return spec
+    if str(spec).lower() == "none":
+        return None
+    try:
+        v = float(spec)
+    except ValueError:
+        raise ValueError(f"erase_shrinkage {spec!r}: use 'auto', 'none' or a number in [0, 1]") \
+            from None
+    if not 0 <= v <= 1:
+        raise ValueError(f"erase_shrinkage {spec!r}: a number must be in [0, 1]")
+    return v
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -220,6 +269,11 @@ class Result(ResultDisplay):
     ablation_probes: list = field(default_factory=list)
     """Per swept layer, the current/prior probes the causal tests use (fitted at
     ``ablate_positions``): held-out accuracy with its Wilson 95% interval, chance, n."""
+    erasure_check: list = field(default_factory=list)
+    """With ``ablate_method='leace'``, per erased layer on the held-out stories' name tokens:
+    the prior probe's accuracy clean / erased / under a random erasure, a probe refitted on the
+    erased rows, chance, and the edit sizes (``erase.erasure_check``): the erasure is valid
+    only where the erased accuracy is at chance."""
     random_spread: dict = field(default_factory=dict)
     """task -> the prior-minus-random mean contrast against each random draw separately (how
     much the baseline depends on the draw)."""
@@ -346,18 +400,11 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     # 4. causal tests: ablate each slot subspace on the story tokens at the ablation layers
     items = (induction_items(d, cfg.n_items, ent, cfg.seed) + conflict_items(d, cfg.n_items, ent, cfg.seed)
              + retrieval_items(d, (cfg.n_items + 1) // 2, ent, cfg.seed))
-    bases = {"current": {}, "prior": {}}
-    randoms = [{} for _ in range(cfg.n_random)]
-    for j, L in enumerate(abl):
-        for c in ("current", "prior"):
-            bases[c][f"resid_post.{L}"] = abl_fit[L].basis(c, cfg.slot_rank)
-        # control: random subspaces of equal rank made like a probe's (random weights on
-        # standardised features, divided by the per-dim std), so they avoid the few huge
-        # residual dimensions exactly as the probe subspaces do
-        k = bases["prior"][f"resid_post.{L}"].shape[0]
-        for r, rb in enumerate(randoms):
-            R = random_basis(lm.d_model, k, cfg.seed + 7 + j + 1000 * r) / scale[L]  # (k, d)
-            rb[f"resid_post.{L}"] = orthonormal_basis(R)
+    if cfg.ablate_method == "leace":
+        bases, randoms, check = _erasers(lm, cfg, stories, name_ix, adj_ix, abl, abl_fit,
+                                         groups[at])
+    else:
+        (bases, randoms), check = _probe_subspaces(lm, cfg, abl, abl_fit, scale), []
     names = d.names if cfg.ablate_positions == "names" else None
     causal, scores = {}, {}
     for c in CONDITIONS:
@@ -387,7 +434,7 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     from ...core import data_hash
     res = Result(config=asdict(cfg), model=lm.name, names=d.names, adjectives=d.adjectives,
                   layers=layers, probes=probes, geometry=geometry, ablate_layers=abl,
-                  ablation_probes=abl_probes, random_spread=spread,
+                  ablation_probes=abl_probes, random_spread=spread, erasure_check=check,
                   causal=causal, contrasts=contrasts, binding=binding, n_tokens=int(len(cap.row)),
                   n_rows=int(keep.sum()),
                   timings={"capture_s": t_cap - t0, "probes_s": t_probe - t_cap,
@@ -399,6 +446,52 @@ def run(lm=None, cfg: Optional[Config] = None, out_dir=None) -> Result:
     if out_dir is not None:
         res.report()
     return res
+
+
+def _probe_subspaces(lm, cfg, abl, abl_fit, scale):
+    """``ablate_method='probe'``: the slot probes' row spaces, and random subspaces of equal
+    rank made like a probe's (random weights on standardised features, divided by the per-dim
+    std), so they avoid the few huge residual dimensions exactly as the probe subspaces do."""
+    bases = {"current": {}, "prior": {}}
+    randoms = [{} for _ in range(cfg.n_random)]
+    for j, L in enumerate(abl):
+        for c in ("current", "prior"):
+            bases[c][f"resid_post.{L}"] = abl_fit[L].basis(c, cfg.slot_rank)
+        k = bases["prior"][f"resid_post.{L}"].shape[0]
+        for r, rb in enumerate(randoms):
+            R = random_basis(lm.d_model, k, cfg.seed + 7 + j + 1000 * r) / scale[L]  # (k, d)
+            rb[f"resid_post.{L}"] = orthonormal_basis(R)
+    return bases, randoms
+
+
+def _erasers(lm, cfg, stories, name_ix, adj_ix, abl, abl_fit, groups_at):
+    """``ablate_method='leace'``: per slot, LEACE erasers of the ablation layers fitted on the
+    training stories' name tokens of the untouched forward (the probes' story split),
+    ``n_random`` variance-matched random erasers made from the prior ones, and the held-out
+    check with all of them on (``erase.erasure_check``). Concept and random erasers are made
+    the same way, so their edits in the forward match; erasers fitted layer by layer with the
+    earlier ones on (``fit_erasers(sequential=...)``) edit the later layers far less than
+    random ones made from them (1-5x smaller on SmolLM2), which biases the contrast."""
+    from ...probes import group_split
+    from .erase import erasure_check, fit_erasers, name_positions, random_erasers
+
+    test_rows = group_split(groups_at, cfg.test_size, cfg.seed, n=len(groups_at))
+    test_st = np.zeros(len(stories), bool)
+    test_st[np.unique(groups_at[test_rows])] = True  # the stories the probes held out
+    texts, mask, per = name_positions(lm, stories, name_ix, adj_ix)
+    E = fit_erasers(lm, texts, mask, per, abl, test_st, shrinkage=shrinkage(cfg.erase_shrinkage),
+                    batch_size=cfg.batch_size, sequential=())
+    bases = {c: {f"resid_post.{L}": e for L, e in E[c].items()} for c in ("current", "prior")}
+    randoms = random_erasers(E["prior"], cfg.n_random, cfg.seed, cfg.erase_band,
+                             cfg.erase_ratio or None)
+    check = erasure_check(lm, texts, mask, per, E["prior"],
+                          {L: abl_fit[L].probe("prior") for L in abl}, test_st, "prior", randoms,
+                          C=cfg.C, batch_size=cfg.batch_size)
+    for row in check:  # how close the random subspaces come to the prior's (whitened)
+        e = E["prior"][row["layer"]]
+        row["random_overlap"] = float(np.mean([e.overlap(r[f"resid_post.{row['layer']}"])
+                                               for r in randoms]))
+    return bases, randoms, check
 
 
 def _probe_row(L: int, positions: str, msp) -> dict:

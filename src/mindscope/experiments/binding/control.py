@@ -14,20 +14,22 @@ readable by a linear probe on name tokens and causal by construction: nothing el
 plant carries the answer. Nothing is trained; the codes are drawn from ``SLOT_SEED`` and saved
 (``slot.safetensors``) in the control folder. The protocol runs unchanged on the hooked model.
 
-Kept as findings, not registered: ``plant_lora`` (attempts 1 and 2), a LoRA fine-tuned on
-"who came after X" over stories whose names and adjectives the protocol never uses. It makes
-the model answer induction almost perfectly, yet the prior slot that the protocol probes is not
-what it uses: ablating it moves the answer no more than random ablations do, at any layers and
-positions tried (docs/experiments/binding.md). ``run_lora_control`` reruns it.
+The induction LoRA (``plant_lora``, ``run_lora_control``: a LoRA fine-tuned on "who came after
+X" over stories whose names and adjectives the protocol never uses) is the *learned* plant. It
+makes the model answer induction almost perfectly, yet neither the probe-subspace ablation
+(the default test) nor LEACE concept erasure (``ablate_method='leace'``, session 7: the prior
+entity erased to chance) makes its prior slot causal; erasing the current entity does
+(docs/experiments/binding.md).
 
 Detection: the paired difference, on the same induction prompts, between the right-answer
-log-prob (renormalised over the candidate names) with the prior slot ablated and with
-equal-rank random subspaces ablated (their mean over ``n_random`` draws;
-``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no effect = 0.
-The direction is fixed in advance: the claim is that the prior slot SUPPORTS induction, so only
-an interval wholly below 0 (the prior ablation hurts more than a random one) is a detection, on
-the planted and on the untouched model alike (one-sided at 2.5%); an interval wholly above 0 is
-reported, not counted.
+log-prob (renormalised over the candidate names) with the prior slot ablated (or erased) on
+the name tokens and with equal-rank random ablations (their mean over ``n_random`` draws;
+``contrasts.prior_minus_random.induction``, Student-t 95% interval over prompts); no
+effect = 0. The direction is fixed in advance: the claim is that the prior slot SUPPORTS
+induction, so only an interval wholly below 0 (the erasure hurts more than a random one) is a
+detection, on the planted and on the untouched model alike (one-sided at 2.5%); an interval
+wholly above 0 is reported, not counted. The run's ``erasure_check`` says whether the erasure
+did its job (the prior probe at chance on held-out stories).
 """
 from __future__ import annotations
 
@@ -229,8 +231,8 @@ def plant(lm, cfg, work_dir, strength) -> Planted:
 
 
 def run_lora_control(lm, cfg, out_dir, strengths=(0.5, 1.0), seeds=(0,)):
-    """The control with the induction LoRA as the plant (the failed attempts, kept as a
-    finding): ``run_control`` with ``plant_lora`` registered for the duration of the call."""
+    """The control with the induction LoRA (the learned plant) as the plant: ``run_control``
+    with ``plant_lora`` registered for the duration of the call."""
     from .._control import controls, run_control
 
     spec = controls()["binding"]  # the registered control's settings, with another plant

@@ -102,11 +102,25 @@ def _page(res, plots: dict) -> Page:
             + [f"{a['slots']['prior']['chance']:.3f}", a["slots"]["prior"]["n_test"],
                "ablated" if a["layer"] in res.ablate_layers else ""]
             for a in res.ablation_probes]
-    p.section(f"Causal tests (ablation on {where} at layers {res.ablate_layers}; random = mean "
-              f"of {res.config.get('n_random', 1)} random subspaces)", png(plots["causal"]),
-              _table(crow, ["task", "chance"] + [f"ablate {c}" for c in res.causal] + ["n"]),
-              _table(arow, ["layer", "prior probe held-out acc [95% CI]", "current probe",
-                            "chance (prior)", "n test tokens", ""]))
+    how = ("LEACE concept erasure; random = mean of {n} variance-matched random erasers"
+           if res.config.get("ablate_method", "probe") == "leace" else
+           "probe-subspace projection; random = mean of {n} random subspaces")
+    parts = [_table(crow, ["task", "chance"] + [f"ablate {c}" for c in res.causal] + ["n"]),
+             _table(arow, ["layer", "prior probe held-out acc [95% CI]", "current probe",
+                           "chance (prior)", "n test tokens", ""])]
+    if res.erasure_check:
+        erow = [[r["layer"], r["probe_clean"], r["probe_erased"], r.get("probe_random", "–"),
+                 r.get("refit_clean", "–"), r.get("refit_erased", "–"), r["chance"], r["n_test"],
+                 r["edit_rms"], r.get("random_edit_rms", "–"), r["x_rms"]]
+                for r in res.erasure_check]
+        parts.append(_table(erow, ["layer", "prior probe: clean", "erased", "random erasure",
+                                   "refit (CV): clean", "refit: erased", "chance (majority)",
+                                   "n held-out tokens", "edit rms", "random edit rms",
+                                   "activation rms"]))
+    p.section(f"Causal tests (on {where} at layers {res.ablate_layers}; "
+              + how.format(n=res.config.get("n_random", 1)) + "; the last table: the erasure "
+              "checked on held-out stories, valid where the erased accuracy is at chance)",
+              png(plots["causal"]), *parts)
     p.section("Double binding on one token",
               _table(brow, ["condition", "acc", "sem", "chance", "n"]))
     p.text(f"Rate of answering the first-mentioned name: "

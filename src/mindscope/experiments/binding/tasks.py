@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core import Ablate
+from ...probes import Eraser
 from .data import Item, name_chars
 
 log = logging.getLogger(__name__)
@@ -24,14 +25,21 @@ def first_token(lm, text: str) -> int:
     return ids[0]
 
 
-def story_mask(batch, items, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+def story_mask(batch, items, names: Optional[Sequence[str]] = None,
+               first_name: bool = True) -> torch.Tensor:
     """(B, T_unpadded) True on tokens that lie inside each item's story characters; with
     ``names``, only on the story's tokens of those names (a token belongs to the name holding
-    its last character, as in ``data.token_labels``)."""
+    its last character, as in ``data.token_labels``); ``first_name=False`` leaves out the
+    story's first name mention (the first entity: no prior entity there, and often the
+    prompt's first token, whose residual is huge)."""
     T = max(len(m.offsets) for m in batch.meta)
     m = torch.zeros(len(items), T, dtype=torch.bool)
     for b, (meta, it) in enumerate(zip(batch.meta, items)):
         chars = None if names is None else name_chars(it.prompt, names, it.story_chars)
+        if chars is not None and not first_name and chars.any():
+            a = int(chars.argmax())  # the first mention's characters: clear them
+            z = np.flatnonzero(~chars[a:])
+            chars[a:a + (int(z[0]) if len(z) else len(chars) - a)] = False
         for u, (x, y) in enumerate(meta.offsets):
             m[b, u] = 0 < y <= it.story_chars and (chars is None or bool(chars[y - 1]))
     return m
@@ -41,16 +49,21 @@ def score_items(lm, items: list[Item], ablate: Optional[dict] = None, batch_size
                 desc: str = "score", progress: bool = True,
                 names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
     """Log-probs (n_candidates,) per item at the last prompt position. ``ablate`` = {site: basis
-    (r, d)}: project those subspaces out of the story tokens at each site (with ``names``: out
-    of the story's name tokens only)."""
+    (r, d) or ``probes.Eraser``}: project those subspaces out of the story tokens at each site
+    (with ``names``: the story's name tokens only), or apply the erasers there (then to the
+    name tokens that have a prior entity: every mention but the story's first, as they were
+    fitted)."""
     out: list[np.ndarray] = []
     for a in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = items[a:a + batch_size]
         b = lm.tokenize([it.prompt for it in chunk])
         ivs = []
         if ablate:
-            mask = story_mask(b, chunk, names)
-            ivs = [Ablate(site, basis, subspace=True, positions=mask) for site, basis in ablate.items()]
+            erase = any(isinstance(x, Eraser) for x in ablate.values())
+            mask = story_mask(b, chunk, names, first_name=not erase)  # erasers: names with a prior
+            ivs = [basis.intervention(site, mask) if isinstance(basis, Eraser) else
+                   Ablate(site, basis, subspace=True, positions=mask)
+                   for site, basis in ablate.items()]
         last = f"resid_post.{lm.n_layers - 1}"  # stop before lm_head: unembed the last token only
         with lm.intervene(*ivs):
             h = lm.capture(b, sites=last, positions="last", batch_size=len(chunk),
