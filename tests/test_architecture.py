@@ -82,6 +82,8 @@ WRITE_ALLOWED = {
     "activations/_default_corpus.py": "writes inside an atomic_dir (the folder is renamed whole)",
     "audit/_train.py": "writes inside an atomic_dir (the organism folder is renamed whole)",
     "audit/_session.py": "an append-only JSONL audit log (open 'a'), one line per event",
+    "experiments/control_suite.py": "each control's process log (open 'a', the subprocess's "
+                                     "stdout); results are written by the controls themselves",
 }
 RAW_WRITE = re.compile(r"os\.replace\(|\.write_text\(|\.write_bytes\(|"
                        r"\bopen\([^)]*['\"](w|wb|w\+|a|ab|x)['\"]")
