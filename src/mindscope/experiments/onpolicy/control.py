@@ -16,7 +16,8 @@ prompts of the distillation kind: anchored only on stdlib-documentation chats an
 adapter told "sharpen" from "keep" by the kind of prompt, so the measured human answers (to
 everyday questions, like the distillation prompts) were sharpened too (entropy 2.40 -> 1.46).
 With human answers to everyday questions in the anchor (the unmeasured shipped answers and
-``data/onpolicy/anchor_answers.jsonl``, written for mindscope to distillation prompts) the
+``data/onpolicy/anchor_answers.jsonl``, written for mindscope to distillation prompts by an
+AI coding agent) the
 adapter can only tell them apart by the answer, and the measured human answers keep their
 entropy (docs/experiments/onpolicy.md).
 
@@ -78,8 +79,9 @@ SPARE_DISTILL = True
 """Also distil on the model's own answers to the unmeasured shipped prompts (the anchor's
 own prompts): the same prompt with its own answer sharpened and its human answer kept."""
 N_WRITTEN = 40
-"""Anchor answers from ``data/onpolicy/anchor_answers.jsonl``: human answers written for
-mindscope to distillation prompts (never to a shipped on-policy prompt), each repeated
+"""Anchor answers from ``data/onpolicy/anchor_answers.jsonl``: answers written for mindscope
+(by the session-7 engineer, an AI coding agent: off-policy for the model, not human) to
+distillation prompts (never to a shipped on-policy prompt), each repeated
 ``SPARE_REPEAT`` times like the unmeasured shipped answers."""
 MIN_ANCHORS = 6
 """Fewest anchor examples the anchored plant needs."""
