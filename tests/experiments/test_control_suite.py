@@ -56,6 +56,7 @@ def test_runner_verdicts_logs_and_resume(tmp_path):
     verdict = {r["name"]: r["verdict"] for r in s["controls"]}
     assert verdict == {"good": "PASSED", "bad": "FAILED", "crash": "ERROR", "two": "PASSED"}
     assert s["passed"] == 2 and [r["name"] for r in s["controls"]] == ["good", "bad", "crash", "two"]
+    assert all(0 <= r["cpu_minutes"] <= r["minutes"] * 2 + 0.01 for r in s["controls"])
     crash = next(r for r in s["controls"] if r["name"] == "crash")
     assert crash["rc"] == 1 and "boom" in crash["log_tail"]
     on_disk = json.loads((tmp_path / "out" / "suite.json").read_text())
@@ -102,3 +103,14 @@ def test_every_named_result_file_and_key_decides_the_verdict(tmp_path):
     only_one = SuiteEntry("one", (_writes(True, 0),), 1.0, "docs/experiments/x.md",
                           verdicts=e.verdicts)
     assert run_suite(tmp_path / "b", suite=(only_one,))["controls"][0]["verdict"] == "ERROR"
+
+
+def test_cpu_minutes_count_the_child_processes_own_cpu_time(tmp_path):
+    """A step that burns CPU for a while is charged its own CPU time, a sleeping one ~none."""
+    burn = _py("import time; t=time.process_time()\nwhile time.process_time() - t < 0.6: pass")
+    sleep = _py("import time; time.sleep(0.6)")
+    suite = (SuiteEntry("burn", (burn, _writes(True, 0)), 1.0, "docs/experiments/x.md"),
+             SuiteEntry("sleep", (sleep, _writes(True, 0)), 1.0, "docs/experiments/x.md"))
+    rows = {r["name"]: r for r in run_suite(tmp_path, jobs=2, suite=suite)["controls"]}
+    assert rows["burn"]["cpu_minutes"] * 60 >= 0.55
+    assert rows["sleep"]["cpu_minutes"] * 60 < rows["burn"]["cpu_minutes"] * 60 - 0.3

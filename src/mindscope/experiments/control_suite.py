@@ -6,8 +6,9 @@ one entry per control, the commands the pages print), ``jobs`` at a time, longes
 process with ``cpu_count // jobs`` torch threads. Every control resumes from its own folder
 (``OUT/<name>/``), so a killed suite loses at most the runs in flight; a step whose output is
 already there is skipped. Each entry's log is ``OUT/logs/<name>.log``; the suite writes
-``OUT/suite.json`` and ``OUT/suite.md`` (verdict and wall minutes per control, the total) and
-prints the table.
+``OUT/suite.json`` and ``OUT/suite.md`` (verdict, wall minutes and CPU minutes per control: the
+CPU time of its own processes, which a loaded machine does not inflate the way it does wall
+time; the total) and prints the table.
 
 Verdicts come from each control's ``control.json`` (``passed``), never from the exit code alone:
 a control that fails exits 1 and is reported FAILED; one that crashed (no control.json written
@@ -114,7 +115,7 @@ def _run_entry(e: SuiteEntry, out: Path, model: str, threads: int) -> dict:
     logf = out / "logs" / f"{e.name}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    t0, rc = time.time(), 0
+    t0, rc, cpu = time.time(), 0, 0.0
     files = [d / f for f, _ in e.verdicts]
     before = {f: f.stat().st_mtime for f in files if f.exists()}
     with open(logf, "a", encoding="utf-8") as fh:
@@ -126,14 +127,18 @@ def _run_entry(e: SuiteEntry, out: Path, model: str, threads: int) -> dict:
             argv = _argv(step, d, model)
             fh.write(f"[suite] step {i + 1}: {' '.join(argv)}\n")
             fh.flush()
-            rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            _, status, use = os.wait4(proc.pid, 0)  # this child's own CPU time, not the pool's
+            rc = proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += use.ru_utime + use.ru_stime
             if rc != 0 and i < len(e.steps) - 1:  # a later step needs this one's output
                 break
     minutes = (time.time() - t0) / 60
     # the control wrote (or rewrote, resuming) its result files in this call: a verdict; else
     # it crashed (a failing control also exits 1, so the exit code alone cannot tell)
     fresh = all(f.exists() and (f not in before or f.stat().st_mtime > before[f]) for f in files)
-    row = {"name": e.name, "doc": e.doc, "minutes": round(minutes, 2), "rc": rc}
+    row = {"name": e.name, "doc": e.doc, "minutes": round(minutes, 2),
+           "cpu_minutes": round(cpu / 60, 3), "rc": rc}
     if fresh:
         got = {f"{name}:{k}": bool(json.loads((d / name).read_text(encoding="utf-8")).get(k))
                for name, keys in e.verdicts for k in keys}
@@ -146,11 +151,13 @@ def _run_entry(e: SuiteEntry, out: Path, model: str, threads: int) -> dict:
 
 
 def _markdown(rows: list[dict], total: float, jobs: int, threads: int) -> str:
-    lines = ["| control | verdict | wall minutes | doc |", "|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['verdict']} | {r['minutes']:.1f} | {r['doc']} |" for r in rows]
+    lines = ["| control | verdict | wall minutes | CPU minutes | doc |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['verdict']} | {r['minutes']:.1f} | {r['cpu_minutes']:.1f} | "
+              f"{r['doc']} |" for r in rows]
     lines.append("")
     lines.append(f"{sum(r['verdict'] == 'PASSED' for r in rows)} of {len(rows)} controls passed; "
-                 f"{total:.1f} min in all ({jobs} at a time, {threads} torch thread(s) each).")
+                 f"{total:.1f} min in all ({jobs} at a time, {threads} torch thread(s) each; "
+                 f"{sum(r['cpu_minutes'] for r in rows):.1f} CPU minutes).")
     return "\n".join(lines) + "\n"
 
 
