@@ -48,7 +48,8 @@ class SuiteEntry:
     """Commands run in order, each an argv after the Python executable; ``{dir}`` is this
     control's folder and ``{model}`` the model spec."""
     minutes: float
-    """Single-thread minutes from scratch as last measured (orders the queue, longest first)."""
+    """Single-thread CPU minutes from scratch as last measured (orders the queue, longest
+    first; session 7, docs/experiments/controls.md)."""
     doc: str
     """The doc page with this control's numbers."""
     skip_if: tuple = field(default_factory=tuple)
@@ -61,17 +62,17 @@ class SuiteEntry:
 SUITE: tuple[SuiteEntry, ...] = (
     SuiteEntry("persona", ((*_PC, "persona", "--quick", "--seeds", "0", "1", "2",
                             "--strengths", "0.5", "1", "-m", "{model}", "-o", "{dir}"),),
-               25.0, "docs/experiments/persona.md"),
+               11.6, "docs/experiments/persona.md"),
     SuiteEntry("onpolicy", ((*_PC, "onpolicy", "--quick", "--seeds", "0", "1", "2",
                              "--strengths", "0.5", "1", "--set", "n_prompts=12",
                              "--set", "max_new_tokens=24", "--set", "n_boot=500",
                              "-m", "{model}", "-o", "{dir}"),),
-               14.0, "docs/experiments/onpolicy.md"),
+               9.4, "docs/experiments/onpolicy.md"),
     SuiteEntry("introspection", ((*_PC, "introspection", "--quick", "--seeds", "0", "1", "2",
                                   "--strengths", "0.5", "1", "--set", "n_concepts=20",
                                   "--set", "n_controls=20", "--set", "max_new_tokens=16",
                                   "-m", "{model}", "-o", "{dir}"),),
-               13.0, "docs/experiments/introspection.md"),
+               8.9, "docs/experiments/introspection.md"),
     SuiteEntry("audit", (("-m", "mindscope", "organism", "build", "--out", "{dir}/organism",
                           "--model", "{model}", "--bf16", "--docs-per-bias", "5",
                           "--filler-docs", "16", "--demos-per-bias", "6", "--stage1-epochs", "1",
@@ -79,7 +80,7 @@ SUITE: tuple[SuiteEntry, ...] = (
                           "--max-length", "128"),
                          ("-m", "mindscope.experiments.audit_control", "{dir}/organism",
                           "-o", "{dir}", "--seeds", "0", "1", "2", "--budget", "12")),
-               12.0, "docs/experiments/audit.md",
+               7.0, "docs/experiments/audit.md",
                skip_if=("{dir}/organism/organism.json", "")),
     SuiteEntry("emotions", ((*_PC, "emotions", "--quick", "--seeds", "0", "1", "2",
                              "--strengths", "0.25", "0.5", "1", "2", "4",
@@ -87,14 +88,14 @@ SUITE: tuple[SuiteEntry, ...] = (
                             ("-m", "mindscope.experiments.emotions.steer_control", "-o", "{dir}",
                              "--seeds", "0", "1", "2", "--strengths", "1", "2", "4",
                              "-m", "{model}")),
-               15.0, "docs/experiments/emotions.md",
+               10.5, "docs/experiments/emotions.md",
                verdicts=(("control.json", ("passed",)),
                          ("steering.json", ("passed", "passed_strict")))),
     SuiteEntry("binding", ((*_PC, "binding", "--quick", "--seeds", "0", "1", "2",
                             "--strengths", "0.5", "1", "--set", "n_stories=120",
                             "--set", 'layers="auto"', "--set", "n_items=24",
                             "--set", "progress=false", "-m", "{model}", "-o", "{dir}"),),
-               10.0, "docs/experiments/binding.md"),
+               15.3, "docs/experiments/binding.md"),
 )
 
 
