@@ -80,7 +80,7 @@ SUITE: tuple[SuiteEntry, ...] = (
                           "--max-length", "128"),
                          ("-m", "mindscope.experiments.audit_control", "{dir}/organism",
                           "-o", "{dir}", "--seeds", "0", "1", "2", "--budget", "12")),
-               7.0, "docs/experiments/audit.md",
+               6.0, "docs/experiments/audit.md",
                skip_if=("{dir}/organism/organism.json", "")),
     SuiteEntry("emotions", ((*_PC, "emotions", "--quick", "--seeds", "0", "1", "2",
                              "--strengths", "0.25", "0.5", "1", "2", "4",
