@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from ..core import LM, atomic_dir
+from ..core import LM, atomic_dir, data_hash
 from ..runs import write_json
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,7 @@ def _kl_step(model, tok, anchors, dev, temperature: float = 1.0):
 
 
 def _fingerprint(examples, anchors, cfg: LoraPlant) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps([asdict(cfg), examples, anchors]).encode()).hexdigest()[:16]
+    return data_hash(asdict(cfg), examples, anchors)
 
 
 def _save_checkpoint(ckpt: Path, model, opt, state: dict) -> None:

@@ -40,7 +40,6 @@ ones: the wider of the two), so that an unrelated direction gives an interval co
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...core import Intervention, atomic_save_tensors, load_safetensors
+from ...core import Intervention, atomic_save_tensors, data_hash, load_safetensors
 from .._common import shipped_json
 from .._control import Detection, Planted, control
 
@@ -212,8 +211,8 @@ def plant_feature(lm, cfg, work_dir, strength, reader: bool = False) -> Planted:
     texts = shipped_json("emotions", "control_texts.json")
     site = _site(lm, cfg)
     st = {"model": lm.name, "site": site, "skip_first": cfg.skip_first,
-          "texts": hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()[:12]}
-    key = hashlib.sha256(json.dumps(st, sort_keys=True).encode()).hexdigest()[:12]
+          "texts": data_hash(texts)}
+    key = data_hash(st)
     path = Path(work_dir) / "feature.safetensors"
     fit = None
     if path.exists():
@@ -248,9 +247,7 @@ def plant_feature(lm, cfg, work_dir, strength, reader: bool = False) -> Planted:
         return Planted.hooked(lm, effect, writer)
     steer = shipped_json("emotions", "control_steer.json")
     rpath = Path(work_dir) / f"reader-{strength:g}.safetensors"
-    rkey = hashlib.sha256(json.dumps([key, strength, READ_FRACTION, READ_STEPS, READ_TEMP,
-                                      READ_MARGIN, steer],
-                                     sort_keys=True).encode()).hexdigest()[:12]
+    rkey = data_hash(key, strength, READ_FRACTION, READ_STEPS, READ_TEMP, READ_MARGIN, steer)
     rfit = None
     if rpath.exists():
         from safetensors import safe_open

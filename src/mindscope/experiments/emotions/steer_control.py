@@ -36,7 +36,6 @@ Measured on SmolLM2: docs/experiments/emotions.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import re
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 import mindscope as ms
-from ...core import BadInputError
+from ...core import BadInputError, data_hash
 from ...runs import (bootstrap_ci, mde_from_curve, mde_mean, save_figure, wilson, write_json,
                      write_text)
 from ...steering import covariance_directions
@@ -117,10 +116,6 @@ def steer_check(lm, vector: torch.Tensor, site: str, scale: float, prompts, word
             "random_detected_share": sum(d["detected"] for d in per_dir) / max(len(per_dir), 1),
             "random_max": float(max(d["value"] for d in per_dir)) if per_dir else None,
             "unsteered_mean_logprob": float(base.mean()), "generation": gen}
-
-
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _cached(path: Path, key: str, compute) -> dict:
@@ -214,7 +209,8 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,),
                                          randoms[s], max_new_tokens if s == seeds[0] else 0, s,
                                          cfg.batch_size)}
 
-    un = _cached(out / "steering-untouched.json", _key(base_key + [vecs["untouched"].tolist()]),
+    un = _cached(out / "steering-untouched.json",
+                 data_hash(base_key + [vecs["untouched"].tolist()]),
                  lambda: {"rows": [check(lm, vecs["untouched"], s) for s in seeds]})["rows"]
     res = {"site": site, "strengths": [float(s) for s in strengths], "full": full,
            "steer_fraction": cfg.strength, "residual_norm": norm, "scale": scale,
@@ -236,7 +232,7 @@ def causal_control(lm, cfg, out_dir, seeds: Sequence[int] = (0,),
                                       scale, prompts, ids, cfg.batch_size)
             return {"rows": rows, "effect": p.effect, "diagnostics": diag}
 
-        got = _cached(out / f"steering-{k}.json", _key(base_key + [s, vecs[k].tolist()]), one)
+        got = _cached(out / f"steering-{k}.json", data_hash(base_key + [s, vecs[k].tolist()]), one)
         rows, diag = got["rows"], got["diagnostics"]
         for r, u in zip(rows, un):  # the same prompts: planted effect minus the untouched one
             diff = np.subtract(r["per_prompt"], u["per_prompt"])
